@@ -1,0 +1,205 @@
+"""Clinical outcomes and the planted imaging parameters of the simulated trial.
+
+Every participant gets an arm, CAPS-5 and MADRS before and after treatment, and per session
+a value for every planted parameter. The paper's headline relations (DESIGN §1) are planted
+as post − pre changes that depend on CAPS-5 improvement: each change is a signal term
+proportional to standardised improvement plus a noise term that is exactly uncorrelated with
+it in the sample, scaled so that improvement explains ``r2`` of the change's variance among
+the participants where the effect is planted. With ``null=True`` every change is noise only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+ARMS = ("ketamine", "midazolam")
+
+
+@dataclass(frozen=True)
+class PlantedEffect:
+    """A planted relation between CAPS-5 improvement and one parameter.
+
+    ``parameter``: truth parameter name; ``direction``: +1 if larger improvement means a
+    larger value; ``arms``: arms in which it is planted (elsewhere the value is noise of the
+    same spread); ``sd``: total standard deviation across participants; ``r2``: share of
+    variance explained by improvement where planted; ``ketamine_gain``: for effects planted in
+    both arms, how much steeper the slope is under ketamine (slope ∝ 1 ± gain);
+    ``baseline``: the relation is in the pre-treatment value, not the change.
+    """
+
+    parameter: str
+    direction: float
+    arms: tuple[str, ...]
+    sd: float
+    r2: float
+    ketamine_gain: float = 0.0
+    baseline: bool = False
+
+
+HEADLINE_EFFECTS: tuple[PlantedEffect, ...] = (
+    # improvement ~ increased vmPFC→amygdala coupling during (emotional) faces, stronger on
+    # ketamine (paper: β = 2.90, drug interaction β = 0.86)
+    PlantedEffect("dcm.B[emotional][vmpfc->amygdala]", +1, ARMS, 0.12, 0.5, ketamine_gain=0.5),
+    # improvement after ketamine ~ decreased dACC conflict-regulation activity (β = −2.82)
+    PlantedEffect("conflict.activation.dacc.regulation", -1, ("ketamine",), 0.25, 0.5),
+    # improvement after ketamine ~ increased resting vmPFC–anterior insula FC (β = 0.60)
+    PlantedEffect("rest.fc.vmpfc~insula_ant", +1, ("ketamine",), 0.15, 0.5),
+    # DCM: improvement (either drug) ~ decreased emotional modulation of amygdala→vmPFC
+    PlantedEffect("dcm.B[emotional][amygdala->vmpfc]", -1, ARMS, 0.10, 0.5),
+    # DCM: increased top-down inhibition vmPFC→amygdala in ketamine improvers
+    PlantedEffect("dcm.A[vmpfc->amygdala]", -1, ("ketamine",), 0.06, 0.45),
+    # DCM: low baseline inhibition (a less negative pre value) predicts improvement on ketamine
+    PlantedEffect("dcm.A[vmpfc->amygdala]", +1, ("ketamine",), 0.06, 0.45, baseline=True),
+)
+
+# pre-treatment population mean and between-participant sd of every parameter; post values
+# are pre + planted change (headline parameters) or pre + test–retest noise (the rest)
+BASELINE: dict[str, tuple[float, float]] = {
+    "dcm.A[amygdala->amygdala]": (0.0, 0.05),
+    "dcm.A[vmpfc->vmpfc]": (0.0, 0.05),
+    "dcm.A[amygdala->vmpfc]": (0.30, 0.05),
+    "dcm.A[vmpfc->amygdala]": (-0.20, 0.0),  # spread comes from the baseline effect
+    "dcm.B[emotional][amygdala->vmpfc]": (0.35, 0.06),
+    "dcm.B[emotional][vmpfc->amygdala]": (-0.10, 0.06),
+    "dcm.C[faces][amygdala]": (1.0, 0.1),
+    "dcm.transit[amygdala]": (0.0, 0.04),
+    "dcm.transit[vmpfc]": (0.0, 0.04),
+    "dcm.decay": (0.0, 0.04),
+    "dcm.epsilon": (0.0, 0.04),
+    "conflict.activation.dacc.regulation": (0.40, 0.10),
+    "conflict.activation.dacc.monitoring": (0.60, 0.12),
+    "rest.fc.vmpfc~insula_ant": (0.25, 0.08),
+}
+RETEST_SD = 0.25  # test–retest noise of non-headline parameters, as a fraction of their sd
+
+# the gPPI coupling the simulator plants is the DCM's emotional modulation of the same
+# connection (a neural-level psychophysiological interaction)
+GPPI_ALIASES = {
+    "faces.gppi.vmpfc->amygdala.emotional": "dcm.B[emotional][vmpfc->amygdala]",
+    "faces.gppi.amygdala->vmpfc.emotional": "dcm.B[emotional][amygdala->vmpfc]",
+}
+CORRELATION_LIMITS = (-0.4, 0.85)
+
+
+@dataclass(frozen=True)
+class PlantedStudy:
+    """What the simulator plants: clinical table, long parameter table, achieved R²."""
+
+    clinical: pd.DataFrame  # participant_id, arm, caps5_pre, caps5_post, madrs_pre, madrs_post
+    parameters: pd.DataFrame  # participant_id, session, parameter, value
+    achieved_r2: dict[str, float]
+
+
+def participant_ids(n: int) -> list[str]:
+    """BIDS labels sub-01 … sub-NN (zero-padded to at least two digits)."""
+    width = max(2, len(str(n)))
+    return [f"sub-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def simulate_clinical(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """Arms split evenly at random; CAPS-5 (0–80) and MADRS (0–60) before and after."""
+    arm = np.empty(n, dtype=object)
+    order = rng.permutation(n)
+    arm[order[: (n + 1) // 2]] = "ketamine"
+    arm[order[(n + 1) // 2 :]] = "midazolam"
+    caps_pre = np.clip(np.round(rng.normal(40, 8, n)), 26, 70)
+    planned = np.where(arm == "ketamine", rng.normal(16, 9, n), rng.normal(7, 9, n))
+    caps_post = np.clip(np.round(caps_pre - planned), 0, 80)
+    madrs_pre = np.clip(np.round(rng.normal(30, 6, n)), 18, 50)
+    madrs_drop = 0.55 * (caps_pre - caps_post) + rng.normal(0, 4, n)
+    madrs_post = np.clip(np.round(madrs_pre - madrs_drop), 0, 60)
+    return pd.DataFrame(
+        {
+            "participant_id": participant_ids(n),
+            "arm": arm.astype(str),
+            "caps5_pre": caps_pre.astype(int),
+            "caps5_post": caps_post.astype(int),
+            "madrs_pre": madrs_pre.astype(int),
+            "madrs_post": madrs_post.astype(int),
+        }
+    )
+
+
+def _standardise(x: np.ndarray) -> np.ndarray:
+    sd = x.std()
+    return (x - x.mean()) / sd if sd > 0 else np.zeros_like(x)
+
+
+def plant_values(
+    effect: PlantedEffect,
+    improvement: np.ndarray,
+    arm: np.ndarray,
+    null: bool,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Zero-mean values (n,) of one effect: signal ∝ improvement where planted, plus noise.
+
+    In the planted arms the noise is made orthogonal to the signal in the sample, so the
+    in-sample R² of the value on the signal is exactly ``effect.r2``.
+    """
+    n = len(improvement)
+    values = rng.normal(0.0, effect.sd, n)
+    if null:
+        return values - values.mean()
+    scope = np.isin(arm, effect.arms)
+    z = _standardise(improvement[scope])
+    slope = 1.0 + effect.ketamine_gain * np.where(arm[scope] == "ketamine", 1.0, -1.0)
+    signal = _standardise(z * slope) * effect.direction
+    noise = values[scope]
+    design = np.column_stack([np.ones(scope.sum()), signal])
+    noise = noise - design @ np.linalg.lstsq(design, noise, rcond=None)[0]
+    noise = _standardise(noise)
+    values[scope] = effect.sd * (np.sqrt(effect.r2) * signal + np.sqrt(1 - effect.r2) * noise)
+    values[~scope] -= values[~scope].mean() if (~scope).any() else 0.0
+    return values
+
+
+def simulate_parameters(
+    clinical: pd.DataFrame, null: bool, rng: np.random.Generator
+) -> PlantedStudy:
+    """Per participant × session value of every planted parameter (long table)."""
+    n = len(clinical)
+    improvement = (clinical["caps5_pre"] - clinical["caps5_post"]).to_numpy(float)
+    arm = clinical["arm"].to_numpy()
+    pre = {
+        name: mean + sd * rng.standard_normal(n) for name, (mean, sd) in BASELINE.items()
+    }
+    post = {name: pre[name] + RETEST_SD * sd * rng.standard_normal(n)
+            for name, (_, sd) in BASELINE.items()}
+    achieved = {}
+    for effect in HEADLINE_EFFECTS:
+        values = plant_values(effect, improvement, arm, null, rng)
+        scope = np.isin(arm, effect.arms)
+        key = f"{effect.parameter}{' (baseline)' if effect.baseline else ' (change)'}"
+        achieved[key] = (
+            float(np.corrcoef(values[scope], improvement[scope])[0, 1] ** 2)
+            if scope.sum() > 2 else float("nan")
+        )
+        if effect.baseline:
+            pre[effect.parameter] = pre[effect.parameter] + values
+            post[effect.parameter] = post[effect.parameter] + values
+        else:
+            post[effect.parameter] = pre[effect.parameter] + values
+    for table in (pre, post):
+        for name in list(table):
+            if name.startswith("rest.fc."):
+                table[name] = np.clip(table[name], *CORRELATION_LIMITS)
+        for alias, source in GPPI_ALIASES.items():
+            table[alias] = table[source]
+    rows = [
+        (pid, session, name, float(values[i]))
+        for session, table in (("pre", pre), ("post", post))
+        for name, values in sorted(table.items())
+        for i, pid in enumerate(clinical["participant_id"])
+    ]
+    parameters = pd.DataFrame(rows, columns=["participant_id", "session", "parameter", "value"])
+    parameters = parameters.sort_values(["participant_id", "session", "parameter"], kind="stable")
+    return PlantedStudy(clinical, parameters.reset_index(drop=True), achieved)
+
+
+def effects_description() -> list[dict]:
+    """The planted effects as plain dicts (for simulation.json)."""
+    return [asdict(e) for e in HEADLINE_EFFECTS]

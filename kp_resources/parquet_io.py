@@ -1,0 +1,361 @@
+"""Parquet IO manager for the kp warehouse (DESIGN.md section 4).
+
+Layout is hive-style so DuckDB can read a whole table with one glob:
+
+- participant-partitioned asset -> ``<root>/<table>/participant=<key>/part-0.parquet``
+- unpartitioned asset           -> ``<root>/<table>/part-0.parquet``
+
+``<table>`` is the last component of the asset key. Every file is written atomically (temp
+file in the same folder, fsync, ``os.replace``, fsync of the folder) and carries key-value
+footer metadata (``kp.*`` keys) with its lineage, which ``kp_resources.warehouse`` exposes as
+the ``provenance`` view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from upath import UPath
+
+PARTITION_KEY_RE = re.compile(r"^sub-[A-Za-z0-9]+$")
+TABLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+#: Hive partition column name used in folder names (``participant=sub-01``).
+PARTITION_COLUMN = "participant"
+#: File name (without extension) of the single data file per table/partition folder.
+PART_STEM = "part-0"
+PARQUET_SUFFIX = ".parquet"
+
+#: Distributions whose versions are stamped into every file (``kp.package_versions``).
+STAMPED_PACKAGES = (
+    "kp",
+    "dagster",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "nibabel",
+    "nilearn",
+    "scikit-learn",
+    "duckdb",
+)
+
+#: ``df.attrs`` key where assets put ``{source file path: sha256}`` of the files they read.
+SOURCE_SHA256_ATTR = "source_sha256"
+
+#: Input metadata key understood by Dagster's UPathIOManager (and honoured here).
+ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"
+
+
+def validate_table_name(name: str) -> str:
+    """Return ``name`` if it is a safe warehouse table name, else raise ``ValueError``.
+
+    Table names become folder names and SQL identifiers, so only ``[a-z][a-z0-9_]*``.
+    """
+    if not isinstance(name, str) or not TABLE_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid warehouse table name {name!r}: must match {TABLE_NAME_RE.pattern}"
+        )
+    return name
+
+
+def validate_partition_key(key: str) -> str:
+    """Return ``key`` if it is a safe participant partition key (``sub-<alnum>``), else raise.
+
+    Keys become folder names, so anything with ``/``, ``..`` or other characters is rejected
+    before a path is built — a partition key must never be able to escape the root.
+    """
+    if not isinstance(key, str) or not PARTITION_KEY_RE.fullmatch(key):
+        raise ValueError(
+            f"invalid participant partition key {key!r}: must match {PARTITION_KEY_RE.pattern}"
+        )
+    return key
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that shape the data ("not-installed" if absent)."""
+    versions: dict[str, str] = {}
+    for name in STAMPED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not-installed"
+    return versions
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _frame_to_table(df: pd.DataFrame) -> pa.Table:
+    # A named index carries data (e.g. set_index("participant_id")): keep it as columns.
+    # An unnamed index is just row numbers: drop it so DuckDB sees no __index_level_0__.
+    if any(name is not None for name in df.index.names):
+        df = df.reset_index()
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def write_parquet_atomic(
+    df: pd.DataFrame, path: str | os.PathLike[str], kv: dict[str, str]
+) -> Path:
+    """Write ``df`` to the Parquet file ``path`` atomically, with ``kv`` as footer metadata.
+
+    The frame is written to ``.<name>.tmp-<uuid>`` in the same folder (a dot-file, so globs
+    such as ``**/*.parquet`` never see it), flushed and fsynced, then renamed over ``path``
+    with ``os.replace`` and the folder is fsynced. If anything fails the temp file is removed
+    and any previous file at ``path`` is left untouched. ``kv`` values must be strings; they
+    are merged into the Arrow schema metadata next to pandas' own. Returns the final path.
+    """
+    path = Path(path)
+    bad = {
+        k: type(v).__name__
+        for k, v in kv.items()
+        if not isinstance(k, str) or not isinstance(v, str)
+    }
+    if bad:
+        raise TypeError(f"footer metadata keys and values must be str, got {bad}")
+    table = _frame_to_table(df)
+    metadata = dict(table.schema.metadata or {})
+    metadata.update({k.encode(): v.encode() for k, v in kv.items()})
+    table = table.replace_schema_metadata(metadata)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # BaseException too: a KeyboardInterrupt mid-write must not leave the temp file.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_parquet_kv(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The ``kp.*`` footer metadata of one Parquet file, decoded to ``{key: value}``."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"kp.")}
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table of ``df`` (uses ``tabulate`` when installed)."""
+    try:
+        return df.to_markdown()
+    except ImportError:
+        pass
+
+    # Hand-rolled fallback so previews never add a dependency.
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = ["", *(cell(c) for c in df.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([cell(idx), *(cell(v) for v in row)]) + " |")
+    return "\n".join(lines)
+
+
+def table_schema(df: pd.DataFrame) -> dg.TableSchema:
+    """A ``dg.TableSchema`` with one column per dataframe column, typed by its dtype."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=str(name), type=str(dtype)) for name, dtype in df.dtypes.items()
+        ]
+    )
+
+
+def _input_data_versions(context: dg.OutputContext) -> dict[str, str]:
+    """Best-effort ``{upstream asset key: data version}`` for the asset being written.
+
+    Uses the step's data-version cache (the same records Dagster uses to compute the output's
+    own data version): for a partitioned upstream the value is Dagster's hash over the
+    dependency partitions' versions. Returns ``{}`` outside a real run (e.g. a bare
+    ``build_output_context``) or if the internal API changes.
+    """
+    try:
+        step_context = context.step_context
+        asset_key = context.asset_key
+        parent_keys = step_context.job_def.asset_layer.get(asset_key).parent_keys
+    except Exception:
+        return {}
+    versions: dict[str, str] = {}
+    for key in sorted(parent_keys, key=lambda k: k.to_user_string()):
+        try:
+            info = step_context.maybe_fetch_and_get_input_asset_version_info(key)
+        except Exception:
+            continue
+        if info is not None and info.data_version is not None:
+            versions[key.to_user_string()] = str(info.data_version.value)
+    return versions
+
+
+def _code_version(context: dg.OutputContext) -> str:
+    try:
+        return context.asset_spec.code_version or ""
+    except Exception:
+        return context.version or ""
+
+
+def _merge_frames(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    # Each participant frame already carries participant_id, so plain concat is enough.
+    # Sorted by key so the row order does not depend on which partition finished first.
+    ordered = [frames[k] for k in sorted(frames)]
+    if not ordered:
+        return pd.DataFrame()
+    if len(ordered) == 1:
+        return ordered[0]
+    return pd.concat(ordered, ignore_index=True)
+
+
+class HiveParquetUPathIOManager(dg.UPathIOManager):
+    """UPathIOManager storing pandas DataFrames as hive-partitioned Parquet (local filesystem).
+
+    Loading: a same-partition input returns that partition's frame (missing file -> error).
+    Any other load of a partitioned upstream (an unpartitioned group asset reading all
+    participants, or a partition mapping fanning in several keys) returns one concatenated
+    DataFrame, skipping missing partitions with a warning so that a failed participant does
+    not block group assets. Set input metadata ``allow_missing_partitions`` (as for Dagster's
+    UPathIOManager) to override either default.
+    """
+
+    extension = PARQUET_SUFFIX
+
+    # --- paths -------------------------------------------------------------------------------
+
+    def get_asset_relative_path(self, context: dg.InputContext | dg.OutputContext) -> UPath:
+        """``<table>`` for partitioned assets (partitions go below), else ``<table>/part-0``."""
+        table = validate_table_name(context.asset_key.path[-1])
+        if context.has_asset_partitions:
+            return UPath(table)
+        return UPath(table, PART_STEM)
+
+    def get_path_for_partition(
+        self, context: dg.InputContext | dg.OutputContext, path: UPath, partition: str
+    ) -> UPath:
+        """``<root>/<table>/participant=<key>/part-0`` (the extension is added by the base)."""
+        key = validate_partition_key(partition)
+        return path / f"{PARTITION_COLUMN}={key}" / PART_STEM
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        # An asset that returns None (or MaterializeResult) has nothing for the warehouse.
+        if obj is None:
+            return
+        if not isinstance(obj, pd.DataFrame):
+            what = context.asset_key.to_user_string() if context.has_asset_key else context.name
+            raise TypeError(
+                f"{type(self).__name__} stores pandas DataFrames, got {type(obj).__name__} "
+                f"for {what}"
+            )
+        super().handle_output(context, obj)
+
+    def footer_metadata(self, context: dg.OutputContext, df: pd.DataFrame) -> dict[str, str]:
+        """The ``kp.*`` key-value metadata stamped into the file for this output."""
+        partition = context.asset_partition_key if context.has_asset_partitions else ""
+        source_sha256 = df.attrs.get(SOURCE_SHA256_ATTR, {}) or {}
+        return {
+            "kp.asset_key": context.asset_key.to_user_string(),
+            "kp.partition": partition,
+            "kp.code_version": _code_version(context),
+            "kp.run_id": context.run_id,
+            "kp.input_data_versions": json.dumps(_input_data_versions(context), sort_keys=True),
+            "kp.source_sha256": json.dumps(
+                {str(k): str(v) for k, v in dict(source_sha256).items()}, sort_keys=True
+            ),
+            "kp.package_versions": json.dumps(package_versions(), sort_keys=True),
+            "kp.written_at": datetime.now(UTC).isoformat(),
+        }
+
+    def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
+        write_parquet_atomic(obj, os.fspath(path), self.footer_metadata(context, obj))
+
+    def get_metadata(self, context: dg.OutputContext, obj: pd.DataFrame) -> dict[str, Any]:
+        """Row count, column schema and a 10-row markdown preview for the materialization."""
+        return {
+            "dagster/row_count": dg.MetadataValue.int(len(obj)),
+            "dagster/column_schema": dg.MetadataValue.table_schema(table_schema(obj)),
+            "preview": dg.MetadataValue.md(markdown_table(obj.head(10))),
+        }
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
+        # Read the file alone (not the folder) so no hive column is added on the way in.
+        df = pq.read_table(os.fspath(path)).to_pandas()
+        # pyarrow restores df.attrs; drop the upstream's source hashes so a downstream file
+        # only records the sources its own asset read (upstream lineage is in
+        # kp.input_data_versions and the upstream file's own footer).
+        df.attrs.pop(SOURCE_SHA256_ATTR, None)
+        return df
+
+    def load_partitions(self, context: dg.InputContext) -> pd.DataFrame:
+        """Load the requested upstream partitions as one DataFrame (see class docstring)."""
+        keys = list(context.asset_partition_keys)
+        paths = self._get_paths_for_partitions(context)
+        same_partition = context.has_partition_key and len(keys) == 1
+        metadata = context.definition_metadata or {}
+        allow_missing = bool(metadata.get(ALLOW_MISSING_PARTITIONS, not same_partition))
+
+        frames: dict[str, pd.DataFrame] = {}
+        missing: list[str] = []
+        for key in keys:
+            try:
+                context.log.debug(self.get_loading_input_partition_log_message(paths[key], key))
+                frames[key] = self.load_from_path(context, paths[key])
+            except FileNotFoundError:
+                if not allow_missing:
+                    raise
+                missing.append(key)
+        if missing:
+            context.log.warning(
+                f"{context.asset_key.to_user_string()}: skipped {len(missing)} missing "
+                f"partition(s): {', '.join(missing)}"
+            )
+        return _merge_frames(frames)
+
+    def load_input(self, context: dg.InputContext) -> pd.DataFrame:
+        if context.has_asset_key and context.has_asset_partitions:
+            # Always a DataFrame (never the base class's {key: obj} dict or None).
+            return self.load_partitions(context)
+        return super().load_input(context)
+
+
+class ParquetIOManager(dg.ConfigurableIOManagerFactory):
+    """Configurable factory for the warehouse IO manager: hive Parquet files under ``root``.
+
+    ``root`` is a local folder (created on first write); see ``kp_resources.locations`` for
+    the default.
+    """
+
+    root: str
+
+    def create_io_manager(self, context: dg.InitResourceContext) -> HiveParquetUPathIOManager:
+        return HiveParquetUPathIOManager(base_path=UPath(Path(self.root).expanduser().resolve()))

@@ -1,0 +1,306 @@
+"""Tests for the hive-layout Parquet IO manager (kp_resources.parquet_io)."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from kp_resources import parquet_io
+from kp_resources.parquet_io import (
+    ParquetIOManager,
+    markdown_table,
+    read_parquet_kv,
+    validate_partition_key,
+    validate_table_name,
+    write_parquet_atomic,
+)
+from kp_resources.warehouse import query
+
+participants = dg.DynamicPartitionsDefinition(name="participants")
+
+SOURCE = {"/study/sub-x/func/bold.nii.gz": "ab" * 32}
+
+
+@dg.asset(partitions_def=participants, code_version="scans-v1")
+def scans(context: dg.AssetExecutionContext) -> pd.DataFrame:
+    """Toy per-participant table that records the source file it 'read'."""
+    df = pd.DataFrame(
+        {"participant_id": [context.partition_key] * 2, "run": [1, 2], "tsnr": [50.0, 60.0]}
+    )
+    df.attrs["source_sha256"] = SOURCE
+    return df
+
+
+@dg.asset(partitions_def=participants, code_version="features-v1")
+def features(scans: pd.DataFrame) -> pd.DataFrame:
+    """Same-partition downstream."""
+    return scans.assign(value=scans["tsnr"] / 10)
+
+
+@dg.asset(code_version="group-v1")
+def group_summary(features: pd.DataFrame) -> pd.DataFrame:
+    """Unpartitioned group asset reading every participant partition."""
+    return features.groupby("participant_id", as_index=False)["value"].mean()
+
+
+@dg.asset(ins={"features": dg.AssetIn(metadata={"allow_missing_partitions": False})})
+def strict_summary(features: pd.DataFrame) -> pd.DataFrame:
+    """Group asset that opts out of skipping missing partitions."""
+    return features
+
+
+ALL_ASSETS = [scans, features, group_summary, strict_summary]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse"
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    inst = dg.DagsterInstance.ephemeral()
+    inst.add_dynamic_partitions("participants", ["sub-01", "sub-02", "sub-03"])
+    return inst
+
+
+def _resources(root: Path) -> dict[str, object]:
+    return {"io_manager": ParquetIOManager(root=str(root))}
+
+
+def _materialize_participant(root: Path, instance: dg.DagsterInstance, key: str):
+    result = dg.materialize(
+        [scans, features], partition_key=key, instance=instance, resources=_resources(root)
+    )
+    assert result.success
+    return result
+
+
+def _visible_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_round_trip_hive_layout_and_group_concat(root, instance):
+    _materialize_participant(root, instance, "sub-01")
+    _materialize_participant(root, instance, "sub-02")
+    result = dg.materialize(
+        ALL_ASSETS,
+        selection=[group_summary],
+        instance=instance,
+        resources=_resources(root),
+        raise_on_error=True,
+    )
+    assert result.success
+
+    # sub-03 is registered but was never materialized: skipped, not fatal.
+    assert _visible_files(root) == [
+        "features/participant=sub-01/part-0.parquet",
+        "features/participant=sub-02/part-0.parquet",
+        "group_summary/part-0.parquet",
+        "scans/participant=sub-01/part-0.parquet",
+        "scans/participant=sub-02/part-0.parquet",
+    ]
+    summary = result.output_for_node("group_summary")
+    assert summary["participant_id"].tolist() == ["sub-01", "sub-02"]
+    assert summary["value"].tolist() == pytest.approx([5.5, 5.5])
+
+    # The stored partition is exactly what the asset returned (no hive column added on read).
+    stored = pd.read_parquet(root / "scans" / "participant=sub-01" / "part-0.parquet")
+    assert stored.columns.tolist() == ["participant_id", "run", "tsnr"]
+    assert stored["participant_id"].unique().tolist() == ["sub-01"]
+
+
+def test_output_metadata(root, instance):
+    result = _materialize_participant(root, instance, "sub-01")
+    mats = {
+        m.asset_key.to_user_string(): m.metadata
+        for m in (e.materialization for e in result.get_asset_materialization_events())
+    }
+    md = mats["scans"]
+    assert md["dagster/row_count"].value == 2
+    schema = md["dagster/column_schema"].schema
+    assert [c.name for c in schema.columns] == ["participant_id", "run", "tsnr"]
+    assert "tsnr" in md["preview"].value and "|" in md["preview"].value
+    assert md["path"].value.endswith("scans/participant=sub-01/part-0.parquet")
+
+
+def test_footer_kv_metadata_visible_through_provenance(root, instance):
+    result = _materialize_participant(root, instance, "sub-02")
+    prov = query(
+        root,
+        "SELECT \"table\", key, value FROM provenance WHERE key LIKE 'kp.%' ORDER BY 1, 2",
+    )
+    assert set(prov["table"]) == {"scans", "features"}
+    by = {(r.table, r.key): r.value for r in prov.itertuples()}
+    assert by[("scans", "kp.asset_key")] == "scans"
+    assert by[("scans", "kp.partition")] == "sub-02"
+    assert by[("scans", "kp.run_id")] == result.run_id
+    assert by[("scans", "kp.code_version")] == "scans-v1"
+    assert json.loads(by[("scans", "kp.source_sha256")]) == SOURCE
+    assert json.loads(by[("scans", "kp.input_data_versions")]) == {}
+    versions = json.loads(by[("scans", "kp.package_versions")])
+    assert {"dagster", "pandas", "pyarrow", "duckdb", "kp"} <= set(versions)
+    assert by[("scans", "kp.written_at")].endswith("+00:00")
+
+    # Downstream: its input's data version is recorded; upstream source hashes are not
+    # inherited through df.attrs.
+    assert by[("features", "kp.code_version")] == "features-v1"
+    inputs = json.loads(by[("features", "kp.input_data_versions")])
+    assert list(inputs) == ["scans"] and inputs["scans"]
+    assert json.loads(by[("features", "kp.source_sha256")]) == {}
+
+
+def test_missing_partitions_skipped_unless_disallowed(root, instance):
+    _materialize_participant(root, instance, "sub-01")
+    ok = dg.materialize(
+        ALL_ASSETS, selection=[group_summary], instance=instance, resources=_resources(root)
+    )
+    assert ok.output_for_node("group_summary")["participant_id"].tolist() == ["sub-01"]
+
+    strict = dg.materialize(
+        ALL_ASSETS,
+        selection=[strict_summary],
+        instance=instance,
+        resources=_resources(root),
+        raise_on_error=False,
+    )
+    assert not strict.success
+    assert not (root / "strict_summary").exists()
+
+
+def test_same_partition_missing_input_fails(root, instance):
+    # features for sub-03 needs scans for sub-03, which was never written.
+    result = dg.materialize(
+        [scans, features],
+        selection=[features],
+        partition_key="sub-03",
+        instance=instance,
+        resources=_resources(root),
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert not (root / "features").exists()
+
+
+def test_no_partitions_loaded_gives_empty_frame(root, instance):
+    # No participant written yet: a group asset still runs (on an empty frame).
+    @dg.asset(name="count_features")
+    def count_features(features: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame({"n": [len(features)]})
+
+    ok = dg.materialize(
+        [scans, features, count_features],
+        selection=[count_features],
+        instance=instance,
+        resources=_resources(root),
+    )
+    assert ok.output_for_node("count_features")["n"].tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "key", ["../etc", "sub-01/../../x", "sub_01", "sub-", "SUB-01", "sub-01 ", "", "/sub-01"]
+)
+def test_bad_partition_keys_rejected(key):
+    with pytest.raises(ValueError, match="partition key"):
+        validate_partition_key(key)
+
+
+@pytest.mark.parametrize("name", ["Scans", "1scans", "../scans", "sc-ans", "", "scans/x"])
+def test_bad_table_names_rejected(name):
+    with pytest.raises(ValueError, match="table name"):
+        validate_table_name(name)
+
+
+def test_bad_keys_rejected_through_io_manager(tmp_path, instance):
+    root = tmp_path / "warehouse"
+    instance.add_dynamic_partitions("participants", ["..evil"])
+    bad_part = dg.materialize(
+        [scans],
+        partition_key="..evil",
+        instance=instance,
+        resources=_resources(root),
+        raise_on_error=False,
+    )
+    assert not bad_part.success
+    failure = next(e for e in bad_part.all_events if e.is_step_failure)
+    assert "..evil" in str(failure.event_specific_data.error)
+
+    @dg.asset(key=["nested", "BadTable"])
+    def bad_table() -> pd.DataFrame:
+        return pd.DataFrame({"a": [1]})
+
+    bad_name = dg.materialize(
+        [bad_table], instance=instance, resources=_resources(root), raise_on_error=False
+    )
+    assert not bad_name.success
+    failure = next(e for e in bad_name.all_events if e.is_step_failure)
+    assert "BadTable" in str(failure.event_specific_data.error)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_write_parquet_atomic_roundtrip_and_kv(tmp_path):
+    path = tmp_path / "t" / "part-0.parquet"
+    write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path, {"kp.asset_key": "t"})
+    assert pd.read_parquet(path)["a"].tolist() == [1, 2]
+    assert read_parquet_kv(path) == {"kp.asset_key": "t"}
+    assert "pandas" in {k.decode() for k in pq.read_schema(path).metadata}
+    with pytest.raises(TypeError):
+        write_parquet_atomic(pd.DataFrame({"a": [1]}), path, {"kp.x": 1})  # type: ignore[dict-item]
+
+
+def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "t" / "part-0.parquet"
+    write_parquet_atomic(pd.DataFrame({"a": [1, 2, 3]}), path, {"kp.run_id": "old"})
+    before = path.read_bytes()
+
+    def half_write(table, where, **kwargs):
+        where.write(b"PAR1 partial bytes")  # something hit the disk before the crash
+        raise OSError("disk died mid-write")
+
+    monkeypatch.setattr(parquet_io.pq, "write_table", half_write)
+    with pytest.raises(OSError, match="mid-write"):
+        write_parquet_atomic(pd.DataFrame({"a": [9]}), path, {"kp.run_id": "new"})
+
+    assert path.read_bytes() == before
+    assert read_parquet_kv(path) == {"kp.run_id": "old"}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]
+
+
+def test_interrupted_first_write_leaves_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "t" / "part-0.parquet"
+
+    def half_write(table, where, **kwargs):
+        where.write(b"PAR1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parquet_io.pq, "write_table", half_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_parquet_atomic(pd.DataFrame({"a": [1]}), path, {})
+    assert list(path.parent.iterdir()) == []
+
+
+def test_markdown_fallback_without_tabulate(monkeypatch):
+    def no_tabulate(self, *args, **kwargs):
+        raise ImportError("tabulate")
+
+    monkeypatch.setattr(pd.DataFrame, "to_markdown", no_tabulate)
+    text = markdown_table(pd.DataFrame({"a": [1, 2], "b": ["x|y", "z"]}))
+    lines = text.splitlines()
+    assert lines[0] == "|  | a | b |"
+    assert lines[1] == "|---|---|---|"
+    assert lines[2] == "| 0 | 1 | x\\|y |"
+
+
+def test_non_dataframe_output_rejected(root, instance):
+    @dg.asset
+    def not_a_frame() -> dict:
+        return {"a": 1}
+
+    result = dg.materialize(
+        [not_a_frame], instance=instance, resources=_resources(root), raise_on_error=False
+    )
+    assert not result.success
+    assert not root.exists() or _visible_files(root) == []
