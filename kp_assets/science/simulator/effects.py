@@ -137,8 +137,8 @@ def plant_values(
 ) -> np.ndarray:
     """Zero-mean values (n,) of one effect: signal ∝ improvement where planted, plus noise.
 
-    In the planted arms the noise is made orthogonal to the signal in the sample, so the
-    in-sample R² of the value on the signal is exactly ``effect.r2``.
+    In the planted arms the noise is made orthogonal to improvement and to the signal in the
+    sample, so the in-sample R² of the value on improvement is exactly ``effect.r2``.
     """
     n = len(improvement)
     values = rng.normal(0.0, effect.sd, n)
@@ -149,10 +149,14 @@ def plant_values(
     slope = 1.0 + effect.ketamine_gain * np.where(arm[scope] == "ketamine", 1.0, -1.0)
     signal = _standardise(z * slope) * effect.direction
     noise = values[scope]
-    design = np.column_stack([np.ones(scope.sum()), signal])
-    noise = noise - design @ np.linalg.lstsq(design, noise, rcond=None)[0]
-    noise = _standardise(noise)
-    values[scope] = effect.sd * (np.sqrt(effect.r2) * signal + np.sqrt(1 - effect.r2) * noise)
+    design = np.column_stack([np.ones(scope.sum()), z, signal])
+    noise = _standardise(noise - design @ np.linalg.lstsq(design, noise, rcond=None)[0])
+    # with an arm-dependent slope the signal is not a multiple of z; choose the noise weight
+    # so that improvement itself explains exactly r2 of the variance in the sample
+    c = np.corrcoef(signal, z)[0, 1] ** 2
+    noise_weight = np.sqrt(max(c / effect.r2 - 1.0, 0.0))
+    combined = _standardise(signal + noise_weight * noise)
+    values[scope] = effect.sd * combined
     values[~scope] -= values[~scope].mean() if (~scope).any() else 0.0
     return values
 

@@ -109,7 +109,8 @@ def _gz_nifti(data: np.ndarray, grid: Grid, tr: float | None, slope: float = 1.0
     image.header.set_qform(grid.affine, code=4)  # 4 = MNI
     image.header.set_sform(grid.affine, code=4)
     # ISA-L: gzip-compatible and several times faster than zlib at the same ratio
-    return igzip.compress(image.to_bytes(), compresslevel=1)
+    # mtime=0 keeps the bytes reproducible for a seed
+    return igzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
 
 
 def bold_nifti_gz(voxels: np.ndarray, grid: Grid, tr: float) -> bytes:
