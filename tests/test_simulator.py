@@ -28,7 +28,8 @@ def test_same_seed_gives_same_bytes(study_root, tmp_path):
     again = simulate_study(tmp_path / "again", participants=3, seed=0, voxel_size=8.0,
                            volumes=24)
     assert _truth_bytes(again) == _truth_bytes(study_root)
-    bold = "sub-02/ses-post/func/sub-02_ses-post_task-faces_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz"
+    bold = ("sub-02/ses-post/func/"
+            "sub-02_ses-post_task-faces_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
     assert (again / bold).read_bytes() == (study_root / bold).read_bytes()
     other = simulate_study(tmp_path / "other", participants=3, seed=1, voxel_size=8.0,
                            volumes=24)
@@ -168,5 +169,6 @@ def test_forward_model_matches_spm12_prediction(case):
     bold, expected = bold - bold.mean(0), expected - expected.mean(0)
     for region in range(bold.shape[1]):
         assert np.corrcoef(bold[:, region], expected[:, region])[0, 1] > 0.995
-        rel = np.sqrt(np.mean((bold[:, region] - expected[:, region]) ** 2)) / expected[:, region].std()
+        error = bold[:, region] - expected[:, region]
+        rel = np.sqrt(np.mean(error**2)) / expected[:, region].std()
         assert rel < 0.15

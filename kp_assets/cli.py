@@ -1,0 +1,146 @@
+"""The ``kp`` command: ``kp simulate``, ``kp demo``, ``kp sql``.
+
+``kp demo`` materializes every asset through the same Definitions, jobs and discovery code that
+``dagster dev`` and the sensor use, on the instance in ``DAGSTER_HOME`` (the repository
+folder by default, storage in ``.dagster/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from kp_resources.locations import REPO_ROOT, study_dir, warehouse_dir
+
+# Dagster's console logger prints every event at DEBUG; the demo prints its own progress
+QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+EXAMPLE_SQL = (
+    "SELECT participant_id, session, task, round(mean_fd, 3) AS mean_fd, round(tsnr, 1) AS tsnr "
+    "FROM scans ORDER BY mean_fd DESC LIMIT 5"
+)
+
+
+def _use_repo_instance() -> None:
+    # dagster.yaml lives at the repo root and reads its storage folder from the environment
+    os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
+    os.environ.setdefault("KP_DAGSTER_STORAGE", str(REPO_ROOT / ".dagster"))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from kp_assets.science.simulator import simulate_study
+
+    start = time.perf_counter()
+    out = simulate_study(
+        args.out, participants=args.participants, seed=args.seed, voxel_size=args.voxel_size,
+        volumes=args.volumes, tr=args.tr, null=args.null, progress=not args.quiet,
+        jobs=args.jobs, overwrite=args.overwrite,
+    )
+    print(f"simulated {args.participants} participants into {out} "
+          f"in {time.perf_counter() - start:.1f} s (truth: {out}/derivatives/simulation-truth)")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from kp_resources.warehouse import format_result, list_tables, query
+
+    root = Path(args.warehouse) if args.warehouse else warehouse_dir()
+    if not list_tables(root):
+        print(f"kp sql: no tables in warehouse {root} (run `make demo` first)", file=sys.stderr)
+        return 2
+    try:
+        result = query(root, args.query)
+    except Exception as e:  # DuckDB's own message says what is wrong with the SQL
+        print(f"kp sql: {e}", file=sys.stderr)
+        return 1
+    print(format_result(result, args.format))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _use_repo_instance()
+    import dagster as dg
+
+    from kp_assets.materialize import materialize_study
+    from kp_resources.warehouse import format_result, query
+
+    study, warehouse = study_dir(), warehouse_dir()
+    if not (study / "dataset_description.json").exists():
+        print(f"simulating the default study ({args.participants} participants) into {study}")
+        from kp_assets.science.simulator import simulate_study
+
+        simulate_study(study, participants=args.participants, progress=True,
+                       overwrite=study.exists())
+    else:
+        print(f"using the study in {study}")
+    print(f"materializing assets into {warehouse}")
+    instance = dg.DagsterInstance.get()
+    failed = materialize_study(study, warehouse, instance, run_config=QUIET_RUN_CONFIG)
+
+    summary = query(warehouse, """
+        SELECT count(DISTINCT participant_id) AS participants, count(*) AS runs,
+               round(median(mean_fd), 3) AS median_mean_fd_mm,
+               round(max(mean_fd), 3) AS worst_mean_fd_mm,
+               CAST(sum(n_fd_spikes) AS INTEGER) AS fd_spikes, round(median(tsnr), 1) AS median_tsnr,
+               round(min(tsnr), 1) AS min_tsnr
+        FROM scans""")
+    arms = query(warehouse, "SELECT arm, count(*) AS participants, "
+                            "round(avg(caps5_improvement), 1) AS mean_caps5_improvement "
+                            "FROM clinical GROUP BY arm ORDER BY arm")
+    print("\nscans (QC over all runs):")
+    print(format_result(summary))
+    print("\nclinical:")
+    print(format_result(arms))
+    print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
+    print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
+    print("UI:   make ui   (then open http://127.0.0.1:3000)")
+    if failed:
+        print(f"\n{len(failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kp", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="write a simulated study with planted ground truth")
+    sim.add_argument("out", help="study folder to create")
+    sim.add_argument("--participants", type=int, default=21, help="number (default 21)")
+    sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    sim.add_argument("--voxel-size", type=float, default=4.0, help="mm, isotropic (default 4)")
+    sim.add_argument("--volumes", type=int, default=None,
+                     help="volumes per run for every task (default 150)")
+    sim.add_argument("--tr", type=float, default=2.0, help="repetition time in s (default 2)")
+    sim.add_argument("--null", action="store_true",
+                     help="plant no relation between imaging change and improvement")
+    sim.add_argument("--jobs", type=int, default=None, help="worker processes (default ≤ 2)")
+    sim.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(func=cmd_simulate)
+
+    demo = sub.add_parser("demo", help="simulate the default study if needed, materialize "
+                                       "every asset, print a summary")
+    demo.add_argument("--participants", type=int, default=21,
+                      help="participants to simulate when there is no study yet (default 21)")
+    demo.set_defaults(func=cmd_demo)
+
+    sql = sub.add_parser("sql", help="run SQL on the warehouse (one view per table, plus "
+                                     "'provenance')")
+    sql.add_argument("query", help='e.g. "SELECT * FROM scans LIMIT 5"')
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--warehouse", default=None,
+                     help="warehouse folder (default: $KP_WAREHOUSE_DIR or data/warehouse)")
+    sql.set_defaults(func=cmd_sql)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
