@@ -83,7 +83,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         SELECT count(DISTINCT participant_id) AS participants, count(*) AS runs,
                round(median(mean_fd), 3) AS median_mean_fd_mm,
                round(max(mean_fd), 3) AS worst_mean_fd_mm,
-               CAST(sum(n_fd_spikes) AS INTEGER) AS fd_spikes, round(median(tsnr), 1) AS median_tsnr,
+               CAST(sum(n_fd_spikes) AS INTEGER) AS fd_spikes,
+               round(median(tsnr), 1) AS median_tsnr,
                round(min(tsnr), 1) AS min_tsnr
         FROM scans""")
     arms = query(warehouse, "SELECT arm, count(*) AS participants, "
