@@ -9,7 +9,10 @@ import dagster as dg
 from kp_resources.warehouse import Warehouse
 
 #: Asset keys the catalog waits for; later stages append their tables here.
-CATALOGUED_TABLES: list[str] = ["scans", "clinical"]
+CATALOGUED_TABLES: list[str] = [
+    "scans", "clinical", "roi_timeseries", "roi_coverage", "roi_activation",
+    "task_connectivity", "rest_connectivity", "session_features", "change_scores",
+]
 
 
 @dg.asset(

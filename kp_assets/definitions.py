@@ -10,14 +10,22 @@ import dagster as dg
 
 from kp_assets.catalog import warehouse_catalog
 from kp_assets.clinical import clinical
+from kp_assets.rest_connectivity import rest_connectivity
+from kp_assets.roi_activation import roi_activation
+from kp_assets.roi_timeseries import roi_signals
 from kp_assets.scans import scans
 from kp_assets.sensors import PARTICIPANT_ASSETS, new_participant_sensor
+from kp_assets.session_features import change_scores, session_features
+from kp_assets.task_connectivity import task_connectivity
+from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.locations import study_dir, warehouse_dir
 from kp_resources.parquet_io import ParquetIOManager
+from kp_resources.roi_set import RoiSet
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 
-ASSETS = [scans, clinical, warehouse_catalog]
+ASSETS = [scans, clinical, roi_signals, roi_activation, task_connectivity, rest_connectivity,
+          session_features, change_scores, warehouse_catalog]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
 participant_job = dg.define_asset_job("participant_assets", selection=PARTICIPANT_ASSETS)
@@ -27,8 +35,10 @@ group_job = dg.define_asset_job(
 )
 
 
-def build_definitions(study: str | Path, warehouse: str | Path) -> dg.Definitions:
-    """The project's definitions with resources bound to a study folder and a warehouse."""
+def build_definitions(study: str | Path, warehouse: str | Path,
+                      **overrides: dg.ConfigurableResource) -> dg.Definitions:
+    """The project's definitions with resources bound to a study folder and a warehouse;
+    ``overrides`` replace resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``)."""
     return dg.Definitions(
         assets=ASSETS,
         jobs=[participant_job, group_job],
@@ -37,7 +47,9 @@ def build_definitions(study: str | Path, warehouse: str | Path) -> dg.Definition
             "study": StudyFolder(root=str(study)),
             "io_manager": ParquetIOManager(root=str(warehouse)),
             "warehouse": Warehouse(root=str(warehouse)),
-        },
+            "roi_set": RoiSet(),
+            "cleaning": ConfoundCleaning(),
+        } | overrides,
     )
 
 

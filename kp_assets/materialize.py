@@ -33,9 +33,11 @@ def materialize_study(
     instance: dg.DagsterInstance,
     run_config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    **resources: dg.ConfigurableResource,
 ) -> dict[str, str]:
-    """Materialize all assets; returns ``{participant or 'group assets': error}`` of failures."""
-    defs = build_definitions(study, warehouse)
+    """Materialize all assets; returns ``{participant or 'group assets': error}`` of failures.
+    ``resources`` override the default resources by key."""
+    defs = build_definitions(study, warehouse, **resources)
     for name in discover_invalid(study):
         log(f"  skipped folder {name!r}: not a valid participant label")
     ids = discover_participants(study)

@@ -197,6 +197,7 @@ def synthesize_run(
     n_volumes: int,
     noise: NoiseSettings,
     rng: np.random.Generator,
+    tr: float,
     motion_scale: float = 1.0,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """One run: brain-voxel intensities (n_brain, n_volumes) float32 and its confounds table.
@@ -253,4 +254,15 @@ def synthesize_run(
     confounds["framewise_displacement"] = fd
     for j, name in enumerate(["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]):
         confounds.update(_expand(name, motion[:, j]))
+    confounds.update(cosine_regressors(n_volumes, tr))
     return values.astype(np.float32), pd.DataFrame(confounds)
+
+
+def cosine_regressors(n_volumes: int, tr: float, period_s: float = 128.0) -> dict[str, np.ndarray]:
+    """fMRIPrep's ``cosine_XX`` high-pass regressors: the DCT-II basis up to a 128 s period
+    (constant excluded), each scaled by sqrt(2/n)."""
+    order = int(np.floor(2 * n_volumes * tr / period_s))
+    n = np.arange(n_volumes)
+    scale = np.sqrt(2.0 / n_volumes)
+    return {f"cosine{k - 1:02d}": scale * np.cos(np.pi * (2 * n + 1) * k / (2 * n_volumes))
+            for k in range(1, order + 1)}

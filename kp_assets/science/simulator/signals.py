@@ -3,6 +3,10 @@
 - faces: amygdala and vmPFC come from the DCM (integrated in :mod:`.neural`, inputs: all faces
   drive the amygdala, emotional faces modulate both connections); the other regions respond
   to face blocks with the canonical HRF. Every region also carries correlated fluctuations.
+  On top, the planted gPPI coupling: vmPFC carries an endogenous neural fluctuation n(t)
+  (seen through the HRF) and the amygdala receives HRF * (κ · emotional(t) · n(t)), a
+  neural-level psychophysiological interaction with κ = ``faces.gppi.vmpfc->amygdala.emotional``
+  (% amygdala signal per % vmPFC fluctuation during emotional blocks).
 - conflict: the dACC responds to every trial, more to incongruent trials (monitoring) and
   differently to incongruent trials after incongruent ones (regulation, iI − cI); other
   regions respond weakly to trials.
@@ -25,9 +29,10 @@ from kp_assets.science.simulator.design import MICROTIME_BINS, stimulus_function
 
 DCM_REGIONS = ("amygdala", "vmpfc")
 DCM_INPUTS = ("faces", "emotional")
-REST_FLUCTUATION_SD = 0.8  # % signal, region level
+REST_FLUCTUATION_SD = 1.2  # % signal, region level
 TASK_FLUCTUATION_SD = 0.3
 NEURAL_NOISE_SD = 0.02  # Hz, endogenous drive to the DCM regions (smoothed over 1 s)
+PPI_FLUCTUATION_SD = 1.0  # % signal, vmPFC's endogenous fluctuation carrying the planted PPI
 BASE_CORRELATION = 0.2
 PAIR_CORRELATIONS = {
     ("amygdala", "hippocampus_ant"): 0.4,
@@ -36,9 +41,9 @@ PAIR_CORRELATIONS = {
 }
 # activation amplitudes (% signal per unit HRF-convolved regressor) of regions outside the DCM
 FACES_RESPONSE = {"racc": 0.3, "dacc": 0.2, "hippocampus_ant": 0.2, "insula_ant": 0.4}
-CONFLICT_RESPONSE = {"racc": 0.2, "insula_ant": 0.3, "hippocampus_ant": 0.1, "amygdala": 0.1,
-                     "vmpfc": 0.1}
-DACC_CONGRUENT = 0.5  # dACC amplitude for congruent trials
+CONFLICT_RESPONSE = {"racc": 0.5, "insula_ant": 0.8, "hippocampus_ant": 0.25, "amygdala": 0.25,
+                     "vmpfc": 0.25}
+DACC_CONGRUENT = 1.2  # dACC amplitude for congruent trials (a 1 s trial peaks at 0.33 × this)
 
 
 def region_correlation(vmpfc_insula: float) -> np.ndarray:
@@ -120,9 +125,35 @@ def neural_noise(n_volumes: int, rng: np.random.Generator) -> np.ndarray:
     return NEURAL_NOISE_SD * smooth[:n_micro]
 
 
+def planted_ppi(
+    events: pd.DataFrame, coupling: float, n_volumes: int, tr: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(vmPFC, amygdala) BOLD additions (n_volumes,) carrying the planted gPPI coupling."""
+    from nilearn.glm.first_level.hemodynamic_models import glover_hrf
+    from scipy.signal import fftconvolve
+
+    n_micro = n_volumes * MICROTIME_BINS
+    # endogenous fluctuation: white noise smoothed over ~4 s (AR(1) at microtime)
+    white = rng.standard_normal(n_micro)
+    phi = np.exp(-tr / MICROTIME_BINS / 4.0)
+    neural = np.empty(n_micro)
+    level = 0.0
+    for i, w in enumerate(white):
+        level = phi * level + w
+        neural[i] = level
+    emotional = stimulus_function(events, events["trial_type"].eq("emotional").to_numpy(),
+                                  n_volumes, tr)
+    hrf = glover_hrf(tr, oversampling=MICROTIME_BINS, time_length=32.0)
+    samples = np.arange(n_volumes) * MICROTIME_BINS + MICROTIME_BINS // 2
+    vmpfc = fftconvolve(neural, hrf)[:n_micro][samples]
+    scale = PPI_FLUCTUATION_SD / vmpfc.std()
+    amygdala = coupling * fftconvolve(emotional * neural, hrf)[:n_micro][samples]
+    return scale * vmpfc, scale * amygdala
+
+
 def faces_signals(
-    events: pd.DataFrame, dcm_bold: np.ndarray, n_volumes: int, tr: float,
-    rng: np.random.Generator,
+    events: pd.DataFrame, dcm_bold: np.ndarray, values: dict[str, float], n_volumes: int,
+    tr: float, rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Region signals of a faces run; ``dcm_bold`` is (n_volumes, 2) from the DCM."""
     times = frame_times(n_volumes, tr)
@@ -135,6 +166,10 @@ def faces_signals(
         signals[name] = signals[name] + amplitude * block
     for i, name in enumerate(DCM_REGIONS):
         signals[name] = signals[name] + dcm_bold[:, i]
+    vmpfc, amygdala = planted_ppi(events, values["faces.gppi.vmpfc->amygdala.emotional"],
+                                  n_volumes, tr, rng)
+    signals["vmpfc"] = signals["vmpfc"] + vmpfc
+    signals["amygdala"] = signals["amygdala"] + amygdala
     return signals
 
 

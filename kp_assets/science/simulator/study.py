@@ -141,14 +141,14 @@ def _write_participant(job: _ParticipantJob, out: Path, options: SimulationOptio
             rng = _run_rng(options.seed, job.index, s, task, 1)
             events = job.events.get((session, task))
             if task == "faces":
-                region = signals.faces_signals(events, job.dcm_bold[session], n_volumes,
-                                               options.tr, rng)
+                region = signals.faces_signals(events, job.dcm_bold[session], values,
+                                               n_volumes, options.tr, rng)
             elif task == "conflict":
                 region = signals.conflict_signals(events, values, n_volumes, options.tr, rng)
             else:
                 region = signals.rest_signals(values, n_volumes, options.tr, rng)
             voxels, confounds = synthesize_run(grid, masks, region, n_volumes, options.noise,
-                                               rng, job.motion_scale)
+                                               rng, options.tr, job.motion_scale)
             stem = run_stem(job.participant_id, session, task)
             bold = func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz"
             bold.write_bytes(bold_nifti_gz(voxels, grid, options.tr))
@@ -260,6 +260,7 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
             "rest_fluctuation_sd_percent": signals.REST_FLUCTUATION_SD,
             "task_fluctuation_sd_percent": signals.TASK_FLUCTUATION_SD,
             "dcm_neural_noise_sd_hz": signals.NEURAL_NOISE_SD,
+            "ppi_fluctuation_sd_percent": signals.PPI_FLUCTUATION_SD,
             "dcm_regions": list(signals.DCM_REGIONS),
             "dcm_inputs": list(signals.DCM_INPUTS),
             "sampling": "scans read at mid-TR (microtime bin 8 of 16)",

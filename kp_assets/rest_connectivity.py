@@ -1,0 +1,41 @@
+"""``rest_connectivity``: Pearson r and Fisher z between ROI pairs at rest, per session."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from kp_assets.partitions import participants
+from kp_assets.task_runs import run_signals
+
+
+def pair_correlations(signals: pd.DataFrame) -> pd.DataFrame:
+    """r and Fisher z = artanh(r) for every ROI pair (a before b in column order)."""
+    r = np.corrcoef(signals.to_numpy(float), rowvar=False)
+    names = list(signals.columns)
+    rows = [{"roi_a": names[i], "roi_b": names[j], "r": float(r[i, j]),
+             "z": float(np.arctanh(np.clip(r[i, j], -0.999999, 0.999999)))}
+            for i in range(len(names)) for j in range(i + 1, len(names))]
+    return pd.DataFrame(rows)
+
+
+@dg.asset(
+    partitions_def=participants,
+    group_name="features",
+    kinds={"pandas", "parquet"},
+    code_version="rest_connectivity-1",
+    description="Resting-state functional connectivity: Pearson r and Fisher z for every ROI "
+                "pair of the cleaned, scrubbed resting signals.",
+)
+def rest_connectivity(context: dg.AssetExecutionContext,
+                      roi_timeseries: pd.DataFrame) -> pd.DataFrame:
+    from kp_assets.science.rois import ROI_NAMES
+
+    tables = []
+    for session in ("pre", "post"):
+        signals = run_signals(roi_timeseries, session, "rest")
+        if signals.empty:
+            continue
+        ordered = signals[[r for r in ROI_NAMES if r in signals.columns]]
+        tables.append(pair_correlations(ordered).assign(session=session))
+    result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
+    return result[["participant_id", "session", "roi_a", "roi_b", "r", "z"]]

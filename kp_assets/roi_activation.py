@@ -1,0 +1,28 @@
+"""``roi_activation``: ROI-level first-level GLM betas and t values per session × task."""
+
+import dagster as dg
+import pandas as pd
+
+from kp_assets.partitions import participants
+from kp_assets.science.activation import CONTRASTS, fit_roi_glm
+from kp_assets.task_runs import task_runs
+from kp_resources.cleaning import ConfoundCleaning
+
+
+@dg.asset(
+    partitions_def=participants,
+    group_name="features",
+    kinds={"pandas", "parquet"},
+    code_version="roi_activation-1",
+    description="Task activation per ROI and contrast (faces: emotional_vs_neutral; conflict: "
+                "regulation = iI − cI, monitoring = incongruent − congruent): beta (% signal), "
+                "se, t from an AR(1) GLM on the cleaned ROI signals.",
+)
+def roi_activation(context: dg.AssetExecutionContext, scans: pd.DataFrame,
+                   roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning) -> pd.DataFrame:
+    tables = []
+    for run in task_runs(scans, roi_timeseries, cleaning):
+        table = fit_roi_glm(run.signals, run.design, CONTRASTS[run.task])
+        tables.append(table.assign(session=run.session, task=run.task))
+    result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
+    return result[["participant_id", "session", "task", "roi", "contrast", "beta", "se", "t"]]

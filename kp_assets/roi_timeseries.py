@@ -1,0 +1,139 @@
+"""``roi_timeseries`` and ``roi_coverage``: every run read once, all ROIs extracted, cleaned.
+
+Per participant: for each run of the ``scans`` inventory the BOLD file is read once (its
+sha256 must still match the inventory), every ROI's voxels are averaged (voxels outside the
+brain mask, non-finite or flat are excluded and counted in ``roi_coverage``), then the ROI
+means are cleaned with the run's fMRIPrep confounds (nilearn ``load_confounds`` strategy of
+the ``cleaning`` resource) and converted to percent signal change. Scrubbed volumes keep
+their raw value and get ``signal`` NaN and ``scrubbed`` true.
+"""
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from kp_assets.partitions import participants
+from kp_assets.science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
+from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.parquet_io import markdown_table
+from kp_resources.roi_set import RoiSet
+from kp_resources.study import StudyDataError, read_nifti, validate_participant_label
+
+
+def slice_time_ref(sidecar_path: str, tr: float) -> float:
+    """Reference time of each volume as a fraction of TR: fMRIPrep's ``StartTime`` after
+    slice-timing correction, else 0 (start of the volume)."""
+    with open(sidecar_path) as f:
+        sidecar = json.load(f)
+    if sidecar.get("SliceTimingCorrected") and "StartTime" in sidecar:
+        return float(sidecar["StartTime"]) / tr
+    return 0.0
+
+
+def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    image = read_nifti(run["bold_path"])
+    if image.sha256 != run["sha256"]:
+        raise StudyDataError(run["bold_path"], "file changed since the scans inventory "
+                                               "(rematerialize scans for this participant)")
+    mask = read_nifti(run["mask_path"])
+    try:
+        rois = roi_set.voxels(image.affine, image.shape[:3])
+    except ValueError as e:
+        raise StudyDataError(run["bold_path"], str(e)) from e
+    extraction = extract_roi_means(image.data, mask.data, rois, image.slope, image.inter)
+    del image
+    coverage = extraction.coverage
+    low = coverage[coverage["coverage"] < roi_set.min_coverage]
+    if len(low) and not roi_set.allow_partial_coverage:
+        roi = low.iloc[0]
+        raise StudyDataError(
+            run["bold_path"],
+            f"ROI {roi['roi']} coverage {roi['coverage']:.0%} is below the minimum "
+            f"{roi_set.min_coverage:.0%} ({roi['n_used']} of {roi['n_defined']} voxels usable)")
+    usable = coverage.loc[coverage["n_used"] > 0, "roi"].tolist()
+    if not usable:
+        raise StudyDataError(run["bold_path"], "no ROI has a usable voxel")
+
+    confounds, kept = load_run_confounds(run["bold_path"], cleaning.strategy())
+    needed = confounds.shape[1] + cleaning.min_free_volumes
+    if len(kept) < needed:
+        raise StudyDataError(
+            run["confounds_path"],
+            f"scrubbing leaves {len(kept)} of {run['n_volumes']} volumes; at least {needed} "
+            f"needed ({confounds.shape[1]} confounds + {cleaning.min_free_volumes})")
+    cleaned = clean_roi_signals(extraction.signals[usable], confounds, kept, run["tr"])
+
+    n_volumes = int(run["n_volumes"])
+    times = (np.arange(n_volumes) + slice_time_ref(run["sidecar_path"], run["tr"])) * run["tr"]
+    raw = extraction.signals[usable].rename_axis("volume").reset_index().melt(
+        id_vars="volume", var_name="roi", value_name="raw")
+    signal = cleaned.reset_index().melt(id_vars="volume", var_name="roi", value_name="signal")
+    table = raw.merge(signal, on=["volume", "roi"], how="left")
+    table["scrubbed"] = table["signal"].isna()
+    table["time_s"] = times[table["volume"].to_numpy()]
+    keys = {k: run[k] for k in ("participant_id", "session", "task", "run")}
+    table = table.assign(**keys)[["participant_id", "session", "task", "run", "roi", "volume",
+                                  "time_s", "raw", "signal", "scrubbed"]]
+    coverage = coverage.assign(**keys, n_volumes_kept=len(kept), n_volumes=n_volumes)
+    return table, coverage
+
+
+@dg.multi_asset(
+    outs={
+        "roi_timeseries": dg.AssetOut(
+            kinds={"pandas", "parquet"}, code_version="roi_timeseries-1",
+            description="Cleaned ROI signals: run × ROI × volume (percent signal change)."),
+        "roi_coverage": dg.AssetOut(
+            kinds={"pandas", "parquet"}, code_version="roi_coverage-1",
+            description="Usable voxels per run × ROI (brain mask, finite, not flat)."),
+    },
+    ins={"scans": dg.AssetIn()},
+    partitions_def=participants,
+    group_name="roi_signals",
+    check_specs=[dg.AssetCheckSpec(
+        "roi_coverage_check", asset="roi_coverage",
+        description="Every ROI's coverage in every run is at least the ROI set's "
+                    "min_coverage (a warning when partial coverage is allowed).")],
+)
+def roi_signals(context: dg.AssetExecutionContext, scans: pd.DataFrame, roi_set: RoiSet,
+                cleaning: ConfoundCleaning):
+    pid = validate_participant_label(context.partition_key)
+    tables, coverages = [], []
+    for i, (_, run) in enumerate(scans.iterrows(), 1):
+        table, coverage = _run_tables(run, roi_set, cleaning)
+        tables.append(table)
+        coverages.append(coverage)
+        kept = int(coverage["n_volumes_kept"].iloc[0])
+        context.log.info(f"{pid} [{i}/{len(scans)}] ses-{run['session']} task-{run['task']}: "
+                         f"{kept}/{run['n_volumes']} volumes kept, "
+                         f"min ROI coverage {coverage['coverage'].min():.0%}")
+    timeseries = pd.concat(tables, ignore_index=True)
+    coverage = pd.concat(coverages, ignore_index=True)
+    provenance = {"source_sha256": dict(zip(scans["bold_path"], scans["sha256"], strict=True))}
+    timeseries.attrs.update(provenance)
+    coverage.attrs.update(provenance)
+    definition = json.dumps(roi_set.definition(), sort_keys=True)
+    yield dg.Output(timeseries, "roi_timeseries", metadata={
+        "roi_set": dg.MetadataValue.json(roi_set.definition()),
+        "cleaning": dg.MetadataValue.json(cleaning.strategy().describe()),
+        "scrubbed_fraction": float(timeseries["scrubbed"].mean()),
+    })
+    yield dg.Output(coverage, "roi_coverage", metadata={
+        "roi_set_fingerprint": roi_set.fingerprint(),
+        "min_coverage": float(coverage["coverage"].min()),
+        "roi_set_definition": definition,
+    })
+    low = coverage[coverage["coverage"] < roi_set.min_coverage]
+    yield dg.AssetCheckResult(
+        check_name="roi_coverage_check", asset_key="roi_coverage", passed=low.empty,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "min_coverage": float(coverage["coverage"].min()),
+            "threshold": roi_set.min_coverage,
+            "low": dg.MetadataValue.md(markdown_table(low[["session", "task", "roi",
+                                                           "coverage"]]) if len(low) else "none"),
+        },
+    )

@@ -1,0 +1,31 @@
+"""``task_connectivity``: generalized PPI for every ordered ROI pair, session and task."""
+
+import dagster as dg
+import pandas as pd
+
+from kp_assets.partitions import participants
+from kp_assets.science.activation import CONTRASTS
+from kp_assets.science.gppi import fit_gppi
+from kp_assets.task_runs import task_runs
+from kp_resources.cleaning import ConfoundCleaning
+
+
+@dg.asset(
+    partitions_def=participants,
+    group_name="features",
+    kinds={"pandas", "parquet"},
+    code_version="task_connectivity-1",
+    description="gPPI interaction betas seed → target for each condition (e.g. emotional) and "
+                "task contrast, both directions of every ROI pair (McLaren et al. 2012).",
+)
+def task_connectivity(context: dg.AssetExecutionContext, scans: pd.DataFrame,
+                      roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning) -> pd.DataFrame:
+    tables = []
+    for run in task_runs(scans, roi_timeseries, cleaning):
+        table = fit_gppi(run.signals, run.design, run.events, run.confounds, run.kept,
+                         run.n_volumes, run.tr, run.slice_time_ref, CONTRASTS[run.task])
+        tables.append(table.assign(session=run.session, task=run.task))
+        context.log.info(f"gPPI ses-{run.session} task-{run.task}: {len(table)} betas")
+    result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
+    return result[["participant_id", "session", "task", "seed", "target", "contrast", "beta",
+                   "se", "t"]]

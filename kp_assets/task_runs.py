@@ -1,0 +1,66 @@
+"""What the task models of one participant need, gathered once per run from the warehouse.
+
+``roi_activation`` and ``task_connectivity`` both fit models on the cleaned ROI signals of
+``roi_timeseries``; they need the same events, confounds and kept volumes to build designs
+that are cleaned exactly like the signals.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from kp_assets.science.activation import clean_design, task_conditions, task_design
+from kp_assets.science.roi_signals import load_run_confounds
+from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.study import StudyDataError, validate_events
+
+EVENT_TASKS = ("faces", "conflict")
+
+
+@dataclass
+class TaskRun:
+    """One task run: cleaned ``signals`` (kept volumes × ROIs, % signal), ``events`` with the
+    model's conditions, its cleaned ``design`` (kept volumes × conditions + constant) and
+    the confounds and kept volume indices that cleaned both."""
+
+    session: str
+    task: str
+    signals: pd.DataFrame
+    events: pd.DataFrame
+    design: pd.DataFrame
+    confounds: pd.DataFrame
+    kept: np.ndarray
+    n_volumes: int
+    tr: float
+    slice_time_ref: float
+
+
+def run_signals(roi_timeseries: pd.DataFrame, session: str, task: str) -> pd.DataFrame:
+    """Cleaned signals of one run (kept volumes × ROIs) from the long table."""
+    rows = roi_timeseries[(roi_timeseries["session"] == session)
+                          & (roi_timeseries["task"] == task) & ~roi_timeseries["scrubbed"]]
+    return rows.pivot(index="volume", columns="roi", values="signal")
+
+
+def task_runs(scans: pd.DataFrame, roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning,
+              tasks: tuple[str, ...] = EVENT_TASKS) -> list[TaskRun]:
+    runs = []
+    for _, scan in scans[scans["task"].isin(tasks)].iterrows():
+        session, task, tr = scan["session"], scan["task"], float(scan["tr"])
+        signals = run_signals(roi_timeseries, session, task)
+        confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
+        if not np.array_equal(kept, signals.index.to_numpy()):
+            raise StudyDataError(scan["confounds_path"], "kept volumes differ from "
+                                 "roi_timeseries (cleaning settings changed: rematerialize it)")
+        events = pd.read_csv(scan["events_path"], sep="\t", na_values="n/a")
+        validate_events(events, scan["events_path"])
+        conditions = task_conditions(events, task)
+        times = roi_timeseries.loc[(roi_timeseries["session"] == session)
+                                   & (roi_timeseries["task"] == task), "time_s"]
+        ref = float(times.min()) / tr
+        n_volumes = int(scan["n_volumes"])
+        design = clean_design(task_design(conditions, n_volumes, tr, ref), confounds, kept, tr)
+        runs.append(TaskRun(session, task, signals, conditions, design, confounds, kept,
+                            n_volumes, tr, ref))
+    return runs
