@@ -125,7 +125,7 @@ def test_partial_coverage_allowed_is_recorded_and_checked(small_study, tmp_path)
     assert checks[0].passed is False
     coverage = pd.read_parquet(tmp_path / "warehouse/roi_coverage/participant=sub-01")
     low = coverage[coverage.coverage < 0.5]
-    assert list(zip(low.session, low.task, low.roi)) == [("pre", "faces", "dacc")]
+    assert list(zip(low.session, low.task, low.roi, strict=True)) == [("pre", "faces", "dacc")]
     ts = pd.read_parquet(tmp_path / "warehouse/roi_timeseries/participant=sub-01")
     assert "dacc" not in set(ts[(ts.session == "pre") & (ts.task == "faces")].roi)
 
