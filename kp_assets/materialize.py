@@ -1,11 +1,14 @@
-"""Materialize every asset of a study in-process: what ``kp demo`` runs.
+"""Materialize every asset of a study: what ``kp demo`` and the recovery tests run.
 
 It uses the same discovery code as ``new_participant_sensor`` and the same jobs as the UI:
 one partition per participant folder, the participant job once per participant (a failing
-participant is reported and the others go on), then the group job.
+participant is reported and the others go on; ``jobs`` participants at a time, each in its
+own process), then the group job.
 """
 
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +30,45 @@ def _first_error(result: dg.ExecuteInProcessResult) -> str:
     return "failed"
 
 
+def _run_participant(instance: dg.DagsterInstance, study: Path, warehouse: Path, pid: str,
+                     run_config: dict | None, resources: dict) -> str | None:
+    """Run the participant job for one participant; returns the error message or None."""
+    if not instance.has_dynamic_partition(participants.name, pid):
+        instance.add_dynamic_partitions(participants.name, [pid])
+    job = build_definitions(study, warehouse, **resources).resolve_job_def("participant_assets")
+    result = job.execute_in_process(partition_key=pid, instance=instance, raise_on_error=False,
+                                    run_config=run_config)
+    return None if result.success else _first_error(result)
+
+
+def _run_participant_in_worker(ref: Any, *args: Any) -> str | None:
+    """Worker entry point: ``ref`` is the InstanceRef of a persistent instance, or None."""
+    instance = dg.DagsterInstance.from_ref(ref) if ref else dg.DagsterInstance.ephemeral()
+    return _run_participant(instance, *args)
+
+
+def _limit_threads() -> None:
+    # one BLAS thread per worker process: the workers already use the cores
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+
+
 def materialize_study(
     study: Path,
     warehouse: Path,
     instance: dg.DagsterInstance,
     run_config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
+    jobs: int | None = None,
     **resources: dg.ConfigurableResource,
 ) -> dict[str, str]:
     """Materialize all assets; returns ``{participant or 'group assets': error}`` of failures.
-    ``resources`` override the default resources by key."""
-    defs = build_definitions(study, warehouse, **resources)
+
+    ``jobs``: participants processed at once (default: up to 2, one per core). Worker
+    processes record their runs in ``instance`` when it is persistent; an ephemeral instance
+    cannot be shared, so each worker then uses its own. ``resources`` override the defaults.
+    """
     for name in discover_invalid(study):
         log(f"  skipped folder {name!r}: not a valid participant label")
     ids = discover_participants(study)
@@ -46,19 +77,32 @@ def materialize_study(
     if new:
         instance.add_dynamic_partitions(participants.name, new)
 
+    ref = None if instance.is_ephemeral else instance.get_ref()
+    workers = max(1, min(jobs or os.cpu_count() or 1, 2, len(ids)))
     failed: dict[str, str] = {}
-    job = defs.resolve_job_def("participant_assets")
-    for i, pid in enumerate(ids, 1):
-        result = job.execute_in_process(partition_key=pid, instance=instance,
-                                        raise_on_error=False, run_config=run_config)
-        if result.success:
-            log(f"  [{i}/{len(ids)}] {pid} ok")
+
+    def report(done: int, pid: str, error: str | None) -> None:
+        if error is None:
+            log(f"  [{done}/{len(ids)}] {pid} ok")
         else:
-            failed[pid] = _first_error(result)
-            log(f"  [{i}/{len(ids)}] {pid} FAILED: {failed[pid]}")
+            failed[pid] = error
+            log(f"  [{done}/{len(ids)}] {pid} FAILED: {error}")
+
+    if workers == 1:
+        for i, pid in enumerate(ids, 1):
+            report(i, pid, _run_participant(instance, study, warehouse, pid, run_config,
+                                            resources))
+    else:
+        with ProcessPoolExecutor(workers, initializer=_limit_threads) as pool:
+            futures = {pool.submit(_run_participant_in_worker, ref, study, warehouse, pid,
+                                   run_config, resources): pid for pid in ids}
+            for i, future in enumerate(as_completed(futures), 1):
+                report(i, futures[future], future.result())
+
+    defs = build_definitions(study, warehouse, **resources)
     group = defs.resolve_job_def("group_assets").execute_in_process(
         instance=instance, raise_on_error=False, run_config=run_config)
     if not group.success:
         failed["group assets"] = _first_error(group)
         log(f"  group assets FAILED: {failed['group assets']}")
-    return failed
+    return dict(sorted(failed.items()))

@@ -167,3 +167,36 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test with a ``damage`` argument runs once per way of damaging a study."""
     if "damage" in metafunc.fixturenames:
         metafunc.parametrize("damage", sorted(DAMAGES))
+
+
+# --- full-size studies for the recovery tests ------------------------------------------------
+# One 21-participant study (and one --null study) at 4 mm, run through the whole pipeline once
+# per test session; every recovery test reads its warehouse. ~2 minutes each on 2 cores.
+RECOVERY_STUDY = {"participants": 21, "seed": 11, "voxel_size": 4.0}
+
+
+def _pipeline_warehouse(base: Path, null: bool) -> tuple[Path, Path]:
+    import dagster as dg
+
+    from kp_assets.materialize import materialize_study
+    from kp_assets.science.simulator import simulate_study
+
+    study = simulate_study(base / "study", null=null, **RECOVERY_STUDY)
+    warehouse = base / "warehouse"
+    failed = materialize_study(
+        study, warehouse, dg.DagsterInstance.ephemeral(), log=lambda _: None,
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+    assert failed == {}, failed
+    return study, warehouse
+
+
+@pytest.fixture(scope="session")
+def recovery_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(study folder, warehouse) of the simulated 21-participant study, fully materialized."""
+    return _pipeline_warehouse(tmp_path_factory.mktemp("recovery"), null=False)
+
+
+@pytest.fixture(scope="session")
+def null_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(study folder, warehouse) of a simulated --null study, fully materialized."""
+    return _pipeline_warehouse(tmp_path_factory.mktemp("null"), null=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -169,13 +170,27 @@ def extract_roi_means(
     return Extraction(pd.DataFrame(means), pd.DataFrame(rows))
 
 
-def load_run_confounds(bold_path: Path, strategy: CleaningStrategy
+def load_run_confounds(bold_path: Path | str, strategy: CleaningStrategy
                        ) -> tuple[pd.DataFrame, np.ndarray]:
     """Confounds and the indices of kept volumes for a run, from nilearn's load_confounds
     (it finds ``*_desc-confounds_timeseries.tsv`` beside the fMRIPrep BOLD file)."""
+    path = Path(bold_path)
+    stem = path.name.split("_space-")[0]
+    tsv = path.with_name(f"{stem}_desc-confounds_timeseries.tsv")
+    stat = tsv.stat() if tsv.exists() else None
+    # every model of a run needs the same confounds; nilearn's parser is slow, so memoise on
+    # the file's identity (path, size, mtime) and hand out copies
+    key = (str(path), strategy, stat and (stat.st_size, stat.st_mtime_ns))
+    confounds, kept = _load_confounds_cached(key)
+    return confounds.copy(), kept.copy()
+
+
+@lru_cache(maxsize=64)
+def _load_confounds_cached(key: tuple) -> tuple[pd.DataFrame, np.ndarray]:
     from nilearn.interfaces.fmriprep import load_confounds
 
-    confounds, sample_mask = load_confounds(str(bold_path), **strategy.nilearn_arguments())
+    path, strategy, _ = key
+    confounds, sample_mask = load_confounds(path, **strategy.nilearn_arguments())
     kept = np.arange(len(confounds)) if sample_mask is None else np.asarray(sample_mask)
     return confounds, kept
 

@@ -81,11 +81,21 @@ class _Designs:
         self.X = np.ascontiguousarray(X, dtype=float)  # (D, m, p)
         self.which = which
         self.D, self.m, self.p = self.X.shape
+        self.B = which.size
         self.shared = self.D == 1
+        # rows grouped design by design, R per design: whole-batch products need no gather
+        R = self.B // self.D
+        self.grouped = (not self.shared and R * self.D == self.B
+                        and np.array_equal(which, np.repeat(np.arange(self.D), R)))
+        self.R = R
         # columns as rows, plus a zero "dummy" column p that pads active sets
         XT = np.concatenate([self.X.transpose(0, 2, 1), np.zeros((self.D, 1, self.m))], axis=1)
         self.XT_pad = np.ascontiguousarray(XT)  # (D, p + 1, m)
         self._outer: np.ndarray | None = None
+
+    def rank(self) -> np.ndarray:
+        """(B,) rank of each problem's design."""
+        return np.linalg.matrix_rank(self.X)[self.which]
 
     def _rows(self, rows: np.ndarray) -> np.ndarray:
         return self.X[self.which[rows]]  # (r, m, p)
@@ -94,12 +104,17 @@ class _Designs:
         """Xᵀv per problem: v (r, m) → (r, p)."""
         if self.shared:
             return v @ self.X[0]
+        if self.grouped and rows.size == self.B:
+            return np.matmul(v.reshape(self.D, self.R, self.m), self.X).reshape(self.B, self.p)
         return np.matmul(v[:, None, :], self._rows(rows))[:, 0]
 
     def x(self, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
         """Xw per problem: w (r, p) → (r, m)."""
         if self.shared:
             return w @ self.X[0].T
+        if self.grouped and rows.size == self.B:
+            out = np.matmul(self.X, w.reshape(self.D, self.R, self.p).transpose(0, 2, 1))
+            return out.transpose(0, 2, 1).reshape(self.B, self.m)
         return np.matmul(self._rows(rows), w[:, :, None])[:, :, 0]
 
     def cols(self, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -244,8 +259,12 @@ def enet_paths(
     S = np.zeros((B, p), dtype=np.int8)  # signs of active coefficients; 0 = inactive
     K = np.zeros((B, m, m)) if (lam[:, 0] > 0).any() else None
     SK = np.zeros((B, p), dtype=np.int8)  # the active set K currently represents
-    # a lasso (λ = 0) active set larger than rank(X) = m makes the primal system singular
-    cap = np.where(lam.min(axis=1) > 0, p, m)
+    # a lasso (λ = 0) active set larger than rank(X) (m, or less for a bootstrap sample
+    # with repeated rows) makes the primal system singular
+    lasso = lam.min(axis=1) <= 0
+    cap = np.full(B, p)
+    if lasso.any():
+        cap[lasso] = des.rank()[lasso]
     ctx = (des, Y, c, K, SK, stats)
 
     for t in range(T):
@@ -402,11 +421,16 @@ def _monotone(ctx: tuple, rows: np.ndarray, mu: np.ndarray, lam: np.ndarray, w: 
             # penalty, until an active coefficient reaches zero; that column leaves.
             gf, jf, sf = grow[full], jg[full], sg[full]
             idx = _active_index(Sc[gf], int(cap[gf].max()), fill=des.p)
-            XA = des.cols(rows[gf], idx).transpose(0, 2, 1)  # (r, m, q)
+            XA = des.cols(rows[gf], idx)  # (r, q, m): active columns as rows
             xj = des.cols(rows[gf], jf[:, None])[:, 0, :]
-            v = _batched_solve(XA, -sf[:, None] * xj)  # X_A v = −s_j x_j
-            WA = np.take_along_axis(Wc[gf], idx, axis=1)
-            SA = np.take_along_axis(Sc[gf], idx, axis=1)
+            # X_A v = −s_j x_j (consistent: x_j lies in the span of X_A), as normal equations
+            G = np.matmul(XA, XA.transpose(0, 2, 1))
+            pad = idx == des.p
+            G[:, np.arange(G.shape[1]), np.arange(G.shape[1])] += pad
+            v = _batched_solve(G, -sf[:, None] * np.matmul(XA, xj[:, :, None])[:, :, 0])
+            idx_c = np.minimum(idx, des.p - 1)  # padding reads a real column, masked below
+            WA = np.take_along_axis(Wc[gf], idx_c, axis=1)
+            SA = np.where(pad, 0, np.take_along_axis(Sc[gf], idx_c, axis=1))
             with np.errstate(divide="ignore", invalid="ignore"):
                 gam = np.where(SA * v < 0, -WA / v, np.inf)
             k = np.argmin(gam, axis=1)
@@ -417,8 +441,9 @@ def _monotone(ctx: tuple, rows: np.ndarray, mu: np.ndarray, lam: np.ndarray, w: 
                 _fallback(ctx, rows[act[bad]], mu[act[bad]], lam[act[bad]], w, z, S)
                 act = act[~bad]
             gf, jf, sf, idx, v, WA, k, g = (x_[finite] for x_ in (gf, jf, sf, idx, v, WA, k, g))
-            Wn = Wc[gf]
+            Wn = np.concatenate([Wc[gf], np.zeros((gf.size, 1))], axis=1)
             np.put_along_axis(Wn, idx, WA + g[:, None] * v, axis=1)
+            Wn = Wn[:, : des.p]
             ar = np.arange(gf.size)
             leave = idx[ar, k]
             Wn[ar, jf] = g * sf

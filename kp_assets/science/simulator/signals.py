@@ -29,7 +29,7 @@ from kp_assets.science.simulator.design import MICROTIME_BINS, stimulus_function
 
 DCM_REGIONS = ("amygdala", "vmpfc")
 DCM_INPUTS = ("faces", "emotional")
-REST_FLUCTUATION_SD = 1.2  # % signal, region level
+REST_FLUCTUATION_SD = 1.5  # % signal, region level
 TASK_FLUCTUATION_SD = 0.3
 NEURAL_NOISE_SD = 0.02  # Hz, endogenous drive to the DCM regions (smoothed over 1 s)
 PPI_FLUCTUATION_SD = 1.0  # % signal, vmPFC's endogenous fluctuation carrying the planted PPI

@@ -1,0 +1,90 @@
+"""Figures of the elastic-net results as PNG bytes (matplotlib Agg, no pyplot state).
+
+Each function takes the result tables of :mod:`.fit` and one model name, so an asset can
+attach the returned bytes as a markdown image.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _rows(table: pd.DataFrame, model: str) -> pd.DataFrame:
+    rows = table[table["model"] == model]
+    if rows.empty:
+        raise ValueError(f"no rows for model {model!r}")
+    return rows
+
+
+def plot_observed_vs_predicted(predictions: pd.DataFrame, model: str) -> bytes:
+    """Observed outcome vs LOO prediction at the selected grid point (and nested LOO)."""
+    d = _rows(predictions, model)
+    fig = Figure(figsize=(4.2, 4.0))
+    ax = fig.add_subplot()
+    ax.scatter(d["observed"], d["predicted"], s=22, label="LOO (selected grid point)")
+    if d["nested_predicted"].notna().any():
+        ax.scatter(d["observed"], d["nested_predicted"], s=22, marker="x",
+                   label="nested LOO")
+    values = np.concatenate([d["observed"], d["predicted"], d["nested_predicted"].dropna()])
+    lo, hi = float(np.min(values)), float(np.max(values))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("observed")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"{model}: observed vs predicted")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def plot_coefficients(coefficients: pd.DataFrame, model: str, top: int = 25) -> bytes:
+    """Standardized β of the selected terms (largest |β| first, at most ``top``), with
+    each term's bootstrap selection frequency beside it."""
+    d = _rows(coefficients, model)
+    d = d[d["beta_std"] != 0].reindex(d["beta_std"].abs().sort_values(ascending=False).index)
+    d = d.dropna(subset=["beta_std"]).head(top)[::-1]
+    fig = Figure(figsize=(7.5, 0.28 * max(len(d), 3) + 1.0))
+    ax, ax2 = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1]})
+    y = np.arange(len(d))
+    ax.barh(y, d["beta_std"], color=np.where(d["beta_std"] > 0, "tab:red", "tab:blue"))
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_yticks(y, d["term"], fontsize=7)
+    ax.set_xlabel("β (outcome units per SD)")
+    ax.set_title(f"{model}: selected terms" if len(d) else f"{model}: no term selected")
+    ax2.barh(y, d["selection_frequency"].fillna(0), color="grey")
+    ax2.set_xlim(0, 1)
+    ax2.set_xlabel("selection frequency")
+    return _png(fig)
+
+
+def plot_cv_curve(cv_curve: pd.DataFrame, model: str) -> bytes:
+    """LOO mean squared error against alpha, one line per l1_ratio; the selected point
+    marked."""
+    d = _rows(cv_curve, model)
+    fig = Figure(figsize=(5.5, 4.0))
+    ax = fig.add_subplot()
+    ratios = sorted(d["l1_ratio"].unique())
+    colours = [(0.1 + 0.8 * i / max(len(ratios) - 1, 1)) for i in range(len(ratios))]
+    for ratio, shade in zip(ratios, colours, strict=True):
+        g = d[d["l1_ratio"] == ratio].sort_values("alpha")
+        ax.plot(g["alpha"], g["loo_mse"], color=(shade, 0.3, 1 - shade), lw=1,
+                label=f"l1_ratio {ratio:g}")
+    best = d[d["selected"]]
+    ax.scatter(best["alpha"], best["loo_mse"], s=60, facecolors="none", edgecolors="k",
+               label="selected", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("LOO mean squared error")
+    ax.set_title(f"{model}: leave-one-out error")
+    ax.legend(fontsize=6, ncol=2)
+    return _png(fig)

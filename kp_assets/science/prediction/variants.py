@@ -1,0 +1,245 @@
+"""Model variants of the elastic-net prediction analysis and their design matrices.
+
+A :class:`ModelVariant` names which change-score families enter, which outcome is predicted,
+which covariates are added, whether the drug arm and its interactions enter, and which arms
+are analysed. :data:`DEFAULT_VARIANTS` are the paper's models (DESIGN §1, §5):
+
+* ``main`` — all change scores → CAPS-5 improvement;
+* ``interaction`` — change scores, arm, and change × arm for every feature;
+* ``covariate`` — ``main`` plus concomitant MADRS improvement;
+* ``ketamine_only`` — ``main`` within the ketamine arm.
+
+Arm coding: ketamine = +0.5, midazolam = −0.5 (effect coding), and the interaction term of a
+feature is the raw change score times that code (term name ``<feature>:arm``). With this
+coding the feature's own coefficient is the slope averaged over the two arms and the
+interaction coefficient is the ketamine-minus-midazolam difference in slope, whether or not
+the change score is centred. The product is formed from each participant's own values only,
+so no other participant (in particular no held-out one) leaks into it; every column —
+feature, arm, product, covariate — is then z-scored inside each training fold like the rest.
+
+:func:`design_matrix` turns the long ``change_scores`` table and the ``clinical`` table into
+(X, y). It never imputes: a participant without the outcome, a covariate, the arm (when
+needed) or any one of the selected features is excluded and listed with the reason;
+constant columns are dropped and listed; fewer than ``min_participants`` remaining raises a
+``ValueError`` stating the count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+ARM_CODES: dict[str, float] = {"ketamine": 0.5, "midazolam": -0.5}
+ARM_TERM = "arm"
+INTERACTION_SUFFIX = ":arm"
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """One elastic-net model of the analysis.
+
+    ``families``: feature families to use, matched against the first dot-separated parts of
+    a feature name (``"faces.gppi"`` matches ``faces.gppi.vmpfc->amygdala.emotional``,
+    ``"faces"`` matches every faces feature); None = every feature. ``outcome``: a column of
+    ``clinical``. ``covariates``: further ``clinical`` columns entered as predictors.
+    ``interaction_with_arm``: add the arm (ketamine +0.5 / midazolam −0.5) and one
+    ``<feature>:arm`` product per feature. ``arms``: analyse only these arms (None = all).
+    """
+
+    name: str
+    families: tuple[str, ...] | None = None
+    outcome: str = "caps5_improvement"
+    covariates: tuple[str, ...] = ()
+    interaction_with_arm: bool = False
+    arms: tuple[str, ...] | None = None
+    description: str = ""
+
+
+DEFAULT_VARIANTS: tuple[ModelVariant, ...] = (
+    ModelVariant("main", description="change scores → CAPS-5 improvement"),
+    ModelVariant(
+        "interaction",
+        interaction_with_arm=True,
+        description="change scores, arm (ketamine +0.5 / midazolam −0.5) and change × arm",
+    ),
+    ModelVariant(
+        "covariate",
+        covariates=("madrs_improvement",),
+        description="main model plus MADRS improvement",
+    ),
+    ModelVariant(
+        "ketamine_only", arms=("ketamine",), description="main model within the ketamine arm"
+    ),
+)
+
+
+def interaction_term(feature: str) -> str:
+    """Name of the feature × arm product column."""
+    return f"{feature}{INTERACTION_SUFFIX}"
+
+
+def feature_family(feature: str) -> str:
+    """``task.measure`` part of a feature name (``rest.fc.vmpfc~insula_ant`` → ``rest.fc``)."""
+    return ".".join(feature.split(".")[:2])
+
+
+def _in_families(feature: str, families: tuple[str, ...] | None) -> bool:
+    if families is None:
+        return True
+    return any(feature == f or feature.startswith(f + ".") for f in families)
+
+
+@dataclass
+class DesignReport:
+    """What :func:`design_matrix` kept, dropped and why.
+
+    ``excluded``: DataFrame (participant_id, reason), one row per participant left out;
+    ``dropped_constant``: terms dropped because they do not vary among the kept
+    participants; ``terms``: the columns of X in order.
+    """
+
+    variant: str
+    n_participants: int
+    terms: list[str]
+    excluded: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["participant_id", "reason"])
+    )
+    dropped_constant: list[str] = field(default_factory=list)
+    features_considered: int = 0
+
+
+def _wide_changes(change_scores: pd.DataFrame) -> pd.DataFrame:
+    need = {"participant_id", "feature", "change"}
+    missing = need - set(change_scores.columns)
+    if missing:
+        raise ValueError(f"change_scores lacks column(s) {', '.join(sorted(missing))}")
+    dup = change_scores.duplicated(["participant_id", "feature"])
+    if dup.any():
+        first = change_scores.loc[dup, ["participant_id", "feature"]].iloc[0]
+        raise ValueError(
+            f"change_scores has {int(dup.sum())} duplicate participant/feature row(s), "
+            f"e.g. {first['participant_id']} / {first['feature']}"
+        )
+    wide = change_scores.pivot(index="participant_id", columns="feature", values="change")
+    return wide.astype(float)
+
+
+def design_matrix(
+    change_scores: pd.DataFrame,
+    clinical: pd.DataFrame,
+    variant: ModelVariant,
+    min_participants: int = 10,
+) -> tuple[pd.DataFrame, pd.Series, DesignReport]:
+    """Build the design matrix of one variant.
+
+    Parameters
+    ----------
+    change_scores : long table (participant_id, feature, change[, pre, post]); change is
+        post − pre in the feature's own units.
+    clinical : one row per participant (participant_id, arm, the outcome, covariates).
+    variant : which features, outcome, covariates, arm terms and arms.
+    min_participants : fewest complete participants for a fit.
+
+    Returns
+    -------
+    X : DataFrame (participants × terms) indexed by participant_id, raw (unstandardised)
+        values: change scores, then arm and ``<feature>:arm`` products, then covariates.
+    y : Series of the outcome (e.g. CAPS-5 points of improvement), same index.
+    report : :class:`DesignReport` listing exclusions (with reasons) and constant terms.
+
+    Raises
+    ------
+    ValueError : fewer than ``min_participants`` participants remain, or the inputs lack
+        required columns.
+    """
+    wide = _wide_changes(change_scores)
+    features = sorted(f for f in wide.columns if _in_families(f, variant.families))
+    if not features:
+        raise ValueError(
+            f"variant {variant.name!r}: no change-score feature matches families "
+            f"{variant.families}"
+        )
+    clin = clinical.drop_duplicates("participant_id").set_index("participant_id")
+    needed_cols = [variant.outcome, *variant.covariates]
+    if variant.interaction_with_arm or variant.arms is not None:
+        needed_cols.append("arm")
+    missing_cols = [c for c in needed_cols if c not in clin.columns]
+    if missing_cols:
+        raise ValueError(f"clinical lacks column(s) {', '.join(missing_cols)}")
+
+    participants = sorted(set(wide.index) | set(clin.index))
+    excluded: list[tuple[str, str]] = []
+    kept: list[str] = []
+    for pid in participants:
+        reason = _exclusion_reason(pid, wide, clin, features, variant)
+        if reason is None:
+            kept.append(pid)
+        else:
+            excluded.append((pid, reason))
+
+    X = wide.loc[kept, features].copy()
+    if variant.interaction_with_arm:
+        code = clin.loc[kept, "arm"].map(ARM_CODES).astype(float)
+        X[ARM_TERM] = code.to_numpy()
+        products = X[features].mul(code.to_numpy(), axis=0)
+        products.columns = [interaction_term(f) for f in features]
+        X = pd.concat([X, products], axis=1)
+    for cov in variant.covariates:
+        X[cov] = clin.loc[kept, cov].astype(float).to_numpy()
+    X.index.name = "participant_id"
+    y = clin.loc[kept, variant.outcome].astype(float)
+    y.index.name = "participant_id"
+    y.name = variant.outcome
+
+    # a term that does not vary carries no information and cannot be z-scored
+    spread = X.max(axis=0) - X.min(axis=0) if len(X) else pd.Series(0.0, index=X.columns)
+    constant = [c for c in X.columns if not spread[c] > 0]
+    X = X.drop(columns=constant)
+
+    report = DesignReport(
+        variant=variant.name,
+        n_participants=len(kept),
+        terms=list(X.columns),
+        excluded=pd.DataFrame(excluded, columns=["participant_id", "reason"]),
+        dropped_constant=constant,
+        features_considered=len(features),
+    )
+    if len(kept) < min_participants:
+        raise ValueError(
+            f"variant {variant.name!r}: only {len(kept)} participant(s) with complete data "
+            f"(at least {min_participants} needed); {len(excluded)} excluded"
+        )
+    if X.shape[1] == 0:
+        raise ValueError(f"variant {variant.name!r}: every term is constant")
+    return X, y, report
+
+
+def _exclusion_reason(
+    pid: str,
+    wide: pd.DataFrame,
+    clin: pd.DataFrame,
+    features: list[str],
+    variant: ModelVariant,
+) -> str | None:
+    """Why participant ``pid`` cannot enter the variant, or None if it can."""
+    if pid not in clin.index:
+        return "no clinical record"
+    row = clin.loc[pid]
+    if variant.arms is not None and row.get("arm") not in variant.arms:
+        return f"arm {row.get('arm')!r} not in {', '.join(variant.arms)}"
+    if variant.interaction_with_arm and row.get("arm") not in ARM_CODES:
+        return f"arm {row.get('arm')!r} is not ketamine or midazolam"
+    if pd.isna(row[variant.outcome]):
+        return f"missing {variant.outcome}"
+    for cov in variant.covariates:
+        if pd.isna(row[cov]):
+            return f"missing covariate {cov}"
+    if pid not in wide.index:
+        return "no change scores"
+    values = wide.loc[pid, features]
+    missing = values.index[~np.isfinite(values.to_numpy(dtype=float))]
+    if len(missing):
+        return f"missing {len(missing)} of {len(features)} change scores (e.g. {missing[0]})"
+    return None
