@@ -94,6 +94,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(format_result(summary))
     print("\nclinical:")
     print(format_result(arms))
+    features = query(warehouse, """
+        SELECT family, count(DISTINCT feature) AS features,
+               count(DISTINCT participant_id) AS participants_with_change
+        FROM change_scores JOIN (SELECT DISTINCT feature, family FROM session_features)
+             USING (feature)
+        GROUP BY family ORDER BY family""")
+    print("\nimaging features (change scores = post − pre):")
+    print(format_result(features))
     print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
     print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
     print("UI:   make ui   (then open http://127.0.0.1:3000)")

@@ -171,17 +171,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 # --- full-size studies for the recovery tests ------------------------------------------------
 # One 21-participant study (and one --null study) at 4 mm, run through the whole pipeline once
-# per test session; every recovery test reads its warehouse. ~2 minutes each on 2 cores.
+# per test session; every recovery test reads its warehouse. About 2 minutes each on 2 cores.
 RECOVERY_STUDY = {"participants": 21, "seed": 11, "voxel_size": 4.0}
 
 
-def _pipeline_warehouse(base: Path, null: bool) -> tuple[Path, Path]:
+def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     import dagster as dg
 
     from kp_assets.materialize import materialize_study
     from kp_assets.science.simulator import simulate_study
 
-    study = simulate_study(base / "study", null=null, **RECOVERY_STUDY)
+    study = simulate_study(base / "study", null=null, **(RECOVERY_STUDY | options))
     warehouse = base / "warehouse"
     failed = materialize_study(
         study, warehouse, dg.DagsterInstance.ephemeral(), log=lambda _: None,
@@ -198,5 +198,6 @@ def recovery_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
 
 @pytest.fixture(scope="session")
 def null_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(study folder, warehouse) of a simulated --null study, fully materialized."""
-    return _pipeline_warehouse(tmp_path_factory.mktemp("null"), null=True)
+    """(study folder, warehouse) of a simulated --null study (100 volumes per run, to keep
+    the suite fast), fully materialized."""
+    return _pipeline_warehouse(tmp_path_factory.mktemp("null"), null=True, volumes=100)

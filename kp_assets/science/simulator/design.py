@@ -3,7 +3,7 @@
 - faces: blocked emotional-face viewing as in the SPM12 fixtures — 20 s face blocks
   alternating with 20 s fixation, emotional (fearful/angry) and neutral blocks alternating.
 - conflict: event-related emotional face–word Stroop (Etkin et al. 2006), 1 s trials every
-  2.5–3.5 s, congruent or incongruent at random; each trial is labelled with its predecessor so
+  2–3 s, congruent or incongruent at random; each trial is labelled with its predecessor so
   conflict regulation (iI − cI) and monitoring (I − C) can be contrasted.
 - rest: no events.
 """
@@ -37,7 +37,7 @@ def conflict_events(n_volumes: int, tr: float, rng: np.random.Generator) -> pd.D
     t = 4.0
     while t < run_s - 8.0:
         onsets.append(t)
-        t += rng.uniform(2.5, 3.5)
+        t += rng.uniform(2.0, 3.0)
     kinds = np.where(rng.random(len(onsets)) < 0.5, "congruent", "incongruent")
     previous = np.concatenate([["n/a"], kinds[:-1]])
     sequence = [

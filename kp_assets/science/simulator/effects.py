@@ -45,7 +45,7 @@ HEADLINE_EFFECTS: tuple[PlantedEffect, ...] = (
     PlantedEffect("faces.gppi.vmpfc->amygdala.emotional", +1, ARMS, 0.6, 0.5,
                   ketamine_gain=0.5),
     # improvement after ketamine ~ decreased dACC conflict-regulation activity (β = −2.82)
-    PlantedEffect("conflict.activation.dacc.regulation", -1, ("ketamine",), 1.5, 0.5),
+    PlantedEffect("conflict.activation.dacc.regulation", -1, ("ketamine",), 1.8, 0.5),
     # improvement after ketamine ~ increased resting vmPFC–anterior insula FC (β = 0.60)
     PlantedEffect("rest.fc.vmpfc~insula_ant", +1, ("ketamine",), 0.3, 0.5),
     # DCM: improvement (either drug) ~ decreased emotional modulation of amygdala→vmPFC
