@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from kp_assets.partitions import participants
+from kp_assets.science.roi_plots import connectivity_matrix_png, markdown_image
 from kp_assets.task_runs import run_signals
 
 
@@ -30,12 +31,16 @@ def rest_connectivity(context: dg.AssetExecutionContext,
                       roi_timeseries: pd.DataFrame) -> pd.DataFrame:
     from kp_assets.science.rois import ROI_NAMES
 
-    tables = []
+    tables, plots = [], {}
     for session in ("pre", "post"):
         signals = run_signals(roi_timeseries, session, "rest")
         if signals.empty:
             continue
         ordered = signals[[r for r in ROI_NAMES if r in signals.columns]]
         tables.append(pair_correlations(ordered).assign(session=session))
+        title = f"{context.partition_key} ses-{session} rest: Pearson r"
+        plots[f"matrix_{session}"] = dg.MetadataValue.md(markdown_image(
+            connectivity_matrix_png(ordered.corr(), title, vmax=1.0), title))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
+    context.add_output_metadata(plots)
     return result[["participant_id", "session", "roi_a", "roi_b", "r", "z"]]

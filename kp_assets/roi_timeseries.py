@@ -9,12 +9,14 @@ their raw value and get ``signal`` NaN and ``scrubbed`` true.
 """
 
 import json
+from functools import lru_cache
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
 from kp_assets.partitions import participants
+from kp_assets.science.roi_plots import markdown_image, roi_positions_png
 from kp_assets.science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.parquet_io import markdown_table
@@ -30,6 +32,16 @@ def slice_time_ref(sidecar_path: str, tr: float) -> float:
     if sidecar.get("SliceTimingCorrected") and "StartTime" in sidecar:
         return float(sidecar["StartTime"]) / tr
     return 0.0
+
+
+def roi_positions_markdown(roi_set: RoiSet) -> str:
+    """The ROI set drawn on the MNI template, as markdown (drawn once per definition)."""
+    return _positions_markdown(roi_set.fingerprint(), roi_set)
+
+
+@lru_cache(maxsize=4)
+def _positions_markdown(fingerprint: str, roi_set: RoiSet) -> str:
+    return markdown_image(roi_positions_png(roi_set), f"ROI set {fingerprint}")
 
 
 def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
@@ -117,6 +129,7 @@ def roi_signals(context: dg.AssetExecutionContext, scans: pd.DataFrame, roi_set:
     coverage.attrs.update(provenance)
     definition = json.dumps(roi_set.definition(), sort_keys=True)
     yield dg.Output(timeseries, "roi_timeseries", metadata={
+        "roi_positions": dg.MetadataValue.md(roi_positions_markdown(roi_set)),
         "roi_set": dg.MetadataValue.json(roi_set.definition()),
         "cleaning": dg.MetadataValue.json(cleaning.strategy().describe()),
         "scrubbed_fraction": float(timeseries["scrubbed"].mean()),
