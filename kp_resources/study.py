@@ -310,18 +310,21 @@ class _GzipStream(io.RawIOBase):
         return self._delivered
 
     def _refill(self) -> bool:
+        # at most _CHUNK bytes per call: unbounded output would allocate fresh memory for
+        # every expanded chunk (page faults dominate), and bounds memory for all-zero data
         while not self._buffer:
-            if self._inflate.eof:
-                rest = self._inflate.unused_data
-                if not rest:
+            if self._inflate.unconsumed_tail:
+                data = self._inflate.unconsumed_tail
+            elif self._inflate.eof:
+                data = self._inflate.unused_data
+                if not data:
                     return False
                 self._inflate = isal_zlib.decompressobj(31)  # a further gzip member
-                self._buffer = memoryview(self._inflate.decompress(rest))
-                continue
-            chunk = self._raw.read(_CHUNK)
-            if not chunk:
-                raise EOFError("compressed file ended before the end-of-stream marker")
-            self._buffer = memoryview(self._inflate.decompress(chunk))
+            else:
+                data = self._raw.read(_CHUNK)
+                if not data:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+            self._buffer = memoryview(self._inflate.decompress(data, _CHUNK))
         return True
 
     def readinto(self, buffer) -> int:

@@ -18,6 +18,16 @@ def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(simulate_study(out, **TINY_STUDY))
 
 
+@pytest.fixture(scope="session")
+def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three participants, 4 mm voxels, 60 volumes: the smallest study the ROI cleaning and
+    the task models run on (never modify it: copy it)."""
+    from kp_assets.science.simulator import simulate_study
+
+    return simulate_study(tmp_path_factory.mktemp("small") / "study", participants=3, seed=4,
+                          voxel_size=4.0, volumes=60)
+
+
 @pytest.fixture
 def study_copy(study_root: Path, tmp_path: Path) -> Path:
     """A private copy of the simulated study that a test may damage."""

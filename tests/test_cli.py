@@ -12,14 +12,14 @@ from kp_resources.study import sha256_file
 
 
 @pytest.fixture(scope="module")
-def demo_warehouse(tmp_path_factory, study_root):
-    """The tiny study with sub-02's faces run truncated, materialized like ``kp demo``."""
+def demo_warehouse(tmp_path_factory, small_study):
+    """The small study with sub-02's faces run truncated, materialized like ``kp demo``."""
     import shutil
 
     from tests.conftest import truncate_bold
 
     base = tmp_path_factory.mktemp("demo")
-    study = shutil.copytree(study_root, base / "study")
+    study = shutil.copytree(small_study, base / "study")
     bad_file, _ = truncate_bold(study, "sub-02")
     warehouse = base / "warehouse"
     failed = materialize_study(study, warehouse, dg.DagsterInstance.ephemeral(),

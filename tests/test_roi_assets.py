@@ -18,15 +18,6 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 @pytest.fixture(scope="module")
-def small_study(tmp_path_factory):
-    """Two participants, 4 mm voxels, 60 volumes: enough for the cleaning and the models."""
-    from kp_assets.science.simulator import simulate_study
-
-    return simulate_study(tmp_path_factory.mktemp("roi") / "study", participants=2, seed=4,
-                          voxel_size=4.0, volumes=60)
-
-
-@pytest.fixture(scope="module")
 def small_warehouse(small_study, tmp_path_factory):
     warehouse = tmp_path_factory.mktemp("roi") / "warehouse"
     failed = materialize_study(small_study, warehouse, dg.DagsterInstance.ephemeral(),
@@ -63,16 +54,16 @@ def test_tables_have_their_contracts(small_warehouse):
     assert ts.groupby(["participant_id", "session", "task", "roi"]).size().eq(60).all()
     assert ts.loc[~ts.scrubbed, "signal"].notna().all()
     coverage = query(small_warehouse, "SELECT * FROM roi_coverage")
-    assert (coverage.coverage == 1.0).all() and len(coverage) == 2 * 2 * 3 * 6
+    assert (coverage.coverage == 1.0).all() and len(coverage) == 3 * 2 * 3 * 6
     activation = query(small_warehouse, "SELECT DISTINCT task, contrast FROM roi_activation")
     assert set(map(tuple, activation.to_numpy())) == {
         ("faces", "emotional_vs_neutral"), ("conflict", "regulation"),
         ("conflict", "monitoring")}
     ppi = query(small_warehouse, "SELECT count(*) AS n FROM task_connectivity WHERE "
                 "seed = 'vmpfc' AND target = 'amygdala' AND contrast = 'emotional'")
-    assert ppi.n[0] == 4  # 2 participants × 2 sessions, one direction
+    assert ppi.n[0] == 6  # 3 participants × 2 sessions, one direction
     rest = query(small_warehouse, "SELECT * FROM rest_connectivity")
-    assert len(rest) == 2 * 2 * 15 and rest.r.between(-1, 1).all()
+    assert len(rest) == 3 * 2 * 15 and rest.r.between(-1, 1).all()
     change = query(small_warehouse, "SELECT * FROM change_scores WHERE feature = "
                    "'rest.fc.vmpfc~insula_ant'")
     np.testing.assert_allclose(change.change, change.post - change.pre)
