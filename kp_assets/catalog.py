@@ -12,6 +12,7 @@ from kp_resources.warehouse import Warehouse
 CATALOGUED_TABLES: list[str] = [
     "scans", "clinical", "roi_timeseries", "roi_coverage", "roi_activation",
     "task_connectivity", "rest_connectivity", "session_features", "change_scores",
+    "dcm_fits", "dcm_parameters",
 ]
 
 

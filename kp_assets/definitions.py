@@ -10,6 +10,7 @@ import dagster as dg
 
 from kp_assets.catalog import warehouse_catalog
 from kp_assets.clinical import clinical
+from kp_assets.dcm import dcm_first_level
 from kp_assets.rest_connectivity import rest_connectivity
 from kp_assets.roi_activation import roi_activation
 from kp_assets.roi_timeseries import roi_signals
@@ -18,6 +19,7 @@ from kp_assets.sensors import PARTICIPANT_ASSETS, new_participant_sensor
 from kp_assets.session_features import change_scores, session_features
 from kp_assets.task_connectivity import task_connectivity
 from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.dcm_models import DCMModels
 from kp_resources.locations import study_dir, warehouse_dir
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.roi_set import RoiSet
@@ -25,7 +27,7 @@ from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 
 ASSETS = [scans, clinical, roi_signals, roi_activation, task_connectivity, rest_connectivity,
-          session_features, change_scores, warehouse_catalog]
+          session_features, change_scores, dcm_first_level, warehouse_catalog]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
 participant_job = dg.define_asset_job("participant_assets", selection=PARTICIPANT_ASSETS)
@@ -49,6 +51,7 @@ def build_definitions(study: str | Path, warehouse: str | Path,
             "warehouse": Warehouse(root=str(warehouse)),
             "roi_set": RoiSet(),
             "cleaning": ConfoundCleaning(),
+            "dcm_models": DCMModels(),
         } | overrides,
     )
 

@@ -129,8 +129,8 @@ def run_inputs(events: pd.DataFrame, inputs: Mapping[str, Sequence[str]], n_scan
 
 def prepare_run(
     raw: pd.DataFrame,
-    events: pd.DataFrame,
-    inputs: Mapping[str, Sequence[str]],
+    u: np.ndarray,
+    inputs: Sequence[str],
     tr: float,
     kept: np.ndarray,
     confounds: np.ndarray | None = None,
@@ -142,19 +142,23 @@ def prepare_run(
     ----------
     raw : (n_scans, n) raw ROI means (image units) of the DCM's regions, volumes in order,
         columns in region order.
-    events : BIDS events (onset, duration in s; trial_type).
-    inputs : input name → trial types that switch it on (insertion order = input order).
+    u : (n_scans·16, m) inputs on the microtime grid (see :func:`run_inputs`).
+    inputs : the m input names, in the column order of ``u``.
     tr : repetition time, s.
     kept : positions (0-based volumes) not scrubbed.
     confounds : (n_scans, c) confound regressors of every volume, or None.
     slice_time_ref : reference time of each volume as a fraction of TR; the delay of every
         region is ``slice_time_ref · TR`` (SPM's default 0.5).
 
-    Raises ValueError for a region with a NaN or flat signal, or an input never on.
+    Raises ValueError naming the region for a NaN or flat signal.
     """
     n_scans = len(raw)
     if not 0.0 <= slice_time_ref <= 1.0:
         raise ValueError(f"slice-timing reference {slice_time_ref} is not a fraction of TR")
+    u = np.asarray(u, dtype=float)
+    if u.shape != (n_scans * MICROTIME_BINS, len(inputs)):
+        raise ValueError(f"inputs have shape {u.shape}, expected "
+                         f"({n_scans * MICROTIME_BINS}, {len(inputs)}) for {n_scans} scans")
     kept = np.asarray(kept, dtype=int)
     percent = percent_signal(raw, kept).to_numpy()
     X0 = confound_basis(confounds, kept, n_scans)
@@ -163,11 +167,10 @@ def prepare_run(
         if np.std(column) < FLAT_SD_PERCENT:
             raise ValueError(f"region {region!r}: signal is flat once the confounds are "
                              f"removed")
-    u = run_inputs(events, inputs, n_scans, tr)
     regions = tuple(str(r) for r in raw.columns)
     scrubbed = np.ones(n_scans, bool)
     scrubbed[kept] = False
-    return DCMRunData(regions, tuple(inputs), y, X0, u, float(tr),
+    return DCMRunData(regions, tuple(str(i) for i in inputs), y, X0, u, float(tr),
                       np.full(len(regions), slice_time_ref * tr), scrubbed)
 
 
@@ -192,7 +195,7 @@ def fit_figure_png(fits: Sequence[tuple[str, DCMRunData, DCMResult]]) -> bytes:
     axes = figure.subplots(n_rows, n_cols, squeeze=False)
     for row, (label, data, result) in enumerate(fits):
         observed, predicted = fit_curves(data, result)
-        times = np.arange(len(observed)) * data.tr + data.delays
+        times = np.arange(len(observed))[:, None] * data.tr + data.delays[None, :]
         on = data.u[::MICROTIME_BINS, -1] > 0
         for col, region in enumerate(data.regions):
             ax = axes[row, col]

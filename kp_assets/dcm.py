@@ -1,0 +1,200 @@
+"""``dcm_fits`` and ``dcm_parameters``: first-level DCM of each session's faces run.
+
+For every session of the participant, the faces run's amygdala and vmPFC signals (the
+``dcm_models`` resource names the task, regions, inputs and the model space) are fitted with
+every model by the SPM12-equivalent estimator of :mod:`kp_assets.science.dcm`:
+
+- data: every volume's raw ROI mean from ``roi_timeseries`` as percent signal change; a DCM
+  needs an unbroken series, so scrubbed volumes are not dropped but each gets a spike column
+  in the confounds X0, next to a constant and the run's fMRIPrep confounds (the ``cleaning``
+  resource's strategy, the same as ``roi_timeseries``). See
+  :mod:`kp_assets.science.dcm.run_data`;
+- inputs: boxcars from the events (default: faces = emotional + neutral blocks, emotional =
+  emotional blocks); TR from ``scans``; slice delay = the run's slice-timing reference
+  (``time_s`` of volume 0) — TR/2 for fMRIPrep's slice-timing-corrected runs, as SPM assumes.
+
+A flat or NaN ROI signal, a missing ROI or an input that is never on fails the participant
+with a :class:`StudyDataError` naming the file and the problem. An inversion that reaches the
+iteration limit is stored with ``converged = false`` and flagged by ``dcm_convergence_check``
+(a warning), as is a fit explaining less variance than the resource's threshold.
+"""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from kp_assets.partitions import participants
+from kp_assets.science.dcm import DCMResult, invert_many, parameter_table, priors
+from kp_assets.science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
+from kp_assets.science.roi_plots import markdown_image
+from kp_assets.science.roi_signals import load_run_confounds
+from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.dcm_models import DCMModels
+from kp_resources.parquet_io import markdown_table
+from kp_resources.study import StudyDataError, validate_events, validate_participant_label
+
+FIT_COLUMNS = ["participant_id", "session", "task", "run", "model", "free_energy",
+               "explained_variance", "n_iter", "converged", "seconds", "message", "n_scans",
+               "n_scrubbed", "n_confounds", "scale", "free_parameters", "covariance"]
+PARAMETER_COLUMNS = ["participant_id", "session", "task", "run", "model", "parameter", "mean",
+                     "variance", "pp", "prior_mean", "prior_variance"]
+
+
+def _run_label(scan: pd.Series) -> str:
+    return f"ses-{scan['session']} task-{scan['task']} run-{scan['run']}"
+
+
+def run_data(scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels,
+             cleaning: ConfoundCleaning) -> DCMRunData:
+    """The DCM data of one run of the ``scans`` inventory (see the module docstring)."""
+    label = _run_label(scan)
+    rows = roi_timeseries[(roi_timeseries["session"] == scan["session"])
+                          & (roi_timeseries["task"] == scan["task"])
+                          & (roi_timeseries["run"] == scan["run"])]
+    missing = [r for r in models.regions if r not in set(rows["roi"])]
+    if missing:
+        raise StudyDataError(scan["bold_path"], f"DCM of {label}: no usable signal for ROI(s) "
+                                                f"{', '.join(missing)} in roi_timeseries")
+    raw = rows.pivot(index="volume", columns="roi", values="raw")[list(models.regions)]
+    n_volumes, tr = int(scan["n_volumes"]), float(scan["tr"])
+    if not np.array_equal(raw.index.to_numpy(), np.arange(n_volumes)):
+        raise StudyDataError(scan["bold_path"], f"DCM of {label}: roi_timeseries has "
+                                                f"{len(raw)} of {n_volumes} volumes")
+    confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
+    scrubbed = rows.loc[rows["roi"] == models.regions[0]].set_index("volume")["scrubbed"]
+    if not np.array_equal(kept, np.flatnonzero(~scrubbed.sort_index().to_numpy())):
+        raise StudyDataError(scan["confounds_path"], "kept volumes differ from roi_timeseries "
+                                                     "(cleaning settings changed: "
+                                                     "rematerialize it)")
+    events = pd.read_csv(scan["events_path"], sep="\t", na_values="n/a")
+    validate_events(events, scan["events_path"])
+    inputs = models.input_trial_types()
+    # ``from None``: the run reports the innermost cause, which must be the error with the file
+    try:
+        u = run_inputs(events, inputs, n_volumes, tr)
+    except ValueError as e:
+        raise StudyDataError(scan["events_path"], f"DCM of {label}: {e}") from None
+    # slice-timing reference: the time of volume 0 as a fraction of TR
+    ref = float(rows.loc[rows["volume"] == 0, "time_s"].iloc[0]) / tr
+    try:
+        return prepare_run(raw, u, list(inputs), tr, kept, confounds.to_numpy(float), ref)
+    except ValueError as e:
+        raise StudyDataError(scan["bold_path"], f"DCM of {label}: {e}") from None
+
+
+def _fit_row(scan: pd.Series, model: str, data: DCMRunData, result: DCMResult,
+             names: list[str]) -> dict:
+    free = np.flatnonzero(result.free)
+    return {
+        "session": scan["session"], "task": scan["task"], "run": int(scan["run"]),
+        "model": model, "free_energy": result.F,
+        "explained_variance": result.explained_variance_total, "n_iter": result.n_iter,
+        "converged": bool(result.converged), "seconds": result.seconds,
+        "message": result.message, "n_scans": len(data.y),
+        "n_scrubbed": int(data.scrubbed.sum()), "n_confounds": data.X0.shape[1],
+        "scale": result.scale, "free_parameters": [names[i] for i in free],
+        "covariance": result.Cp[np.ix_(free, free)].tolist(),
+    }
+
+
+@dg.multi_asset(
+    outs={
+        "dcm_fits": dg.AssetOut(
+            kinds={"pandas", "parquet"}, code_version="dcm_fits-1",
+            description="One row per session × model of the first-level DCM of the faces run: "
+                        "free energy, explained variance, iterations, converged, seconds, and "
+                        "the posterior covariance of the free parameters."),
+        "dcm_parameters": dg.AssetOut(
+            kinds={"pandas", "parquet"}, code_version="dcm_parameters-1",
+            description="Posterior of every estimated DCM parameter (long): mean, variance, "
+                        "Pp, prior mean and variance; names like A[amygdala->vmpfc], "
+                        "B[emotional][amygdala->vmpfc], C[faces][amygdala], transit[vmpfc]."),
+    },
+    ins={"scans": dg.AssetIn(), "roi_timeseries": dg.AssetIn()},
+    partitions_def=participants,
+    group_name="dcm",
+    check_specs=[dg.AssetCheckSpec(
+        "dcm_convergence_check", asset="dcm_fits",
+        description="Every DCM inversion converged within the iteration limit and explains at "
+                    "least the model space's min_explained_variance of the data.")],
+)
+def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
+                    roi_timeseries: pd.DataFrame, dcm_models: DCMModels,
+                    cleaning: ConfoundCleaning):
+    pid = validate_participant_label(context.partition_key)
+    masks = dcm_models.masks()
+    runs = [scan for _, scan in scans[scans["task"] == dcm_models.task].iterrows()]
+    if not runs:
+        context.log.warning(f"{pid}: no {dcm_models.task} runs: nothing to fit")
+    datas = [run_data(scan, roi_timeseries, dcm_models, cleaning) for scan in runs]
+    jobs, keys = [], []
+    for scan, data in zip(runs, datas, strict=True):
+        for model, (a, b, c) in masks.items():
+            jobs.append((data.spec(a, b, c), data.y, data.X0))
+            keys.append((scan, model, data))
+    # one BLAS thread: DCM's matrices are tiny, and threaded BLAS made fits ~6x slower on 2
+    # busy cores (worker processes of invert_many limit themselves the same way)
+    with threadpool_limits(limits=1, user_api="blas"):
+        results = invert_many(jobs, max_iter=dcm_models.max_iter, workers=dcm_models.workers)
+
+    fits, parameters, figure_fits = [], [], []
+    for (scan, model, data), (spec, _, _), result in zip(keys, jobs, results, strict=True):
+        fits.append(_fit_row(scan, model, data, result, spec.parameter_names))
+        table = parameter_table(result, spec)
+        pE, pC, _, _ = priors(spec)
+        table["prior_mean"], table["prior_variance"] = pE[spec.free], np.diag(pC)[spec.free]
+        parameters.append(table.drop(columns="free").assign(
+            session=scan["session"], task=scan["task"], run=int(scan["run"]), model=model))
+        if model == next(iter(masks)):
+            figure_fits.append((f"ses-{scan['session']}", data, result))
+        context.log.info(f"{pid} {_run_label(scan)} model {model}: {result.message}, "
+                         f"F = {result.F:.1f}, EV = {result.explained_variance_total:.0%}, "
+                         f"{result.seconds:.2f} s")
+
+    fit_table = pd.DataFrame(fits, columns=FIT_COLUMNS[1:]).assign(participant_id=pid)
+    fit_table = fit_table[FIT_COLUMNS]
+    parameter_frame = (pd.concat(parameters, ignore_index=True) if parameters
+                       else pd.DataFrame(columns=PARAMETER_COLUMNS[1:]))
+    parameter_frame = parameter_frame.assign(participant_id=pid)[PARAMETER_COLUMNS]
+    provenance = {"source_sha256": {str(s["bold_path"]): str(s["sha256"]) for s in runs}
+                  | {str(s["events_path"]): str(s["events_sha256"]) for s in runs}}
+    fit_table.attrs.update(provenance)
+    parameter_frame.attrs.update(provenance)
+
+    summary = fit_table[["session", "model", "free_energy", "explained_variance", "n_iter",
+                         "converged", "seconds"]]
+    fit_metadata = {
+        "model_space": dg.MetadataValue.json(dcm_models.describe()),
+        "fits": dg.MetadataValue.md(markdown_table(summary) if len(summary) else "none"),
+        "n_not_converged": int((~fit_table["converged"]).sum()),
+        "seconds": float(fit_table["seconds"].sum()),
+    }
+    if figure_fits:
+        png = fit_figure_png(figure_fits)
+        fit_metadata["fit_plot"] = dg.MetadataValue.md(markdown_image(
+            png, f"{pid} DCM {next(iter(masks))}: observed vs predicted BOLD"))
+    yield dg.Output(fit_table, "dcm_fits", metadata=fit_metadata)
+    key = parameter_frame[parameter_frame["parameter"].str.match(r"^[AB]\[")]
+    yield dg.Output(parameter_frame, "dcm_parameters", metadata={
+        "connections": dg.MetadataValue.md(markdown_table(key.pivot_table(
+            index="parameter", columns=["model", "session"], values="mean")) if len(key)
+            else "none"),
+    })
+
+    threshold = dcm_models.min_explained_variance
+    flagged = fit_table[~fit_table["converged"] | (fit_table["explained_variance"] < threshold)]
+    check_metadata = {
+        "n_fits": len(fit_table),
+        "n_not_converged": int((~fit_table["converged"]).sum()),
+        "threshold": threshold,
+        "flagged": dg.MetadataValue.md(markdown_table(flagged[[
+            "session", "model", "converged", "n_iter", "explained_variance", "message"]])
+            if len(flagged) else "none"),
+    }
+    if len(fit_table):
+        check_metadata["min_explained_variance"] = float(fit_table["explained_variance"].min())
+    yield dg.AssetCheckResult(
+        check_name="dcm_convergence_check", asset_key="dcm_fits", passed=flagged.empty,
+        severity=dg.AssetCheckSeverity.WARN, metadata=check_metadata,
+    )

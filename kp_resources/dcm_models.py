@@ -1,0 +1,116 @@
+"""The DCM model-space resource: which regions, inputs and models the first-level DCM fits.
+
+Every participant's faces runs are fitted with every model of the space. Masks are nested
+lists (JSON-friendly), 1 = estimated, 0 = fixed at zero:
+
+- ``a`` (n × n): ``a[i][j]`` = the connection from region j to region i (self-connections
+  are always estimated, as in SPM);
+- ``b`` (m × n × n): ``b[k]`` is the n × n mask of connections that input k modulates
+  (SPM's ``b(:,:,k)``);
+- ``c`` (n × m): ``c[i][k]`` = input k drives region i.
+
+Default (the paper's model): regions amygdala, vmPFC; inputs faces (every face block) and
+emotional (emotional face blocks); one model ``full`` with both connections, emotional faces
+modulating both, faces driving the amygdala.
+"""
+
+import dagster as dg
+import numpy as np
+
+
+class DCMInput(dg.Config):
+    """An input of the DCM: ``name`` and the events ``trial_types`` that switch it on."""
+
+    name: str
+    trial_types: list[str]
+
+
+class DCMModel(dg.Config):
+    """One model of the space: ``name`` and its a (n×n), b (m×n×n) and c (n×m) masks."""
+
+    name: str
+    a: list[list[int]]
+    b: list[list[list[int]]]
+    c: list[list[int]]
+
+
+# Defaults are plain dicts (Dagster's config schema needs them so); explicitly constructed
+# values are DCMInput/DCMModel objects. The accessors below read either.
+FULL_MODEL = {
+    "name": "full",
+    "a": [[1, 1], [1, 1]],
+    "b": [[[0, 0], [0, 0]],  # faces modulate nothing
+          [[0, 1], [1, 0]]],  # emotional faces modulate amygdala->vmpfc and vmpfc->amygdala
+    "c": [[1, 0], [0, 0]],  # faces drive the amygdala
+}
+
+
+def _fields(item: dg.Config | dict) -> dict:
+    return dict(item) if isinstance(item, dict) else item.model_dump()
+
+
+class DCMModels(dg.ConfigurableResource):
+    """Model space of the first-level DCM (see the module docstring for the masks).
+
+    task: the task whose runs are modelled. regions: ROI names, in data order. inputs: the
+    inputs, in mask order. models: the models to fit, each to every run. max_iter: the
+    variational Laplace iteration limit (SPM: 128); a fit that reaches it is stored with
+    ``converged = false``. min_explained_variance: below this share of variance explained
+    (over both regions) the convergence check flags a fit (SPM's ``spm_dcm_fmri_check`` uses
+    10 %). workers: processes that invert one participant's DCMs in parallel (1 = in the
+    asset's own process).
+    """
+
+    task: str = "faces"
+    regions: list[str] = ["amygdala", "vmpfc"]
+    inputs: list[DCMInput] = [
+        {"name": "faces", "trial_types": ["emotional", "neutral"]},
+        {"name": "emotional", "trial_types": ["emotional"]},
+    ]
+    models: list[DCMModel] = [FULL_MODEL]
+    max_iter: int = 128
+    min_explained_variance: float = 0.05
+    workers: int = 1
+
+    def input_trial_types(self) -> dict[str, list[str]]:
+        """Input name → trial types, in input order."""
+        return {f["name"]: list(f["trial_types"]) for f in map(_fields, self.inputs)}
+
+    def model_masks(self) -> dict[str, dict[str, list]]:
+        """Model name → {"a", "b", "c"} nested-list masks, as configured."""
+        return {f["name"]: {k: f[k] for k in "abc"} for f in map(_fields, self.models)}
+
+    def masks(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Model name → (a (n, n), b (n, n, m), c (n, m)) as float arrays in DCMSpec's layout.
+
+        Raises ValueError if a name repeats or a mask has the wrong shape.
+        """
+        inputs = [_fields(i)["name"] for i in self.inputs]
+        models = [_fields(x)["name"] for x in self.models]
+        n, m = len(self.regions), len(inputs)
+        if n == 0 or m == 0 or not models:
+            raise ValueError("DCMModels: at least one region, one input and one model are "
+                             "needed")
+        for label, names in (("region", self.regions), ("input", inputs), ("model", models)):
+            if len(set(names)) != len(names):
+                raise ValueError(f"DCMModels: {label} names must be unique, got {names}")
+        out = {}
+        for name, mask in self.model_masks().items():
+            a, b, c = (np.asarray(mask[k], dtype=float) for k in "abc")
+            for label, arr, shape in (("a", a, (n, n)), ("b", b, (m, n, n)), ("c", c, (n, m))):
+                if arr.shape != shape:
+                    raise ValueError(
+                        f"DCMModels: model {name!r} mask {label} has shape {arr.shape}, "
+                        f"expected {shape} for regions {self.regions} and inputs {inputs}")
+            out[name] = (a, np.moveaxis(b, 0, -1), c)
+        return out
+
+    def describe(self) -> dict:
+        """The whole configuration as plain JSON-able data (for metadata)."""
+        return {
+            "task": self.task, "regions": list(self.regions),
+            "inputs": self.input_trial_types(),
+            "models": self.model_masks(),
+            "max_iter": self.max_iter, "min_explained_variance": self.min_explained_variance,
+            "workers": self.workers,
+        }
