@@ -134,13 +134,10 @@ def planted_ppi(
 
     n_micro = n_volumes * MICROTIME_BINS
     # endogenous fluctuation: white noise smoothed over ~4 s (AR(1) at microtime)
-    white = rng.standard_normal(n_micro)
+    from scipy.signal import lfilter
+
     phi = np.exp(-tr / MICROTIME_BINS / 4.0)
-    neural = np.empty(n_micro)
-    level = 0.0
-    for i, w in enumerate(white):
-        level = phi * level + w
-        neural[i] = level
+    neural = lfilter([1.0], [1.0, -phi], rng.standard_normal(n_micro))
     emotional = stimulus_function(events, events["trial_type"].eq("emotional").to_numpy(),
                                   n_volumes, tr)
     hrf = glover_hrf(tr, oversampling=MICROTIME_BINS, time_length=32.0)
