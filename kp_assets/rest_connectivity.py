@@ -7,6 +7,7 @@ import pandas as pd
 from kp_assets.partitions import participants
 from kp_assets.science.roi_plots import connectivity_matrix_png, markdown_image
 from kp_assets.task_runs import run_signals
+from kp_resources.parquet_io import inherit_provenance
 
 
 def pair_correlations(signals: pd.DataFrame) -> pd.DataFrame:
@@ -43,4 +44,5 @@ def rest_connectivity(context: dg.AssetExecutionContext,
             connectivity_matrix_png(ordered.corr(), title, vmax=1.0), title))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
     context.add_output_metadata(plots)
-    return result[["participant_id", "session", "roi_a", "roi_b", "r", "z"]]
+    columns = ["participant_id", "session", "roi_a", "roi_b", "r", "z"]
+    return inherit_provenance(result[columns], roi_timeseries)

@@ -7,6 +7,7 @@ from kp_assets.partitions import participants
 from kp_assets.science.activation import CONTRASTS, fit_roi_glm
 from kp_assets.task_runs import task_runs
 from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.parquet_io import inherit_provenance
 
 
 @dg.asset(
@@ -25,4 +26,5 @@ def roi_activation(context: dg.AssetExecutionContext, scans: pd.DataFrame,
         table = fit_roi_glm(run.signals, run.design, CONTRASTS[run.task])
         tables.append(table.assign(session=run.session, task=run.task))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
-    return result[["participant_id", "session", "task", "roi", "contrast", "beta", "se", "t"]]
+    columns = ["participant_id", "session", "task", "roi", "contrast", "beta", "se", "t"]
+    return inherit_provenance(result[columns], roi_timeseries)

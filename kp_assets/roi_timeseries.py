@@ -124,7 +124,8 @@ def roi_signals(context: dg.AssetExecutionContext, scans: pd.DataFrame, roi_set:
                          f"min ROI coverage {coverage['coverage'].min():.0%}")
     timeseries = pd.concat(tables, ignore_index=True)
     coverage = pd.concat(coverages, ignore_index=True)
-    provenance = {"source_sha256": dict(zip(scans["bold_path"], scans["sha256"], strict=True))}
+    provenance = {"source_sha256": dict(zip(scans["bold_path"], scans["sha256"], strict=True)),
+                  "roi_set": roi_set.definition(), "cleaning": cleaning.strategy().describe()}
     timeseries.attrs.update(provenance)
     coverage.attrs.update(provenance)
     definition = json.dumps(roi_set.definition(), sort_keys=True)

@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
+from kp_resources.parquet_io import inherit_provenance
 
 COLUMNS = ["participant_id", "session", "feature", "family", "value"]
 
@@ -58,7 +59,7 @@ def session_features(context: dg.AssetExecutionContext, roi_activation: pd.DataF
     table = feature_table(roi_activation, task_connectivity, rest_connectivity)
     context.add_output_metadata({"n_features": int(table["feature"].nunique()),
                                  "sessions": ", ".join(sorted(table["session"].unique()))})
-    return table
+    return inherit_provenance(table, roi_activation, task_connectivity, rest_connectivity)
 
 
 @dg.asset(
@@ -73,4 +74,4 @@ def change_scores(context: dg.AssetExecutionContext,
     table = change_table(session_features)
     if table.empty:
         context.log.info(f"{context.partition_key}: no post session yet, no change scores")
-    return table
+    return inherit_provenance(table, session_features)

@@ -8,6 +8,7 @@ from kp_assets.science.activation import CONTRASTS
 from kp_assets.science.gppi import fit_gppi
 from kp_assets.task_runs import task_runs
 from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.parquet_io import inherit_provenance
 
 
 @dg.asset(
@@ -27,5 +28,6 @@ def task_connectivity(context: dg.AssetExecutionContext, scans: pd.DataFrame,
         tables.append(table.assign(session=run.session, task=run.task))
         context.log.info(f"gPPI ses-{run.session} task-{run.task}: {len(table)} betas")
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
-    return result[["participant_id", "session", "task", "seed", "target", "contrast", "beta",
-                   "se", "t"]]
+    columns = ["participant_id", "session", "task", "seed", "target", "contrast", "beta", "se",
+               "t"]
+    return inherit_provenance(result[columns], roi_timeseries)

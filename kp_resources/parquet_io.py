@@ -59,6 +59,20 @@ SOURCE_SHA256_ATTR = "source_sha256"
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"
 
 
+# Definitions a table was built with (e.g. the ROI set), carried in ``df.attrs`` from the
+# asset that used them to every table derived from it, and written as ``kp.<name>``.
+PROVENANCE_ATTRS = ("roi_set", "cleaning")
+
+
+def inherit_provenance(target: pd.DataFrame, *sources: pd.DataFrame) -> pd.DataFrame:
+    """Copy the :data:`PROVENANCE_ATTRS` of ``sources`` into ``target.attrs``; returns it."""
+    for source in sources:
+        for name in PROVENANCE_ATTRS:
+            if name in source.attrs:
+                target.attrs[name] = source.attrs[name]
+    return target
+
+
 def validate_table_name(name: str) -> str:
     """Return ``name`` if it is a safe warehouse table name, else raise ``ValueError``.
 
@@ -281,7 +295,9 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
         """The ``kp.*`` key-value metadata stamped into the file for this output."""
         partition = context.asset_partition_key if context.has_asset_partitions else ""
         source_sha256 = df.attrs.get(SOURCE_SHA256_ATTR, {}) or {}
-        return {
+        inherited = {f"kp.{name}": json.dumps(df.attrs[name], sort_keys=True)
+                     for name in PROVENANCE_ATTRS if name in df.attrs}
+        return inherited | {
             "kp.asset_key": context.asset_key.to_user_string(),
             "kp.partition": partition,
             "kp.code_version": _code_version(context),

@@ -71,6 +71,20 @@ def test_tables_have_their_contracts(small_warehouse):
     assert {"roi_timeseries", "change_scores"} <= set(catalog.table)
 
 
+def test_roi_set_is_in_the_provenance_of_every_table_built_from_it(small_warehouse):
+    import json
+
+    rows = query(small_warehouse, "SELECT \"table\", value FROM provenance "
+                 "WHERE key = 'kp.roi_set'")
+    assert set(rows.table) >= {"roi_timeseries", "roi_coverage", "roi_activation",
+                               "task_connectivity", "rest_connectivity", "session_features",
+                               "change_scores"}
+    definitions = {json.dumps(json.loads(v), sort_keys=True) for v in rows.value}
+    assert len(definitions) == 1
+    definition = json.loads(definitions.pop())
+    assert definition["radius_mm"] == 6.0 and definition["centres_mm"]["amygdala"]
+
+
 def test_participant_without_post_session_has_baseline_rows_only(small_study, tmp_path):
     study = _copy(small_study, tmp_path)
     shutil.rmtree(study / "sub-02" / "ses-post")
