@@ -102,6 +102,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         GROUP BY family ORDER BY family""")
     print("\nimaging features (change scores = post − pre):")
     print(format_result(features))
+    dcm = query(warehouse, """
+        SELECT model, count(*) AS fits, CAST(sum(CAST(converged AS INTEGER)) AS INTEGER)
+               AS converged, round(median(explained_variance), 3) AS median_explained_variance
+        FROM dcm_fits GROUP BY model ORDER BY model""")
+    print("\nDCM (amygdala–vmPFC, faces):")
+    print(format_result(dcm))
     print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
     print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
     print("UI:   make ui   (then open http://127.0.0.1:3000)")
