@@ -13,7 +13,7 @@ No Dagster here. The pieces, in the order an analysis uses them:
   :func:`bootstrap_selection`.
 * :mod:`.fit` — :func:`fit_variant` / :func:`fit_all`: everything above for one or all
   variants, as the ``enet_*`` tables of the asset contract.
-* :mod:`.paper_table` — :func:`paper_table`: the paper's headline findings beside ours.
+* :mod:`.headline` — :func:`paper_table`: the paper's headline findings beside ours.
 * :mod:`.plots` — PNG figures (observed vs predicted, coefficients, LOO curve).
 * :mod:`.solver` — the batched exact elastic-net path solver everything runs on.
 
@@ -23,75 +23,55 @@ Typical use::
     headline = paper_table(tables)
 """
 
-from kp_assets.science.prediction.elastic_net import (
-    DEFAULT_L1_RATIOS,
-    EnetSettings,
-    LooSelection,
-    Refit,
-    alpha_grid,
-    loo_select,
-    loo_select_sklearn,
-    refit,
-    refit_selected,
-    standardize,
-)
-from kp_assets.science.prediction.evaluation import (
-    BootstrapResult,
-    NestedResult,
-    PermutationResult,
-    bootstrap_selection,
-    nested_loo,
-    permutation_test,
-)
-from kp_assets.science.prediction.fit import TABLES, fit_all, fit_variant
-from kp_assets.science.prediction.paper_table import FINDINGS, Finding, paper_table
-from kp_assets.science.prediction.plots import (
-    plot_coefficients,
-    plot_cv_curve,
-    plot_observed_vs_predicted,
-)
-from kp_assets.science.prediction.solver import PathStats, enet_paths
-from kp_assets.science.prediction.variants import (
-    ARM_CODES,
-    DEFAULT_VARIANTS,
-    DesignReport,
-    ModelVariant,
-    design_matrix,
-    interaction_term,
-)
+import importlib
 
-__all__ = [
-    "ARM_CODES",
-    "DEFAULT_L1_RATIOS",
-    "DEFAULT_VARIANTS",
-    "FINDINGS",
-    "TABLES",
-    "BootstrapResult",
-    "DesignReport",
-    "EnetSettings",
-    "Finding",
-    "LooSelection",
-    "ModelVariant",
-    "NestedResult",
-    "PathStats",
-    "PermutationResult",
-    "Refit",
-    "alpha_grid",
-    "bootstrap_selection",
-    "design_matrix",
-    "enet_paths",
-    "fit_all",
-    "fit_variant",
-    "interaction_term",
-    "loo_select",
-    "loo_select_sklearn",
-    "nested_loo",
-    "paper_table",
-    "permutation_test",
-    "plot_coefficients",
-    "plot_cv_curve",
-    "plot_observed_vs_predicted",
-    "refit",
-    "refit_selected",
-    "standardize",
-]
+# Public name → submodule. Imported on first use, so that worker processes (which import
+# only the solver) do not pay for pandas and matplotlib.
+_EXPORTS = {
+    "DEFAULT_L1_RATIOS": "elastic_net",
+    "EnetSettings": "elastic_net",
+    "LooSelection": "elastic_net",
+    "Refit": "elastic_net",
+    "alpha_grid": "elastic_net",
+    "loo_select": "elastic_net",
+    "loo_select_sklearn": "elastic_net",
+    "refit": "elastic_net",
+    "refit_selected": "elastic_net",
+    "standardize": "elastic_net",
+    "BootstrapResult": "evaluation",
+    "NestedResult": "evaluation",
+    "PermutationResult": "evaluation",
+    "bootstrap_selection": "evaluation",
+    "nested_loo": "evaluation",
+    "permutation_test": "evaluation",
+    "TABLES": "fit",
+    "fit_all": "fit",
+    "fit_variant": "fit",
+    "FINDINGS": "headline",
+    "Finding": "headline",
+    "paper_table": "headline",
+    "plot_coefficients": "plots",
+    "plot_cv_curve": "plots",
+    "plot_observed_vs_predicted": "plots",
+    "PathStats": "solver",
+    "enet_paths": "solver",
+    "prepare_designs": "solver",
+    "ARM_CODES": "variants",
+    "DEFAULT_VARIANTS": "variants",
+    "DesignReport": "variants",
+    "ModelVariant": "variants",
+    "design_matrix": "variants",
+    "interaction_term": "variants",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -61,7 +61,7 @@ class EnetSettings:
     ``nested``: run nested LOO for honest out-of-sample r and RMSE.
     ``seed``: seeds permutations and bootstrap resamples.
     ``min_participants``: fewest complete participants per variant.
-    ``n_jobs``: worker threads for the permutation test and bootstrap.
+    ``n_jobs``: worker processes for the permutation test and nested LOO.
     """
 
     l1_ratios: tuple[float, ...] = DEFAULT_L1_RATIOS
@@ -132,7 +132,8 @@ class LooSelection:
     """Leave-one-out errors over the grid and the selected grid point.
 
     ``alphas`` (R, T); ``loo_pred`` (R, T, n) LOO predictions in outcome units;
-    ``loo_mse`` (R, T); ``best`` = (index of l1_ratio, index of alpha).
+    ``loo_mse`` (R, T); ``best`` = (index of l1_ratio, index of alpha); ``coefs``
+    (n, R, T, p): every fold's coefficients, when requested.
     """
 
     l1_ratios: np.ndarray
@@ -140,6 +141,7 @@ class LooSelection:
     loo_pred: np.ndarray
     loo_mse: np.ndarray
     best: tuple[int, int]
+    coefs: np.ndarray | None = None
 
     @property
     def l1_ratio(self) -> float:
@@ -188,6 +190,7 @@ def loo_many(
     n_alphas: int = 50,
     eps: float = 1e-3,
     max_rows: int = 1500,
+    return_coefs: bool = False,
 ) -> list[LooSelection]:
     """:func:`loo_select` for several datasets of equal size in batched solver calls
     (the nested LOO's inner selections)."""
@@ -207,6 +210,8 @@ def loo_many(
     # flatten (dataset, fold) into designs, each with R rows (one per l1_ratio)
     all_designs = [(d, k) for d in range(len(prepared)) for k in range(n)]
     preds = [np.empty((R, T, n)) for _ in prepared]
+    coefs = ([np.empty((n, R, T, prepared[0][0].shape[1])) for _ in prepared]
+             if return_coefs else None)
     for start in range(0, len(all_designs), designs_per_call):
         chunk = all_designs[start : start + designs_per_call]
         Xd = np.stack([prepared[d][3][k] for d, k in chunk])
@@ -216,15 +221,19 @@ def loo_many(
         lam = np.concatenate([penalties(prepared[d][2], rho, m)[1] for d, _ in chunk])
         which = np.repeat(np.arange(len(chunk)), R)
         Y = np.repeat(Ytr, R, axis=0)
-        pred, _, _ = enet_paths(Xd, Y, mu, lam, which=which, X_eval=Xe)
+        pred, cf, _ = enet_paths(Xd, Y, mu, lam, which=which, X_eval=Xe,
+                                 return_coefs=return_coefs)
         offset = np.repeat(Ytr.mean(axis=1), R)
         pred = pred[:, :, 0] + offset[:, None]
         for i, (d, k) in enumerate(chunk):
             preds[d][:, :, k] = pred[i * R : (i + 1) * R]
+            if coefs is not None:
+                coefs[d][k] = cf[i * R : (i + 1) * R]
     out = []
-    for (_X, y, alphas, *_), pr in zip(prepared, preds, strict=True):
+    for d, ((_X, y, alphas, *_), pr) in enumerate(zip(prepared, preds, strict=True)):
         mse = ((pr - y[None, None, :]) ** 2).mean(axis=2)
-        out.append(LooSelection(rho, alphas, pr, mse, select_best(mse, alphas, rho)))
+        out.append(LooSelection(rho, alphas, pr, mse, select_best(mse, alphas, rho),
+                                coefs[d] if coefs is not None else None))
     return out
 
 
@@ -234,9 +243,11 @@ def loo_select(
     l1_ratios: tuple[float, ...] = DEFAULT_L1_RATIOS,
     n_alphas: int = 50,
     eps: float = 1e-3,
+    return_coefs: bool = False,
 ) -> LooSelection:
-    """LOO error of every grid point and the selected one, for X (n, p), y (n,)."""
-    return loo_many([(X, y)], l1_ratios, n_alphas, eps)[0]
+    """LOO error of every grid point and the selected one, for X (n, p), y (n,);
+    ``return_coefs`` keeps every fold's coefficients (for verification)."""
+    return loo_many([(X, y)], l1_ratios, n_alphas, eps, return_coefs=return_coefs)[0]
 
 
 @dataclass
@@ -310,7 +321,8 @@ def loo_select_sklearn(
     """Reference implementation: one ``sklearn.linear_model.ElasticNet`` fit per fold and
     grid point (no warm starts), same folds, scaling and grid. Slow; for verification.
 
-    Returns the selection and, with ``return_coefs``, the coefficients (n, R, T, p).
+    Returns the selection and, with ``return_coefs``, every fold's coefficients
+    (n, R, T, p) (also stored in the selection).
     """
     from sklearn.linear_model import ElasticNet
 
@@ -331,4 +343,4 @@ def loo_select_sklearn(
                 if coefs is not None:
                     coefs[k, r, t] = model.coef_
     mse = ((pred - y[None, None, :]) ** 2).mean(axis=2)
-    return LooSelection(rho, alphas, pred, mse, select_best(mse, alphas, rho)), coefs
+    return LooSelection(rho, alphas, pred, mse, select_best(mse, alphas, rho), coefs), coefs

@@ -9,8 +9,11 @@ meanings and units:
     n_excluded, n_features (terms entering the model), n_selected (nonzero terms),
     l1_ratio, alpha (scikit-learn scaling), loo_mse (outcome units²), loo_rmse, loo_r
     (observed vs LOO-predicted at the selected point — optimistic, the minimum of a grid
-    search), nested_r, nested_rmse (honest), permutation_p, n_permutations, n_bootstraps,
-    intercept (mean outcome), sd_outcome, dropped_constant (";"-joined terms).
+    search), nested_r, nested_rmse (honest), permutation_p, n_permutations,
+    permutation_fits (elastic-net fits the pruned permutation test solved; without pruning
+    it would be n_permutations × n_participants × grid size), n_bootstraps,
+    intercept (mean outcome), sd_outcome, dropped_constant (";"-joined terms), seconds
+    (wall time of the whole fit and evaluation).
 ``enet_coefficients`` (model × term)
     model, term, beta_std (outcome units per SD of the term), beta_fully_std (per SD of the
     outcome too), selected (beta ≠ 0), selection_frequency (bootstrap, in [0, 1]).
@@ -25,6 +28,7 @@ meanings and units:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -45,8 +49,8 @@ TABLES = ("enet_summary", "enet_coefficients", "enet_predictions", "enet_cv_curv
 SUMMARY_COLUMNS = [
     "model", "status", "outcome", "n_participants", "n_excluded", "n_features", "n_selected",
     "l1_ratio", "alpha", "loo_mse", "loo_rmse", "loo_r", "nested_r", "nested_rmse",
-    "permutation_p", "n_permutations", "n_bootstraps", "intercept", "sd_outcome",
-    "dropped_constant",
+    "permutation_p", "n_permutations", "permutation_fits", "n_bootstraps", "intercept",
+    "sd_outcome", "dropped_constant", "seconds",
 ]
 COLUMNS = {
     "enet_summary": SUMMARY_COLUMNS,
@@ -75,6 +79,7 @@ def fit_variant(
     ``settings.min_participants`` complete participants; the message states the count).
     """
     settings = settings or EnetSettings()
+    start = time.perf_counter()
     X_df, y_s, report = design_matrix(change_scores, clinical, variant,
                                       settings.min_participants)
     X, y = X_df.to_numpy(dtype=float), y_s.to_numpy(dtype=float)
@@ -82,14 +87,13 @@ def fit_variant(
 
     sel = loo_select(X, y, **grid)
     model = refit_selected(X, y, sel)
-    nested = nested_loo(X, y, **grid) if settings.nested else None
+    nested = nested_loo(X, y, **grid, n_jobs=settings.n_jobs) if settings.nested else None
     perm = (permutation_test(X, y, settings.n_permutations, settings.seed, observed=sel,
                              n_jobs=settings.n_jobs, **grid)
             if settings.n_permutations > 0 else None)
     boot = (bootstrap_selection(X, y, settings.n_bootstraps, settings.seed,
                                 l1_ratio=sel.l1_ratio, alpha=sel.alpha,
-                                n_alphas=settings.n_alphas, eps=settings.eps,
-                                n_jobs=settings.n_jobs)
+                                n_alphas=settings.n_alphas, eps=settings.eps)
             if settings.n_bootstraps > 0 else None)
 
     name = variant.name
@@ -112,10 +116,12 @@ def fit_variant(
         "nested_rmse": nested.rmse if nested else np.nan,
         "permutation_p": perm.p_value if perm else np.nan,
         "n_permutations": settings.n_permutations if perm else 0,
+        "permutation_fits": perm.stats.instances if perm else 0,
         "n_bootstraps": settings.n_bootstraps if boot else 0,
         "intercept": model.intercept,
         "sd_outcome": model.sd_outcome,
         "dropped_constant": ";".join(report.dropped_constant),
+        "seconds": time.perf_counter() - start,
     }], columns=SUMMARY_COLUMNS)
     coefficients = pd.DataFrame({
         "model": name,
