@@ -19,7 +19,7 @@ from kp_assets.partitions import participants
 from kp_resources.study import discover_invalid, discover_participants
 
 
-def _first_error(result: dg.ExecuteInProcessResult) -> str:
+def first_error(result: dg.ExecuteInProcessResult) -> str:
     """The message of the first failed step's underlying exception (not Dagster's wrapper)."""
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
@@ -38,7 +38,7 @@ def _run_participant(instance: dg.DagsterInstance, study: Path, warehouse: Path,
     job = build_definitions(study, warehouse, **resources).resolve_job_def("participant_assets")
     result = job.execute_in_process(partition_key=pid, instance=instance, raise_on_error=False,
                                     run_config=run_config)
-    return None if result.success else _first_error(result)
+    return None if result.success else first_error(result)
 
 
 def _run_participant_in_worker(ref: Any, *args: Any) -> str | None:
@@ -103,6 +103,6 @@ def materialize_study(
     group = defs.resolve_job_def("group_assets").execute_in_process(
         instance=instance, raise_on_error=False, run_config=run_config)
     if not group.success:
-        failed["group assets"] = _first_error(group)
+        failed["group assets"] = first_error(group)
         log(f"  group assets FAILED: {failed['group assets']}")
     return dict(sorted(failed.items()))

@@ -109,10 +109,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not supported on every platform/filesystem.
+def fsync_path(path: Path) -> None:
+    """fsync a file or folder by path (a folder: makes a rename in it durable); silently
+    skipped where the platform or filesystem does not support it."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -168,7 +169,7 @@ def write_parquet_atomic(
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
     return path
 
 

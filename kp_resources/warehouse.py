@@ -24,7 +24,7 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from kp_resources.parquet_io import TABLE_NAME_RE, validate_table_name
+from kp_resources.parquet_io import TABLE_NAME_RE, fsync_path, validate_table_name
 
 CATALOG_FILE = "kp.duckdb"
 PROVENANCE_VIEW = "provenance"
@@ -140,19 +140,6 @@ def format_result(df: pd.DataFrame, fmt: OutputFormat = "table") -> str:
     raise ValueError(f"unknown output format {fmt!r}: expected 'table', 'csv' or 'json'")
 
 
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def build_catalog(root: str | os.PathLike[str]) -> Path:
     """(Re)build ``<root>/kp.duckdb`` holding the warehouse views; return its path.
 
@@ -170,7 +157,7 @@ def build_catalog(root: str | os.PathLike[str]) -> Path:
             con.execute("CHECKPOINT")
         finally:
             con.close()
-        _fsync_path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, target)
     except BaseException:
         for leftover in (tmp, wal):
@@ -179,7 +166,7 @@ def build_catalog(root: str | os.PathLike[str]) -> Path:
         raise
     with contextlib.suppress(FileNotFoundError):
         wal.unlink()
-    _fsync_path(base)
+    fsync_path(base)
     return target
 
 

@@ -11,6 +11,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from kp_assets.definitions import build_definitions
+from kp_assets.materialize import first_error
 from kp_assets.science.dcm.model import MICROTIME_BINS
 from kp_assets.science.dcm.run_data import (
     confound_basis,
@@ -141,16 +142,6 @@ def _materialize(study, warehouse, pid: str, keys: tuple[str, ...], **resources)
         asset_selection=[dg.AssetKey(k) for k in keys])
 
 
-def _error(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            return error.message
-    return ""
-
-
 def _check(result) -> dg.AssetCheckEvaluation:
     (evaluation,) = [e for e in result.get_asset_check_evaluations()
                      if e.check_name == "dcm_convergence_check"]
@@ -162,7 +153,7 @@ def small_warehouse(small_study, tmp_path_factory) -> Path:
     warehouse = tmp_path_factory.mktemp("dcm") / "warehouse"
     for pid in ("sub-01", "sub-02"):
         result = _materialize(small_study, warehouse, pid, UPSTREAM + DCM)
-        assert result.success, _error(result)
+        assert result.success, first_error(result)
         assert _check(result).passed
         if pid == "sub-01":
             (fits,) = [m for m in result.asset_materializations_for_node("dcm_first_level")
@@ -212,7 +203,7 @@ def test_flat_roi_signal_fails_naming_the_problem(small_study, small_warehouse, 
     table.to_parquet(path, index=False)
     result = _materialize(small_study, warehouse, "sub-01", DCM)
     assert not result.success
-    message = _error(result)
+    message = first_error(result)
     assert "ses-post task-faces" in message and "'amygdala': signal is flat" in message
     assert "sub-01_ses-post_task-faces" in message  # the run's file
 
@@ -225,7 +216,7 @@ def test_input_never_on_fails_naming_the_problem(small_study, tmp_path):
     events.to_csv(run.events_path, sep="\t", index=False)
     result = _materialize(study, tmp_path / "warehouse", "sub-02", UPSTREAM + DCM)
     assert not result.success
-    message = _error(result)
+    message = first_error(result)
     assert str(run.events_path) in message
     assert "never switched on" in message and "'emotional'" in message
 
@@ -235,7 +226,7 @@ def test_iteration_limit_gives_unconverged_rows_and_a_failed_check(small_study, 
     warehouse = Path(shutil.copytree(small_warehouse, tmp_path / "warehouse"))
     result = _materialize(small_study, warehouse, "sub-02", DCM,
                           dcm_models=DCMModels(max_iter=2))
-    assert result.success, _error(result)
+    assert result.success, first_error(result)
     fits = query(warehouse, "SELECT * FROM dcm_fits WHERE participant_id = 'sub-02'")
     assert len(fits) == 2 and not fits.converged.any() and (fits.n_iter == 2).all()
     assert fits.message.str.contains("without converging").all()

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kp_assets.definitions import build_definitions
-from kp_assets.materialize import materialize_study
+from kp_assets.materialize import first_error, materialize_study
 from kp_resources.roi_set import RoiSet
 from kp_resources.study import find_runs
 from kp_resources.warehouse import query
@@ -36,16 +36,6 @@ def _materialize_one(study, tmp_path, pid="sub-01", **resources):
     instance.add_dynamic_partitions("participants", [pid])
     return defs.resolve_job_def("participant_assets").execute_in_process(
         partition_key=pid, instance=instance, raise_on_error=False, run_config=QUIET)
-
-
-def _error(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            return error.message
-    return ""
 
 
 def test_tables_have_their_contracts(small_warehouse):
@@ -114,7 +104,7 @@ def test_roi_outside_the_brain_mask_fails_naming_roi_and_run(small_study, tmp_pa
     run = _erase_mask_around(study, "sub-01", (0.0, 20.0, 40.0))  # the dACC sphere
     result = _materialize_one(study, tmp_path)
     assert not result.success
-    message = _error(result)
+    message = first_error(result)
     assert str(run.bold_path) in message and "ROI dacc coverage 0%" in message
     assert not (tmp_path / "warehouse" / "roi_timeseries").exists()
 
@@ -142,7 +132,7 @@ def test_scrubbing_too_much_fails_with_the_count(small_study, tmp_path):
     confounds.to_csv(run.confounds_path, sep="\t", index=False, na_rep="n/a")
     result = _materialize_one(study, tmp_path)
     assert not result.success
-    message = _error(result)
+    message = first_error(result)
     assert str(run.confounds_path) in message
     assert "scrubbing leaves 0 of 60 volumes" in message
 
@@ -161,7 +151,7 @@ def test_nan_voxels_are_excluded_and_counted(small_study, tmp_path):
     nib.save(nib.Nifti1Image(data, image.affine, header), run.bold_path)
     # the inventory is rebuilt from the damaged file, so only the NaN handling is tested
     result = _materialize_one(study, tmp_path)
-    assert result.success, _error(result)
+    assert result.success, first_error(result)
     coverage = pd.read_parquet(tmp_path / "warehouse/roi_coverage/participant=sub-01")
     row = coverage[(coverage.session == "pre") & (coverage.task == "rest")
                    & (coverage.roi == "amygdala")].iloc[0]
