@@ -28,11 +28,11 @@ from kp_assets.partitions import participants
 from kp_assets.science.dcm import DCMResult, invert_many, parameter_table, priors
 from kp_assets.science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
 from kp_assets.science.roi_plots import markdown_image
-from kp_assets.science.roi_signals import load_run_confounds
+from kp_assets.task_runs import run_model_inputs
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_io import markdown_table
-from kp_resources.study import StudyDataError, validate_events, validate_participant_label
+from kp_resources.study import StudyDataError, validate_participant_label
 
 FIT_COLUMNS = ["participant_id", "session", "task", "run", "model", "free_energy",
                "explained_variance", "n_iter", "converged", "seconds", "message", "n_scans",
@@ -61,24 +61,16 @@ def run_data(scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels,
     if not np.array_equal(raw.index.to_numpy(), np.arange(n_volumes)):
         raise StudyDataError(scan["bold_path"], f"DCM of {label}: roi_timeseries has "
                                                 f"{len(raw)} of {n_volumes} volumes")
-    confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
-    scrubbed = rows.loc[rows["roi"] == models.regions[0]].set_index("volume")["scrubbed"]
-    if not np.array_equal(kept, np.flatnonzero(~scrubbed.sort_index().to_numpy())):
-        raise StudyDataError(scan["confounds_path"], "kept volumes differ from roi_timeseries "
-                                                     "(cleaning settings changed: "
-                                                     "rematerialize it)")
-    events = pd.read_csv(scan["events_path"], sep="\t", na_values="n/a")
-    validate_events(events, scan["events_path"])
+    shared = run_model_inputs(scan, roi_timeseries, cleaning)
     inputs = models.input_trial_types()
     # ``from None``: the run reports the innermost cause, which must be the error with the file
     try:
-        u = run_inputs(events, inputs, n_volumes, tr)
+        u = run_inputs(shared.events, inputs, n_volumes, tr)
     except ValueError as e:
         raise StudyDataError(scan["events_path"], f"DCM of {label}: {e}") from None
-    # slice-timing reference: the time of volume 0 as a fraction of TR
-    ref = float(rows.loc[rows["volume"] == 0, "time_s"].iloc[0]) / tr
     try:
-        return prepare_run(raw, u, list(inputs), tr, kept, confounds.to_numpy(float), ref)
+        return prepare_run(raw, u, list(inputs), tr, shared.kept,
+                           shared.confounds.to_numpy(float), shared.slice_time_ref)
     except ValueError as e:
         raise StudyDataError(scan["bold_path"], f"DCM of {label}: {e}") from None
 

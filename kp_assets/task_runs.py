@@ -43,24 +43,46 @@ def run_signals(roi_timeseries: pd.DataFrame, session: str, task: str) -> pd.Dat
     return rows.pivot(index="volume", columns="roi", values="signal")
 
 
+@dataclass
+class RunModelInputs:
+    """What every model of one task run shares: the confounds and kept volume indices that
+    cleaned its ROI signals, its validated events and the slice-timing reference (fraction
+    of TR)."""
+
+    confounds: pd.DataFrame
+    kept: np.ndarray
+    events: pd.DataFrame
+    slice_time_ref: float
+
+
+def run_model_inputs(scan: pd.Series, roi_timeseries: pd.DataFrame,
+                     cleaning: ConfoundCleaning) -> RunModelInputs:
+    """Load a task run's confounds and events, checking that the cleaning settings still
+    give the volumes ``roi_timeseries`` kept."""
+    rows = roi_timeseries[(roi_timeseries["session"] == scan["session"])
+                          & (roi_timeseries["task"] == scan["task"])
+                          & (roi_timeseries["run"] == scan["run"])]
+    confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
+    if not np.array_equal(kept, np.sort(rows.loc[~rows["scrubbed"], "volume"].unique())):
+        raise StudyDataError(scan["confounds_path"], "kept volumes differ from "
+                             "roi_timeseries (cleaning settings changed: rematerialize it)")
+    events = pd.read_csv(scan["events_path"], sep="\t", na_values="n/a")
+    validate_events(events, scan["events_path"])
+    return RunModelInputs(confounds, kept, events,
+                          float(rows["time_s"].min()) / float(scan["tr"]))
+
+
 def task_runs(scans: pd.DataFrame, roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning,
               tasks: tuple[str, ...] = EVENT_TASKS) -> list[TaskRun]:
     runs = []
     for _, scan in scans[scans["task"].isin(tasks)].iterrows():
         session, task, tr = scan["session"], scan["task"], float(scan["tr"])
         signals = run_signals(roi_timeseries, session, task)
-        confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
-        if not np.array_equal(kept, signals.index.to_numpy()):
-            raise StudyDataError(scan["confounds_path"], "kept volumes differ from "
-                                 "roi_timeseries (cleaning settings changed: rematerialize it)")
-        events = pd.read_csv(scan["events_path"], sep="\t", na_values="n/a")
-        validate_events(events, scan["events_path"])
-        conditions = task_conditions(events, task)
-        times = roi_timeseries.loc[(roi_timeseries["session"] == session)
-                                   & (roi_timeseries["task"] == task), "time_s"]
-        ref = float(times.min()) / tr
+        shared = run_model_inputs(scan, roi_timeseries, cleaning)
+        conditions = task_conditions(shared.events, task)
         n_volumes = int(scan["n_volumes"])
-        design = clean_design(task_design(conditions, n_volumes, tr, ref), confounds, kept, tr)
-        runs.append(TaskRun(session, task, signals, conditions, design, confounds, kept,
-                            n_volumes, tr, ref))
+        design = clean_design(task_design(conditions, n_volumes, tr, shared.slice_time_ref),
+                              shared.confounds, shared.kept, tr)
+        runs.append(TaskRun(session, task, signals, conditions, design, shared.confounds,
+                            shared.kept, n_volumes, tr, shared.slice_time_ref))
     return runs
