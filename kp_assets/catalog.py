@@ -6,19 +6,22 @@ steps write Parquet only. It depends on the tables it catalogues so it reruns af
 
 import dagster as dg
 
+from kp_assets.automation import GROUP_REFRESH
 from kp_resources.warehouse import Warehouse
 
 #: Asset keys the catalog waits for; later stages append their tables here.
 CATALOGUED_TABLES: list[str] = [
     "scans", "clinical", "roi_timeseries", "roi_coverage", "roi_activation",
     "task_connectivity", "rest_connectivity", "session_features", "change_scores",
-    "dcm_fits", "dcm_parameters",
+    "dcm_fits", "dcm_parameters", "enet_summary", "enet_coefficients", "enet_predictions",
+    "enet_cv_curve", "enet_exclusions", "paper_table",
 ]
 
 
 @dg.asset(
     deps=CATALOGUED_TABLES,
     group_name="warehouse",
+    automation_condition=GROUP_REFRESH,
     kinds={"duckdb"},
     code_version="1",
     description="DuckDB catalog file (kp.duckdb) with a view per warehouse table + provenance.",

@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from kp_assets.materialize import materialize_study
-    from kp_resources.warehouse import format_result, query
+    from kp_resources.warehouse import format_result, list_tables, query
 
     study, warehouse = study_dir(), warehouse_dir()
     if not (study / "dataset_description.json").exists():
@@ -108,6 +108,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         FROM dcm_fits GROUP BY model ORDER BY model""")
     print("\nDCM (amygdala–vmPFC, faces):")
     print(format_result(dcm))
+    if "enet_summary" in list_tables(warehouse):
+        models = query(warehouse, """
+            SELECT model, status, n_participants AS n, n_selected AS selected,
+                   round(loo_r, 2) AS loo_r, round(nested_r, 2) AS nested_r,
+                   round(permutation_p, 3) AS permutation_p
+            FROM enet_summary ORDER BY model""")
+        print("\nelastic net (CAPS-5 improvement):")
+        print(format_result(models))
+    if "paper_table" in list_tables(warehouse):
+        paper = query(warehouse, """
+            SELECT finding, published, round(estimate, 2) AS estimate,
+                   round(selection_frequency, 2) AS selection_frequency, note
+            FROM paper_table""")
+        print("\nthe paper's findings beside ours:")
+        print(format_result(paper))
     print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
     print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
     print("UI:   make ui   (then open http://127.0.0.1:3000)")

@@ -3,10 +3,17 @@
 import dagster as dg
 import pandas as pd
 
-from kp_resources.study import StudyFolder
+from kp_assets.automation import GROUP_REFRESH
+from kp_resources.quality import check_result
+from kp_resources.study import StudyFolder, discover_participants
+from kp_resources.warehouse import Warehouse
 
 
 @dg.asset(
+    # not read, but a new participant's clinical rows arrive with their folder: refresh the
+    # table after the scans inventory of a batch of arrivals changed
+    deps=["scans"],
+    automation_condition=GROUP_REFRESH,
     group_name="ingest",
     kinds={"pandas", "parquet"},
     code_version="clinical-1",
@@ -26,3 +33,28 @@ def clinical(context: dg.AssetExecutionContext, study: StudyFolder) -> pd.DataFr
         }
     )
     return df
+
+
+@dg.asset_check(
+    asset=clinical,
+    description="Every participant with a scan folder has an arm and CAPS-5 before and after "
+                "treatment (the prediction models need all three).",
+)
+def clinical_completeness_check(context: dg.AssetCheckExecutionContext, clinical: pd.DataFrame,
+                                study: StudyFolder, warehouse: Warehouse) -> dg.AssetCheckResult:
+    scanned = discover_participants(study.path)
+    table = clinical.set_index("participant_id")
+    problems = {}
+    for pid in scanned:
+        if pid not in table.index:
+            problems[pid] = "no row in participants.tsv / phenotype"
+            continue
+        missing = [c for c in ("arm", "caps5_pre", "caps5_post") if pd.isna(table.at[pid, c])]
+        if missing:
+            problems[pid] = "missing " + ", ".join(missing)
+    summary = (f"{len(problems)} of {len(scanned)} scanned participants incomplete: "
+               + "; ".join(f"{p}: {why}" for p, why in problems.items()) if problems
+               else f"all {len(scanned)} scanned participants have arm and CAPS-5 pre/post")
+    return check_result(context, warehouse.root, "clinical", "clinical_completeness_check",
+                        not problems, summary,
+                        {"incomplete": dg.MetadataValue.json(problems)})

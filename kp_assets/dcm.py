@@ -32,7 +32,9 @@ from kp_assets.task_runs import run_model_inputs
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_io import markdown_table
+from kp_resources.quality import check_result
 from kp_resources.study import StudyDataError, validate_participant_label
+from kp_resources.warehouse import Warehouse
 
 FIT_COLUMNS = ["participant_id", "session", "task", "run", "model", "free_energy",
                "explained_variance", "n_iter", "converged", "seconds", "message", "n_scans",
@@ -113,7 +115,7 @@ def _fit_row(scan: pd.Series, model: str, data: DCMRunData, result: DCMResult,
 )
 def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
                     roi_timeseries: pd.DataFrame, dcm_models: DCMModels,
-                    cleaning: ConfoundCleaning):
+                    cleaning: ConfoundCleaning, warehouse: Warehouse):
     pid = validate_participant_label(context.partition_key)
     masks = dcm_models.masks()
     runs = [scan for _, scan in scans[scans["task"] == dcm_models.task].iterrows()]
@@ -186,7 +188,10 @@ def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
     }
     if len(fit_table):
         check_metadata["min_explained_variance"] = float(fit_table["explained_variance"].min())
-    yield dg.AssetCheckResult(
-        check_name="dcm_convergence_check", asset_key="dcm_fits", passed=flagged.empty,
-        severity=dg.AssetCheckSeverity.WARN, metadata=check_metadata,
-    )
+    summary = (f"{len(flagged)} of {len(fit_table)} fits not converged or explaining less "
+               f"than {threshold:.0%}: " + ", ".join(
+                   f"ses-{r.session} {r.model}" for r in flagged.itertuples())
+               if len(flagged) else f"all {len(fit_table)} fits converged, explained variance "
+                                    f"≥ {threshold:.0%}")
+    yield check_result(context, warehouse.root, "dcm_fits", "dcm_convergence_check",
+                       flagged.empty, summary, check_metadata, partition=pid)

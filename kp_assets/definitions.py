@@ -8,9 +8,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from kp_assets.automation import build_nightly_catch_up
 from kp_assets.catalog import warehouse_catalog
-from kp_assets.clinical import clinical
+from kp_assets.clinical import clinical, clinical_completeness_check
 from kp_assets.dcm import dcm_first_level
+from kp_assets.enet import enet_models
+from kp_assets.paper_table import paper_table
+from kp_assets.partitions import participants
 from kp_assets.rest_connectivity import rest_connectivity
 from kp_assets.roi_activation import roi_activation
 from kp_assets.roi_timeseries import roi_signals
@@ -22,19 +26,27 @@ from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.locations import study_dir, warehouse_dir
 from kp_resources.parquet_io import ParquetIOManager
+from kp_resources.prediction_models import PredictionModels
+from kp_resources.quality import QualityThresholds
 from kp_resources.roi_set import RoiSet
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 
 ASSETS = [scans, clinical, roi_signals, roi_activation, task_connectivity, rest_connectivity,
-          session_features, change_scores, dcm_first_level, warehouse_catalog]
+          session_features, change_scores, dcm_first_level, enet_models, paper_table,
+          warehouse_catalog]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
 participant_job = dg.define_asset_job("participant_assets", selection=PARTICIPANT_ASSETS)
-# the unpartitioned group assets (clinical table, catalog)
+CATALOG = dg.AssetSelection.assets(warehouse_catalog)
+# the unpartitioned group assets (clinical table, prediction models, paper table)
 group_job = dg.define_asset_job(
-    "group_assets", selection=dg.AssetSelection.all() - PARTICIPANT_ASSETS
+    "group_assets", selection=dg.AssetSelection.all() - PARTICIPANT_ASSETS - CATALOG
 )
+# the catalog in a run of its own, so that a failed group model (too few participants for
+# it) cannot skip the rebuild of the views over everything else
+catalog_job = dg.define_asset_job("catalog_refresh", selection=CATALOG)
+nightly_catch_up = build_nightly_catch_up(ASSETS, PARTICIPANT_ASSETS, participants)
 
 
 def build_definitions(study: str | Path, warehouse: str | Path,
@@ -43,8 +55,10 @@ def build_definitions(study: str | Path, warehouse: str | Path,
     ``overrides`` replace resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``)."""
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[participant_job, group_job],
+        asset_checks=[clinical_completeness_check],
+        jobs=[participant_job, group_job, catalog_job],
         sensors=[new_participant_sensor],
+        schedules=[nightly_catch_up],
         resources={
             "study": StudyFolder(root=str(study)),
             "io_manager": ParquetIOManager(root=str(warehouse)),
@@ -52,6 +66,8 @@ def build_definitions(study: str | Path, warehouse: str | Path,
             "roi_set": RoiSet(),
             "cleaning": ConfoundCleaning(),
             "dcm_models": DCMModels(),
+            "prediction": PredictionModels(),
+            "quality": QualityThresholds(),
         } | overrides,
     )
 

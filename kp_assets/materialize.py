@@ -3,7 +3,7 @@
 It uses the same discovery code as ``new_participant_sensor`` and the same jobs as the UI:
 one partition per participant folder, the participant job once per participant (a failing
 participant is reported and the others go on; ``jobs`` participants at a time, each in its
-own process), then the group job.
+own process), then the group job and the catalog job.
 """
 
 import os
@@ -63,7 +63,7 @@ def materialize_study(
     jobs: int | None = None,
     **resources: dg.ConfigurableResource,
 ) -> dict[str, str]:
-    """Materialize all assets; returns ``{participant or 'group assets': error}`` of failures.
+    """Materialize all assets; returns ``{participant or job name: error}`` of the failures.
 
     ``jobs``: participants processed at once (default: up to 2, one per core). Worker
     processes record their runs in ``instance`` when it is persistent; an ephemeral instance
@@ -100,9 +100,10 @@ def materialize_study(
                 report(i, futures[future], future.result())
 
     defs = build_definitions(study, warehouse, **resources)
-    group = defs.resolve_job_def("group_assets").execute_in_process(
-        instance=instance, raise_on_error=False, run_config=run_config)
-    if not group.success:
-        failed["group assets"] = first_error(group)
-        log(f"  group assets FAILED: {failed['group assets']}")
+    for job in ("group_assets", "catalog_refresh"):
+        result = defs.resolve_job_def(job).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config)
+        if not result.success:
+            failed[job] = first_error(result)
+            log(f"  {job} FAILED: {failed[job]}")
     return dict(sorted(failed.items()))

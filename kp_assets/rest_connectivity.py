@@ -1,23 +1,13 @@
 """``rest_connectivity``: Pearson r and Fisher z between ROI pairs at rest, per session."""
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 
 from kp_assets.partitions import participants
+from kp_assets.science.rest_fc import pair_correlations
 from kp_assets.science.roi_plots import connectivity_matrix_png, markdown_image
 from kp_assets.task_runs import run_signals
 from kp_resources.parquet_io import inherit_provenance
-
-
-def pair_correlations(signals: pd.DataFrame) -> pd.DataFrame:
-    """r and Fisher z = artanh(r) for every ROI pair (a before b in column order)."""
-    r = np.corrcoef(signals.to_numpy(float), rowvar=False)
-    names = list(signals.columns)
-    rows = [{"roi_a": names[i], "roi_b": names[j], "r": float(r[i, j]),
-             "z": float(np.arctanh(np.clip(r[i, j], -0.999999, 0.999999)))}
-            for i in range(len(names)) for j in range(i + 1, len(names))]
-    return pd.DataFrame(rows)
 
 
 @dg.asset(

@@ -20,8 +20,10 @@ from kp_assets.science.roi_plots import markdown_image, roi_positions_png
 from kp_assets.science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.parquet_io import markdown_table
+from kp_resources.quality import QualityThresholds, check_result
 from kp_resources.roi_set import RoiSet
 from kp_resources.study import StudyDataError, read_nifti, validate_participant_label
+from kp_resources.warehouse import Warehouse
 
 
 def slice_time_ref(sidecar_path: str, tr: float) -> float:
@@ -105,13 +107,19 @@ def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
     ins={"scans": dg.AssetIn()},
     partitions_def=participants,
     group_name="roi_signals",
-    check_specs=[dg.AssetCheckSpec(
-        "roi_coverage_check", asset="roi_coverage",
-        description="Every ROI's coverage in every run is at least the ROI set's "
-                    "min_coverage (a warning when partial coverage is allowed).")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "roi_coverage_check", asset="roi_coverage",
+            description="Every ROI's coverage in every run is at least the ROI set's "
+                        "min_coverage (a warning when partial coverage is allowed)."),
+        dg.AssetCheckSpec(
+            "roi_scrubbing_check", asset="roi_timeseries",
+            description="No run loses more than the quality resource's "
+                        "max_scrubbed_fraction of its volumes to scrubbing."),
+    ],
 )
 def roi_signals(context: dg.AssetExecutionContext, scans: pd.DataFrame, roi_set: RoiSet,
-                cleaning: ConfoundCleaning):
+                cleaning: ConfoundCleaning, warehouse: Warehouse, quality: QualityThresholds):
     pid = validate_participant_label(context.partition_key)
     tables, coverages = [], []
     for i, (_, run) in enumerate(scans.iterrows(), 1):
@@ -141,13 +149,30 @@ def roi_signals(context: dg.AssetExecutionContext, scans: pd.DataFrame, roi_set:
         "roi_set_definition": definition,
     })
     low = coverage[coverage["coverage"] < roi_set.min_coverage]
-    yield dg.AssetCheckResult(
-        check_name="roi_coverage_check", asset_key="roi_coverage", passed=low.empty,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
+    summary = (f"{len(low)} run × ROI below {roi_set.min_coverage:.0%} coverage: "
+               + ", ".join(f"ses-{r.session} task-{r.task} {r.roi} {r.coverage:.0%}"
+                           for r in low.itertuples()) if len(low)
+               else f"every ROI covered ≥ {roi_set.min_coverage:.0%} in every run")
+    yield check_result(
+        context, warehouse.root, "roi_coverage", "roi_coverage_check", low.empty, summary,
+        partition=pid, metadata={
             "min_coverage": float(coverage["coverage"].min()),
             "threshold": roi_set.min_coverage,
             "low": dg.MetadataValue.md(markdown_table(low[["session", "task", "roi",
                                                            "coverage"]]) if len(low) else "none"),
-        },
-    )
+        })
+    scrubbed = (coverage.groupby(["session", "task", "run"], as_index=False)
+                .first()[["session", "task", "run", "n_volumes_kept", "n_volumes"]])
+    scrubbed["scrubbed_fraction"] = 1 - scrubbed["n_volumes_kept"] / scrubbed["n_volumes"]
+    heavy = scrubbed[scrubbed["scrubbed_fraction"] > quality.max_scrubbed_fraction]
+    rule = f"more than {quality.max_scrubbed_fraction:.0%} of volumes scrubbed"
+    summary = (f"{len(heavy)} of {len(scrubbed)} runs with {rule}: "
+               + ", ".join(f"ses-{r.session} task-{r.task} {r.scrubbed_fraction:.0%}"
+                           for r in heavy.itertuples()) if len(heavy) else f"no run with {rule}")
+    yield check_result(
+        context, warehouse.root, "roi_timeseries", "roi_scrubbing_check", heavy.empty, summary,
+        partition=pid, metadata={
+            "max_scrubbed_fraction": float(scrubbed["scrubbed_fraction"].max()),
+            "threshold": quality.max_scrubbed_fraction,
+            "flagged": dg.MetadataValue.md(markdown_table(heavy) if len(heavy) else "none"),
+        })

@@ -173,6 +173,30 @@ def write_parquet_atomic(
     return path
 
 
+RETRACTED_DIR = ".retracted"
+
+
+def retract_table(root: str | os.PathLike[str], table: str, reason: str) -> Path | None:
+    """Move ``<root>/<table>`` out of the warehouse into ``<root>/.retracted/<stamp>-<table>``.
+
+    For a group result that can no longer be computed (e.g. too few participants): its old
+    files must not be presented as current, but nothing is deleted. One ``os.replace`` of
+    the folder, so queries see the table or nothing. ``reason`` is written beside it
+    (``RETRACTED.txt``). Returns the new location, or None when the table was not there.
+    """
+    base = Path(root)
+    source = base / validate_table_name(table)
+    if not source.exists():
+        return None
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = base / RETRACTED_DIR / f"{stamp}-{uuid.uuid4().hex[:8]}-{table}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    (target / "RETRACTED.txt").write_text(reason + "\n", encoding="utf-8")
+    fsync_path(base)
+    return target
+
+
 def read_parquet_kv(path: str | os.PathLike[str]) -> dict[str, str]:
     """The ``kp.*`` footer metadata of one Parquet file, decoded to ``{key: value}``."""
     raw = pq.read_schema(path).metadata or {}

@@ -9,7 +9,8 @@ Plain functions (no Dagster needed) plus a thin ``Warehouse`` resource:
 - ``build_catalog(root)``: the ``<root>/kp.duckdb`` catalog file with the same views, so the
   DuckDB CLI, notebooks and BI tools can open the warehouse read-only.
 
-The warehouse Parquet files are only ever read here; the only file written is ``kp.duckdb``.
+The warehouse Parquet files are only ever read here; the only file written is ``kp.duckdb``
+(``Warehouse.retract`` moves a table folder aside through ``parquet_io.retract_table``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
-from kp_resources.parquet_io import TABLE_NAME_RE, fsync_path, validate_table_name
+from kp_resources.parquet_io import (
+    TABLE_NAME_RE,
+    fsync_path,
+    retract_table,
+    validate_table_name,
+)
 
 CATALOG_FILE = "kp.duckdb"
 PROVENANCE_VIEW = "provenance"
@@ -190,3 +196,8 @@ class Warehouse(dg.ConfigurableResource):
     def build_catalog(self) -> Path:
         """Rebuild ``<root>/kp.duckdb`` (see :func:`build_catalog`)."""
         return build_catalog(self.root)
+
+    def retract(self, table: str, reason: str) -> Path | None:
+        """Move a table out of the warehouse, keeping its files (see
+        :func:`kp_resources.parquet_io.retract_table`)."""
+        return retract_table(self.root, table, reason)

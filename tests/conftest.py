@@ -190,12 +190,14 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
 
     from kp_assets.materialize import materialize_study
     from kp_assets.science.simulator import simulate_study
+    from kp_resources.prediction_models import PredictionModels
 
     study = simulate_study(base / "study", null=null, **(RECOVERY_STUDY | options))
     warehouse = base / "warehouse"
     failed = materialize_study(
         study, warehouse, dg.DagsterInstance.ephemeral(), log=lambda _: None,
-        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+        run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
+        prediction=PredictionModels(n_permutations=99, n_bootstraps=50))
     assert failed == {}, failed
     return study, warehouse
 

@@ -29,7 +29,9 @@ def demo_warehouse(tmp_path_factory, small_study):
 
 def test_one_bad_participant_fails_alone(demo_warehouse):
     _, warehouse, failed, bad_file = demo_warehouse
-    assert list(failed) == ["sub-02"]
+    # sub-02 fails alone; with it, two participants remain: too few for the models
+    assert list(failed) == ["group_assets", "sub-02"]
+    assert "2 participants with both sessions" in failed["group_assets"]
     assert str(bad_file) in failed["sub-02"] and "truncated" in failed["sub-02"]
     assert sorted(p.name for p in (warehouse / "scans").iterdir()) == [
         "participant=sub-01", "participant=sub-03"]

@@ -84,7 +84,7 @@ def run_stem(pid: str, session: str, task: str) -> str:
     return f"{pid}_ses-{session}_task-{task}"
 
 
-def _run_rng(seed: int, p: int, s: int, task: str, purpose: int) -> np.random.Generator:
+def run_rng(seed: int, p: int, s: int, task: str, purpose: int) -> np.random.Generator:
     # one independent stream per run and purpose, so parallel workers are deterministic
     return np.random.default_rng([seed, p, s, TASKS.index(task), purpose])
 
@@ -128,6 +128,26 @@ def mask_nifti_gz(grid: Grid) -> bytes:
     return _gz_nifti(np.asfortranarray(grid.brain.astype(np.uint8)), grid, None)
 
 
+def region_signals(job: _ParticipantJob, session: str, task: str, options: SimulationOptions,
+                   rng: np.random.Generator) -> tuple[dict[str, np.ndarray], int]:
+    """Region signals (% signal, ROI → (n_volumes,)) of one run, and its volume count.
+
+    ``rng`` is the run's stream (:func:`run_rng` with purpose 1); the image noise of the run
+    continues it.
+    """
+    n_volumes = options.volumes[task]
+    values = job.values[session]
+    events = job.events.get((session, task))
+    if task == "faces":
+        region = signals.faces_signals(events, job.dcm_bold[session], values, n_volumes,
+                                       options.tr, rng)
+    elif task == "conflict":
+        region = signals.conflict_signals(events, values, n_volumes, options.tr, rng)
+    else:
+        region = signals.rest_signals(values, n_volumes, options.tr, rng)
+    return region, n_volumes
+
+
 def _write_participant(job: _ParticipantJob, out: Path, options: SimulationOptions) -> str:
     grid = mni_grid(options.voxel_size)
     masks = planting_masks(grid, PLANTING_RADIUS_MM)
@@ -135,18 +155,10 @@ def _write_participant(job: _ParticipantJob, out: Path, options: SimulationOptio
     for s, session in enumerate(SESSIONS):
         func = out / job.participant_id / f"ses-{session}" / "func"
         func.mkdir(parents=True, exist_ok=True)
-        values = job.values[session]
         for task in TASKS:
-            n_volumes = options.volumes[task]
-            rng = _run_rng(options.seed, job.index, s, task, 1)
+            rng = run_rng(options.seed, job.index, s, task, 1)
+            region, n_volumes = region_signals(job, session, task, options, rng)
             events = job.events.get((session, task))
-            if task == "faces":
-                region = signals.faces_signals(events, job.dcm_bold[session], values,
-                                               n_volumes, options.tr, rng)
-            elif task == "conflict":
-                region = signals.conflict_signals(events, values, n_volumes, options.tr, rng)
-            else:
-                region = signals.rest_signals(values, n_volumes, options.tr, rng)
             voxels, confounds = synthesize_run(grid, masks, region, n_volumes, options.noise,
                                                rng, options.tr, job.motion_scale)
             stem = run_stem(job.participant_id, session, task)
@@ -191,10 +203,10 @@ def plan_study(options: SimulationOptions) -> tuple[PlantedStudy, list[_Particip
     for p, pid in enumerate(clinical["participant_id"]):
         events = {}
         for s, session in enumerate(SESSIONS):
-            design_rng = _run_rng(options.seed, p, s, "faces", 0)
+            design_rng = run_rng(options.seed, p, s, "faces", 0)
             events[(session, "faces")] = faces_events(n_faces, options.tr, design_rng)
             events[(session, "conflict")] = conflict_events(
-                options.volumes["conflict"], options.tr, _run_rng(options.seed, p, s,
+                options.volumes["conflict"], options.tr, run_rng(options.seed, p, s,
                                                                   "conflict", 0))
             dcm_params.append(signals.dcm_parameters(values[pid][session]))
             dcm_inputs.append(signals.faces_inputs(events[(session, "faces")], n_faces,

@@ -1,0 +1,37 @@
+"""``paper_table``: the paper's headline findings (DESIGN §1) beside this project's estimates.
+
+One row per finding, computed from the elastic-net tables by
+:func:`kp_assets.science.prediction.paper_table`; a finding the data cannot give is NaN with
+the reason in ``note``.
+"""
+
+import dagster as dg
+import pandas as pd
+
+from kp_assets.automation import GROUP_REFRESH
+from kp_assets.science.prediction import paper_table as build_paper_table
+from kp_resources.parquet_io import markdown_table
+
+
+@dg.asset(
+    ins={"enet_summary": dg.AssetIn(), "enet_coefficients": dg.AssetIn()},
+    group_name="prediction",
+    automation_condition=GROUP_REFRESH,
+    kinds={"pandas", "parquet"},
+    code_version="paper_table-1",
+    description="One row per headline finding of the paper: published value and direction, "
+                "this analysis' estimate, fully standardized β, selection frequency, whether "
+                "the direction agrees, and why an estimate is missing.",
+)
+def paper_table(context: dg.AssetExecutionContext, enet_summary: pd.DataFrame,
+                enet_coefficients: pd.DataFrame) -> pd.DataFrame:
+    table = build_paper_table({"enet_summary": enet_summary,
+                               "enet_coefficients": enet_coefficients})
+    shown = table[["finding", "published", "estimate", "selection_frequency", "same_direction",
+                   "note"]]
+    context.add_output_metadata({
+        "findings": dg.MetadataValue.md(markdown_table(shown)),
+        "n_estimated": int(table["estimate"].notna().sum()),
+        "n_same_direction": int((table["same_direction"] == True).sum()),  # noqa: E712
+    })
+    return table
