@@ -14,7 +14,7 @@ CATALOGUED_TABLES: list[str] = [
     "scans", "clinical", "roi_timeseries", "roi_coverage", "roi_activation",
     "task_connectivity", "rest_connectivity", "session_features", "change_scores",
     "dcm_fits", "dcm_parameters", "enet_summary", "enet_coefficients", "enet_predictions",
-    "enet_cv_curve", "enet_exclusions", "paper_table",
+    "enet_cv_curve", "enet_exclusions", "dcm_group_effects", "paper_table",
 ]
 
 

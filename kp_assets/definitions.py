@@ -12,6 +12,7 @@ from kp_assets.automation import build_nightly_catch_up
 from kp_assets.catalog import warehouse_catalog
 from kp_assets.clinical import clinical, clinical_completeness_check
 from kp_assets.dcm import dcm_first_level
+from kp_assets.dcm_group import dcm_group_effects
 from kp_assets.enet import enet_models
 from kp_assets.paper_table import paper_table
 from kp_assets.partitions import participants
@@ -23,7 +24,7 @@ from kp_assets.sensors import PARTICIPANT_ASSETS, new_participant_sensor
 from kp_assets.session_features import change_scores, session_features
 from kp_assets.task_connectivity import task_connectivity
 from kp_resources.cleaning import ConfoundCleaning
-from kp_resources.dcm_models import DCMModels
+from kp_resources.dcm_models import DCMGroupDesign, DCMModels
 from kp_resources.locations import study_dir, warehouse_dir
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
@@ -33,7 +34,8 @@ from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 
 ASSETS = [scans, clinical, roi_signals, roi_activation, task_connectivity, rest_connectivity,
-          session_features, change_scores, dcm_first_level, enet_models, paper_table,
+          session_features, change_scores, dcm_first_level, dcm_group_effects, enet_models,
+          paper_table,
           warehouse_catalog]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
@@ -66,6 +68,7 @@ def build_definitions(study: str | Path, warehouse: str | Path,
             "roi_set": RoiSet(),
             "cleaning": ConfoundCleaning(),
             "dcm_models": DCMModels(),
+            "dcm_group": DCMGroupDesign(),
             "prediction": PredictionModels(),
             "quality": QualityThresholds(),
         } | overrides,

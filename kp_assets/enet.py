@@ -87,7 +87,8 @@ def enet_models(context: dg.AssetExecutionContext, change_scores: pd.DataFrame,
                                          "min_participants": prediction.min_participants})
     if not enough:
         message = summary
-        moved = [warehouse.retract(name, f"retracted: {message}") for name in TABLES]
+        moved = [warehouse.retract(name, f"retracted: {message}")
+                 for name in (*TABLES, "paper_table")]
         if any(moved):
             context.log.warning(f"previous prediction tables moved aside: "
                                 f"{', '.join(str(p) for p in moved if p)}")

@@ -21,13 +21,20 @@ from kp_resources.study import discover_invalid, discover_participants
 
 def first_error(result: dg.ExecuteInProcessResult) -> str:
     """The message of the first failed step's underlying exception (not Dagster's wrapper)."""
+    errors = step_errors(result)
+    return errors[0] if errors else "failed"
+
+
+def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
+    """The underlying exception message of every failed step, in event order."""
+    messages = []
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
             error = event.step_failure_data.error
             while error.cause is not None:
                 error = error.cause
-            return error.message.strip()
-    return "failed"
+            messages.append(f"{event.step_key}: {error.message.strip()}")
+    return messages
 
 
 def _run_participant(instance: dg.DagsterInstance, study: Path, warehouse: Path, pid: str,
@@ -104,6 +111,6 @@ def materialize_study(
         result = defs.resolve_job_def(job).execute_in_process(
             instance=instance, raise_on_error=False, run_config=run_config)
         if not result.success:
-            failed[job] = first_error(result)
+            failed[job] = "; ".join(step_errors(result)) or "failed"
             log(f"  {job} FAILED: {failed[job]}")
     return dict(sorted(failed.items()))

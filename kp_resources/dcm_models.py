@@ -114,3 +114,30 @@ class DCMModels(dg.ConfigurableResource):
             "max_iter": self.max_iter, "min_explained_variance": self.min_explained_variance,
             "workers": self.workers,
         }
+
+
+class DCMGroupDesign(dg.ConfigurableResource):
+    """The group DCM analyses (``dcm_group_effects``; see
+    :mod:`kp_assets.science.dcm.group` for the designs).
+
+    analyses: which of "longitudinal" (change post − pre, covariates mean, CAPS-5
+    improvement, arm, improvement × arm) and "baseline" (pre-treatment parameters, same
+    covariates) to run. model: the first-level model to take (default: the only one fitted).
+    parameters: first-level parameters taken to the second level (default: every free A and
+    B parameter). max_exhaustive: model reduction scores every subset of at most this many
+    group effects, and searches greedily beyond.
+    """
+
+    analyses: list[str] = ["longitudinal", "baseline"]
+    model: str | None = None
+    parameters: list[str] | None = None
+    max_exhaustive: int = 8
+
+    def config(self):
+        """The design as the science code's ``GroupDCMConfig``."""
+        from kp_assets.science.dcm.group import GroupDCMConfig
+
+        return GroupDCMConfig(
+            model=self.model, analyses=tuple(self.analyses),
+            parameters=tuple(self.parameters) if self.parameters is not None else None,
+            max_exhaustive=self.max_exhaustive)

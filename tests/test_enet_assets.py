@@ -17,7 +17,7 @@ from kp_resources.warehouse import Warehouse, list_tables, query
 
 # the upstream tables as external assets: written by _seed_warehouse, loaded by the IO manager
 ASSETS = [dg.AssetSpec("change_scores", partitions_def=participants), dg.AssetSpec("clinical"),
-          enet_models, paper_table]
+          dg.AssetSpec("dcm_group_effects"), enet_models, paper_table]
 FAST = {"n_permutations": 19, "n_bootstraps": 20, "n_alphas": 20, "workers": 1}
 ENET_TABLES = {"enet_summary", "enet_coefficients", "enet_predictions", "enet_cv_curve",
                "enet_exclusions"}
@@ -77,6 +77,9 @@ def test_tables_follow_the_contract(fitted):
     assert len(curve) == 10 * 20 and curve.selected.sum() == 1
     paper = query(root, "SELECT * FROM paper_table")
     assert len(paper) == 8 and paper.finding.iloc[0] == "vmpfc_amygdala_faces"
+    dcm_rows = paper[paper.statistic == "direction"]
+    assert dcm_rows.estimate.isna().all()
+    assert (dcm_rows.note == "DCM group analysis not available").all()
 
 
 def test_excluded_participants_and_constant_features_are_listed(fitted):

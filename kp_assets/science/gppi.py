@@ -14,7 +14,9 @@ For each seed ROI:
    formulation, where every condition has its own term and the task regressors stay in).
 3. **GLM** of every other ROI on [task regressors, seed BOLD, interaction terms, constant],
    all cleaned of the run's confounds like the signals. The beta of a condition's
-   interaction term is the context-dependent change in coupling seed → target.
+   interaction term is the context-dependent change in coupling seed → target. The model
+   is :func:`activation.fit_roi_glm`'s (nilearn ``run_glm`` AR(1) semantics), fitted for
+   all seeds at once (one design per seed, :mod:`.glm`).
 
 Contrasts are the conditions themselves (e.g. ``emotional``) and the task's activation
 contrasts applied to the interaction terms (e.g. ``emotional_vs_neutral``).
@@ -28,7 +30,12 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from kp_assets.science.activation import clean_design, fit_roi_glm
+from kp_assets.science.activation import (
+    confound_basis,
+    contrast_matrix,
+    regress_out,
+)
+from kp_assets.science.glm import TContrasts, fit_ar1_glm, t_contrasts
 
 MICROTIME_BINS = 16
 RIDGE_GRID = np.logspace(-4, 2, 25)  # penalties relative to mean eigenvalue of WᵀW
@@ -36,10 +43,18 @@ RIDGE_GRID = np.logspace(-4, 2, 25)  # penalties relative to mean eigenvalue of 
 
 def microtime_hrf(tr: float, length_s: float = 32.0) -> np.ndarray:
     """Glover HRF sampled at TR/16, peak-normalised (unit-free kernel)."""
+    return _microtime_hrf(float(tr), float(length_s)).copy()
+
+
+@lru_cache(maxsize=16)
+def _microtime_hrf(tr: float, length_s: float) -> np.ndarray:
+    """:func:`microtime_hrf`, computed once per TR (read-only: shared by every caller)."""
     from nilearn.glm.first_level.hemodynamic_models import glover_hrf
 
     kernel = glover_hrf(tr, oversampling=MICROTIME_BINS, time_length=length_s)
-    return kernel / kernel.max()
+    kernel = kernel / kernel.max()
+    kernel.flags.writeable = False
+    return kernel
 
 
 def dct_basis(n_micro: int, n_basis: int) -> np.ndarray:
@@ -87,38 +102,69 @@ def deconvolve(
 ) -> np.ndarray:
     """Neural signal estimate (n_volumes·16,) from a seed's BOLD at the kept volumes.
 
-    ``bold``: (len(kept),) cleaned seed signal; ``kept``: indices of those volumes.
+    ``bold``: (len(kept),) cleaned seed signal, or (len(kept), seeds) for several seeds at
+    once (result (n_volumes·16, seeds)); ``kept``: indices of those volumes.
     """
     basis, _ = _forward_operator(n_volumes, float(tr), float(slice_time_ref))
     u, s, vt = _ridge_operator(n_volumes, float(tr), float(slice_time_ref),
-                               tuple(int(k) for k in kept))
-    y = bold - bold.mean()
+                               tuple(np.asarray(kept, int).tolist()))
+    y = np.asarray(bold, float)
+    y = (y - y.mean(axis=0)).reshape(len(y), -1)  # (n_kept, seeds)
     uty = u.T @ y
-    # ridge penalty chosen by generalized cross-validation
-    scale = np.mean(s**2)
-    best, best_gcv = RIDGE_GRID[0] * scale, np.inf
-    for lam in RIDGE_GRID * scale:
-        shrink = s**2 / (s**2 + lam)
-        residual = np.sum((y - u @ (shrink * uty)) ** 2)
-        gcv = len(y) * residual / (len(y) - shrink.sum()) ** 2
-        if gcv < best_gcv:
-            best, best_gcv = lam, gcv
-    return basis @ (vt.T @ (s / (s**2 + best) * uty))
+    # ridge penalty chosen by generalized cross-validation, per seed, over the whole grid
+    penalties = RIDGE_GRID * np.mean(s**2)
+    shrink = s**2 / (s**2 + penalties[:, None])  # (penalties, components)
+    # ‖y − U·diag(shrink)·Uᵀy‖² = ‖y − UUᵀy‖² + ‖(1 − shrink)·Uᵀy‖² (U orthonormal)
+    outside = np.sum((y - u @ uty) ** 2, axis=0)
+    residual = outside + np.einsum("lr,rs->ls", (1.0 - shrink) ** 2, uty**2)
+    gcv = len(y) * residual / ((len(y) - shrink.sum(axis=1)) ** 2)[:, None]  # (penalties, seeds)
+    gcv = np.where(np.isnan(gcv), np.inf, gcv)  # an undefined score never wins
+    best = penalties[np.argmin(gcv, axis=0)]  # first minimum, as a strict-< scan finds it
+    neural = basis @ (vt.T @ (s[:, None] / (s[:, None] ** 2 + best) * uty))
+    return neural if np.ndim(bold) > 1 else neural[:, 0]
+
+
+def boxcar_matrix(events: pd.DataFrame, n_volumes: int, tr: float
+                  ) -> tuple[list[str], np.ndarray]:
+    """Condition names (sorted) and their 0/1 boxcars on the microtime grid
+    (n_volumes·16 × conditions): 1 from the bin nearest the onset to the bin nearest the
+    offset (at least one bin), overlapping events merged; untyped events are ignored."""
+    dt = tr / MICROTIME_BINS
+    n_micro = n_volumes * MICROTIME_BINS
+    kinds = events["trial_type"].to_numpy(object)
+    valid = ~pd.isna(kinds)
+    kinds = kinds[valid]
+    onsets = events["onset"].to_numpy(float)[valid]
+    offsets = onsets + events["duration"].to_numpy(float)[valid]
+    names = sorted(set(kinds))
+    column = np.searchsorted(np.array(names, dtype=object), kinds)
+    start = np.clip(np.rint(onsets / dt).astype(int), 0, n_micro)
+    stop = np.clip(np.maximum(start + 1, np.rint(offsets / dt).astype(int)), 0, n_micro)
+    # +1 at each start, −1 at each stop: the running count is > 0 inside any event
+    steps = np.zeros((n_micro + 1, len(names)))
+    np.add.at(steps, (start, column), 1.0)
+    np.add.at(steps, (stop, column), -1.0)
+    boxcars = (np.cumsum(steps[:-1], axis=0) > 0).astype(float)
+    return [str(n) for n in names], boxcars
 
 
 def condition_boxcars(events: pd.DataFrame, n_volumes: int, tr: float) -> pd.DataFrame:
     """0/1 boxcar per condition on the microtime grid (n_volumes·16 × conditions)."""
-    dt = tr / MICROTIME_BINS
-    n_micro = n_volumes * MICROTIME_BINS
-    boxcars = {}
-    for condition, group in events.groupby("trial_type", sort=True):
-        u = np.zeros(n_micro)
-        for onset, duration in group[["onset", "duration"]].to_numpy(float):
-            start = min(max(int(round(onset / dt)), 0), n_micro)
-            stop = min(max(start + 1, int(round((onset + duration) / dt))), n_micro)
-            u[start:stop] = 1.0
-        boxcars[str(condition)] = u
-    return pd.DataFrame(boxcars)
+    names, boxcars = boxcar_matrix(events, n_volumes, tr)
+    return pd.DataFrame(boxcars, columns=names)
+
+
+def seed_designs(task: np.ndarray, bold: np.ndarray, ppi: np.ndarray) -> np.ndarray:
+    """One design per seed (seeds × n_kept × regressors): [task regressors, seed BOLD,
+    interaction terms, constant]. ``task`` (n_kept × tasks) without constant, ``bold``
+    (n_kept × seeds), ``ppi`` (n_kept × seeds × conditions)."""
+    n_kept, n_seeds = bold.shape
+    return np.concatenate([
+        np.broadcast_to(task, (n_seeds, *task.shape)),
+        bold.T[:, :, None],
+        np.moveaxis(ppi, 1, 0),
+        np.ones((n_seeds, n_kept, 1)),
+    ], axis=2)
 
 
 def fit_gppi(
@@ -140,26 +186,50 @@ def fit_gppi(
     what cleaned the signals. Returns rows seed, target, contrast, beta, se, t — contrasts
     are every condition plus ``contrasts`` over the interaction terms.
     """
-    boxcars = condition_boxcars(events, n_volumes, tr)
-    hrf = microtime_hrf(tr)
-    samples = sample_indices(n_volumes, slice_time_ref)
-    all_contrasts = {c: {c: 1.0} for c in boxcars.columns} | dict(contrasts)
-    tables = []
-    for seed in signals.columns:
-        neural = deconvolve(signals[seed].to_numpy(float), kept, n_volumes, tr, slice_time_ref)
-        ppi = pd.DataFrame(convolve_sample(boxcars.to_numpy() * neural[:, None], hrf, samples),
-                           columns=[f"ppi:{c}" for c in boxcars.columns])
-        ppi = clean_design(ppi, confounds, kept, tr).drop(columns="constant")
-        design = pd.concat(
-            [task_regressors.drop(columns="constant"),
-             signals[[seed]].rename(columns={seed: "seed"}),
-             ppi.set_index(task_regressors.index),
-             task_regressors[["constant"]]], axis=1)
-        interaction = {name: {f"ppi:{c}": w for c, w in weights.items()}
-                       for name, weights in all_contrasts.items()
-                       if all(f"ppi:{c}" in design.columns for c in weights)}
-        targets = signals.drop(columns=seed)
-        table = fit_roi_glm(targets, design, interaction)
-        tables.append(table.rename(columns={"roi": "target"}).assign(seed=seed))
-    result = pd.concat(tables, ignore_index=True)
-    return result[["seed", "target", "contrast", "beta", "se", "t"]]
+    rois = list(signals.columns)
+    bold = signals.to_numpy(float)
+    if len(bold) != len(task_regressors):
+        raise ValueError(f"{len(bold)} signal rows but {len(task_regressors)} design rows")
+    conditions, boxcars = boxcar_matrix(events, n_volumes, tr)
+    neural = deconvolve(bold, kept, n_volumes, tr, slice_time_ref)  # (n_micro, seeds)
+    hrf = _microtime_hrf(float(tr), 32.0)
+    ppi = convolve_sample(boxcars[:, None, :] * neural[:, :, None], hrf,
+                          sample_indices(n_volumes, slice_time_ref))  # (n_volumes, seeds, cond)
+    basis = confound_basis(confounds.to_numpy(float), kept)
+    ppi = regress_out(ppi.reshape(n_volumes, -1), basis, kept).reshape(len(bold), len(rois), -1)
+    regressor_names = list(task_regressors.columns)
+    if "constant" not in regressor_names:
+        raise KeyError("task_regressors has no 'constant' column")
+    task_index = [i for i, c in enumerate(regressor_names) if c != "constant"]
+    task_columns = [regressor_names[i] for i in task_index]
+    designs = seed_designs(task_regressors.to_numpy(float)[:, task_index], bold, ppi)
+    # targets of seed i: every other ROI, in column order
+    others = np.array([[j for j in range(len(rois)) if j != i] for i in range(len(rois))],
+                      dtype=int).reshape(len(rois), -1)
+    columns = [*task_columns, "seed", *(f"ppi:{c}" for c in conditions), "constant"]
+    all_contrasts = {c: {c: 1.0} for c in conditions} | dict(contrasts)
+    names, vectors = contrast_matrix(columns, {
+        name: {f"ppi:{c}": w for c, w in weights.items()}
+        for name, weights in all_contrasts.items()})
+    if others.size == 0:  # a single ROI: no pairs
+        empty = np.zeros((len(rois), 0, len(names)))
+        return gppi_table(rois, names, others, TContrasts(empty, empty, empty))
+    fit = fit_ar1_glm(np.moveaxis(bold[:, others], 1, 0), designs)  # (seeds, targets, …)
+    return gppi_table(rois, names, others, t_contrasts(fit, vectors))
+
+
+def gppi_table(rois: list, names: list[str], others: np.ndarray, result: TContrasts
+               ) -> pd.DataFrame:
+    """Rows seed-major, then contrast, then target; ``result`` arrays are (seeds × targets ×
+    contrasts) and ``others[i]`` holds the ROI indices of seed i's targets."""
+    n_seeds, n_targets = others.shape
+    rois_array = np.asarray(rois, dtype=object)
+
+    def flat(values: np.ndarray) -> np.ndarray:
+        return np.swapaxes(values, 1, 2).ravel()
+
+    return pd.DataFrame({
+        "seed": np.repeat(rois_array, len(names) * n_targets),
+        "target": rois_array[np.repeat(others[:, None, :], len(names), axis=1)].ravel(),
+        "contrast": np.tile(np.repeat(np.asarray(names, dtype=object), n_targets), n_seeds),
+        "beta": flat(result.effect), "se": flat(result.se), "t": flat(result.t)})

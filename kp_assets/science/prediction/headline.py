@@ -62,7 +62,7 @@ FINDINGS: tuple[Finding, ...] = (
 )
 
 COLUMNS = ["finding", "description", "statistic", "model", "term", "published",
-           "published_direction", "estimate", "beta_fully_std", "selection_frequency",
+           "published_direction", "estimate", "beta_fully_std", "selection_frequency", "pp",
            "same_direction", "note"]
 
 
@@ -75,7 +75,8 @@ def paper_table(
     ``results``: the tables of :func:`~kp_assets.science.prediction.fit.fit_all` (at least
     ``enet_summary`` and ``enet_coefficients``). ``dcm``: optional group-DCM estimates,
     a table with columns ``finding`` (a key of :data:`FINDINGS`), ``estimate`` and
-    optionally ``note``; the estimate's sign is compared with the published direction.
+    optionally ``pp`` (posterior probability that the effect is present) and ``note``; the
+    estimate's sign is compared with the published direction.
 
     An estimate is NaN, with the reason in ``note``, when the model was not fitted, the
     term is not in the model (feature absent or constant), or the term was not selected
@@ -89,13 +90,14 @@ def paper_table(
         dcm_rows = {row["finding"]: row for _, row in dcm.iterrows()}
     rows = []
     for f in FINDINGS:
-        estimate = fully = freq = np.nan
+        estimate = fully = freq = pp = np.nan
         if f.statistic == "direction":
             row = dcm_rows.get(f.key)
             if row is None:
                 note = "DCM group analysis not available"
             else:
                 estimate = float(row["estimate"])
+                pp = float(row.get("pp", np.nan))
                 note = str(row.get("note", "") or "")
         elif f.model not in status:
             note = f"model {f.model!r} not in results"
@@ -130,6 +132,7 @@ def paper_table(
             "estimate": estimate,
             "beta_fully_std": fully,
             "selection_frequency": freq,
+            "pp": pp,
             "same_direction": same,
             "note": note,
         })

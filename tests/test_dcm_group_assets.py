@@ -1,0 +1,128 @@
+"""The group DCM asset (``dcm_group_effects``) and the DCM rows of ``paper_table``."""
+
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from kp_assets.dcm_group import dcm_group_effects
+from kp_assets.materialize import first_error
+from kp_assets.partitions import participants
+from kp_assets.science.dcm.findings import DCM_FINDINGS, dcm_findings
+from kp_assets.science.dcm.group import simulate_first_level
+from kp_resources.dcm_models import DCMGroupDesign
+from kp_resources.parquet_io import RETRACTED_DIR, ParquetIOManager
+from kp_resources.warehouse import Warehouse, list_tables, query
+
+ASSETS = [dg.AssetSpec("dcm_fits", partitions_def=participants),
+          dg.AssetSpec("dcm_parameters", partitions_def=participants),
+          dg.AssetSpec("clinical"), dcm_group_effects]
+
+
+def _seed(root: Path, fits: pd.DataFrame, parameters: pd.DataFrame,
+          clinical: pd.DataFrame) -> list[str]:
+    for name, table in (("dcm_fits", fits), ("dcm_parameters", parameters)):
+        for pid, rows in table.groupby("participant_id"):
+            folder = root / name / f"participant={pid}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rows.to_parquet(folder / "part-0.parquet", index=False)
+    (root / "clinical").mkdir(parents=True, exist_ok=True)
+    clinical.to_parquet(root / "clinical" / "part-0.parquet", index=False)
+    return sorted(fits.participant_id.unique())
+
+
+def _materialize(root: Path, pids: list[str]) -> dg.ExecuteInProcessResult:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(participants.name, pids)
+    return dg.materialize(ASSETS, selection=[dcm_group_effects], instance=instance,
+                          raise_on_error=False,
+                          resources={"io_manager": ParquetIOManager(root=str(root)),
+                                     "warehouse": Warehouse(root=str(root)),
+                                     "dcm_group": DCMGroupDesign()})
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dcm_group") / "warehouse"
+    fits, parameters, clinical = simulate_first_level(16, seed=2)
+    # sub-03's post-treatment fit did not converge: out of the longitudinal analysis only
+    bad = (fits.participant_id == fits.participant_id.unique()[2]) & (fits.session == "post")
+    fits.loc[bad, "converged"] = False
+    pids = _seed(root, fits, parameters, clinical)
+    result = _materialize(root, pids)
+    assert result.success, first_error(result)
+    return root, result, pids
+
+
+def test_group_effects_follow_the_contract(synthetic):
+    root, _, pids = synthetic
+    effects = query(root, "SELECT * FROM dcm_group_effects")
+    assert {"analysis", "covariate", "parameter", "mean", "sd", "Pp"} <= set(effects.columns)
+    assert set(effects.analysis) == {"longitudinal", "baseline"}
+    assert set(effects.covariate) == {"mean", "caps5_improvement", "arm",
+                                      "caps5_improvement:arm"}
+    assert effects.Pp.between(0, 1).all() and (effects.sd >= 0).all()
+    counts = effects.groupby("analysis").n_participants.first()
+    assert counts["baseline"] == len(pids) and counts["longitudinal"] == len(pids) - 1
+
+
+def test_unconverged_participant_is_listed_and_plots_are_attached(synthetic):
+    _, result, pids = synthetic
+    (materialization,) = result.asset_materializations_for_node("dcm_group_effects")
+    metadata = materialization.metadata
+    assert metadata["n_excluded"].value == 1
+    assert pids[2] in metadata["excluded"].value
+    for analysis in ("longitudinal", "baseline"):
+        assert "data:image/png;base64," in metadata[f"plot_{analysis}"].value
+    assert "dcm_amygdala_to_vmpfc" in metadata["findings"].value
+
+
+def test_findings_take_their_effect_and_say_why_when_missing():
+    effects = pd.DataFrame({
+        "analysis": ["longitudinal"], "covariate": ["caps5_improvement"],
+        "parameter": ["B[emotional][amygdala->vmpfc]"], "mean": [-0.2], "Pp": [0.97]})
+    table = dcm_findings(effects).set_index("finding")
+    first = table.loc[DCM_FINDINGS[0].key]
+    assert first.estimate == -0.2 and first.pp == 0.97 and "−" in first.note
+    assert np.isnan(table.loc[DCM_FINDINGS[2].key, "estimate"])
+    assert "no baseline effect" in table.loc[DCM_FINDINGS[2].key, "note"]
+
+
+def test_too_few_participants_fail_with_both_counts_and_retract(synthetic, tmp_path):
+    import shutil
+
+    root = tmp_path / "warehouse"
+    shutil.copytree(synthetic[0], root)
+    pids = synthetic[2]
+    for name in ("dcm_fits", "dcm_parameters"):
+        for pid in pids[3:]:
+            shutil.rmtree(root / name / f"participant={pid}")
+    result = _materialize(root, pids)
+    assert not result.success
+    message = first_error(result)
+    # sub-03's unconverged session leaves 2 of the 3 for the longitudinal analysis
+    assert "2 participants are fewer than the 4 second-level parameters" in message
+    assert "dcm_group_effects" not in list_tables(root)
+    assert any(p.name.endswith("dcm_group_effects") for p in (root / RETRACTED_DIR).iterdir())
+
+
+def test_different_model_structures_are_refused_naming_participants(synthetic, tmp_path):
+    root = tmp_path / "warehouse"
+    fits, parameters, clinical = simulate_first_level(8, seed=3)
+    odd = fits.participant_id.unique()[1]
+    rows = parameters.participant_id == odd
+    parameters = parameters[~(rows & (parameters.parameter == "B[emotional][vmpfc->amygdala]"))]
+    keep = [n != "B[emotional][vmpfc->amygdala]" for n in fits.loc[
+        fits.participant_id == odd, "free_parameters"].iloc[0]]
+    for i in fits.index[fits.participant_id == odd]:
+        names = fits.at[i, "free_parameters"]
+        cov = np.asarray(fits.at[i, "covariance"].tolist() if hasattr(
+            fits.at[i, "covariance"], "tolist") else fits.at[i, "covariance"], dtype=float)
+        fits.at[i, "free_parameters"] = [n for n, k in zip(names, keep, strict=True) if k]
+        fits.at[i, "covariance"] = cov[np.ix_(keep, keep)].tolist()
+    pids = _seed(root, fits, parameters, clinical)
+    result = _materialize(root, pids)
+    assert not result.success
+    assert odd in first_error(result)
