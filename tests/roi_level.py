@@ -37,26 +37,31 @@ def run_measures(run: RoiRun) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     confounds = pd.DataFrame(cosine_regressors(n_volumes, run.tr))
     kept = np.arange(n_volumes)
     signals = clean_roi_signals(run.raw, confounds, kept, run.tr)
-    keys = {"participant_id": run.participant_id, "session": run.session}
     empty = pd.DataFrame()
     if run.events is None:
-        rest = pair_correlations(signals).assign(**keys)
-        return empty, empty, rest
+        return empty, empty, pair_correlations(signals)
     conditions = task_conditions(run.events, run.task)
     design = clean_design(task_design(conditions, n_volumes, run.tr, SLICE_TIME_REF),
                           confounds, kept, run.tr)
     contrasts = CONTRASTS[run.task]
-    activation = fit_roi_glm(signals, design, contrasts).assign(task=run.task, **keys)
+    activation = fit_roi_glm(signals, design, contrasts)
     gppi = fit_gppi(signals, design, conditions, confounds, kept, n_volumes, run.tr,
-                    SLICE_TIME_REF, contrasts).assign(task=run.task, **keys)
+                    SLICE_TIME_REF, contrasts)
     return activation, gppi, empty
 
 
 def change_scores(study: RoiStudy) -> pd.DataFrame:
     """The ``change_scores`` table (participant_id, feature, pre, post, change)."""
-    parts = [run_measures(run) for run in study.runs]
-    activation, gppi, rest = (pd.concat([p[i] for p in parts if len(p[i])], ignore_index=True)
-                              for i in range(3))
+    parts: list[list[pd.DataFrame]] = [[], [], []]
+    for run in study.runs:
+        for kind, table in zip(parts, run_measures(run), strict=True):
+            if len(table):
+                # keys added by position (cheaper than .assign on every small table)
+                table.insert(0, "participant_id", run.participant_id)
+                table.insert(1, "session", run.session)
+                table.insert(2, "task", run.task)
+                kind.append(table)
+    activation, gppi, rest = (pd.concat(kind, ignore_index=True) for kind in parts)
     return change_table(feature_table(activation, gppi, rest))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from kp_assets.science.glm import fit_ar1_glm, t_contrasts
+from kp_assets.science.roi_signals import confound_basis, regress_out
 
 CONTRASTS: dict[str, dict[str, dict[str, float]]] = {
     "faces": {"emotional_vs_neutral": {"emotional": 1.0, "neutral": -1.0}},
@@ -156,28 +157,6 @@ def task_design(
     design = make_first_level_design_matrix(times, events, hrf_model=hrf_model,
                                             drift_model=None)
     return design.drop(columns="constant")
-
-
-def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Orthonormal basis (n_kept × confounds) of the z-scored confounds at the kept volumes:
-    what ``nilearn.signal.clean`` (``standardize_confounds=True``, no detrending or
-    filtering, ``sample_mask=kept``) projects out of the signals."""
-    from scipy.linalg import qr
-
-    kept_confounds = np.asarray(confounds, float)[kept]
-    if kept_confounds.shape[1] == 0:
-        return kept_confounds
-    centred = kept_confounds - kept_confounds.mean(axis=0)
-    scale = centred.std(axis=0, ddof=1)
-    scale[scale < np.finfo(np.float64).eps] = 1.0  # constant confounds: left centred (zero)
-    basis, _, _ = qr(centred / scale, mode="economic", pivoting=True)
-    return basis
-
-
-def regress_out(values: np.ndarray, basis: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """``values`` (n_volumes × m) at the kept volumes, minus their projection on ``basis``."""
-    kept_values = np.asarray(values, float)[kept]
-    return kept_values - basis @ (basis.T @ kept_values)
 
 
 def clean_design(

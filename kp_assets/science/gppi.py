@@ -31,11 +31,10 @@ import numpy as np
 import pandas as pd
 
 from kp_assets.science.activation import (
-    confound_basis,
     contrast_matrix,
-    regress_out,
 )
 from kp_assets.science.glm import TContrasts, fit_ar1_glm, t_contrasts
+from kp_assets.science.roi_signals import confound_basis, regress_out
 
 MICROTIME_BINS = 16
 RIDGE_GRID = np.logspace(-4, 2, 25)  # penalties relative to mean eigenvalue of WᵀW

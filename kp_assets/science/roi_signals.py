@@ -195,6 +195,28 @@ def _load_confounds_cached(key: tuple) -> tuple[pd.DataFrame, np.ndarray]:
     return confounds, kept
 
 
+def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (n_kept × confounds) of the z-scored confounds at the kept volumes:
+    what ``nilearn.signal.clean`` (``standardize_confounds=True``, no detrending or
+    filtering, ``sample_mask=kept``) projects out of the signals."""
+    from scipy.linalg import qr
+
+    kept_confounds = np.asarray(confounds, float)[kept]
+    if kept_confounds.shape[1] == 0:
+        return kept_confounds
+    centred = kept_confounds - kept_confounds.mean(axis=0)
+    scale = centred.std(axis=0, ddof=1)
+    scale[scale < np.finfo(np.float64).eps] = 1.0  # constant confounds: left centred (zero)
+    basis, _, _ = qr(centred / scale, mode="economic", pivoting=True)
+    return basis
+
+
+def regress_out(values: np.ndarray, basis: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``values`` (n_volumes × m) at the kept volumes, minus their projection on ``basis``."""
+    kept_values = np.asarray(values, float)[kept]
+    return kept_values - basis @ (basis.T @ kept_values)
+
+
 def clean_roi_signals(
     signals: pd.DataFrame,
     confounds: pd.DataFrame,
@@ -204,14 +226,13 @@ def clean_roi_signals(
     """Clean ROI means: convert to percent signal change (of each ROI's mean over kept
     volumes), regress the confounds, drop scrubbed volumes.
 
-    Returns (n_kept, n_rois), indexed by the kept volume numbers (0-based).
+    The cleaning is ``nilearn.signal.clean`` with ``standardize_confounds=True`` and no
+    detrending, filtering or standardization, done as one projection (equal to it to
+    ~1e-15, tested). ``tr`` (s) is unused for that reason. Returns (n_kept, n_rois), indexed
+    by the kept volume numbers (0-based).
     """
-    from nilearn.signal import clean
-
     raw = signals.to_numpy(float)
     baseline = raw[kept].mean(axis=0)
     percent = 100.0 * (raw / baseline - 1.0)
-    cleaned = clean(percent, confounds=confounds.to_numpy(float), sample_mask=kept, t_r=tr,
-                    detrend=False, standardize=None, standardize_confounds=True,
-                    filter=False)
+    cleaned = regress_out(percent, confound_basis(confounds.to_numpy(float), kept), kept)
     return pd.DataFrame(cleaned, index=pd.Index(kept, name="volume"), columns=signals.columns)
