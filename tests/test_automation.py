@@ -10,6 +10,7 @@ import pytest
 from kp_assets.definitions import build_definitions
 from kp_assets.partitions import participants
 from kp_resources.prediction_models import PredictionModels
+from kp_resources.roi_set import RoiSet
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import query
 
@@ -24,9 +25,10 @@ class Loop:
 
     def __init__(self, study: Path, warehouse: Path):
         # few participants in the test study: let the models fit from 3, with little work
-        self.defs = build_definitions(study, warehouse, prediction=PredictionModels(
-            min_participants=3, n_permutations=9, n_bootstraps=5, nested=False, n_alphas=10,
-            workers=1))
+        self.defs = build_definitions(
+            study, warehouse, roi_set=RoiSet(radius_mm=8.0),  # 8 mm voxels: larger spheres
+            prediction=PredictionModels(min_participants=3, n_permutations=9, n_bootstraps=5,
+                                        nested=False, n_alphas=10, workers=1))
         self.study = study
         self.instance = dg.DagsterInstance.ephemeral()
         self.sensor_cursor: str | None = None
@@ -96,7 +98,7 @@ def five_participant_study(tmp_path_factory) -> Path:
     from kp_assets.science.simulator import simulate_study
 
     return simulate_study(tmp_path_factory.mktemp("arrivals") / "study", participants=5,
-                          seed=4, voxel_size=4.0, volumes=60)
+                          seed=4, voxel_size=8.0, volumes=60)
 
 
 def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study, tmp_path):
