@@ -1,15 +1,22 @@
 """``session_features`` and ``change_scores``: every imaging measure as a named feature.
 
 Feature names (stable, readable): ``<task>.activation.<roi>.<contrast>`` (beta),
-``<task>.gppi.<seed>-><target>.<contrast>`` (interaction beta), ``rest.fc.<a>~<b>`` (Fisher
-z). The family is the first two parts (``faces.gppi``). Change = post − pre, only for
-participants with both sessions.
+``<task>.gppi.<seed>-><target>.<condition>`` (interaction beta of one condition, e.g.
+``faces.gppi.vmpfc->amygdala.emotional``), ``rest.fc.<a>~<b>`` (Fisher z). The family is the
+first two parts (``faces.gppi``). Change = post − pre, only for participants with both
+sessions.
+
+gPPI task contrasts (``emotional_vs_neutral``, ``regulation``, ``monitoring``) stay in
+``task_connectivity`` but are not features: each is an exact linear combination of the
+per-condition terms, so as predictors they add no information and split a model's weight
+between exact copies of the same measurement.
 """
 
 import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
+from kp_assets.science.activation import CONTRASTS
 from kp_resources.parquet_io import inherit_provenance
 
 COLUMNS = ["participant_id", "session", "feature", "family", "value"]
@@ -18,6 +25,10 @@ COLUMNS = ["participant_id", "session", "feature", "family", "value"]
 def feature_table(activation: pd.DataFrame, connectivity: pd.DataFrame,
                   rest: pd.DataFrame) -> pd.DataFrame:
     """The long session × feature table from the three measure tables."""
+    task_contrasts = {(task, name) for task, contrasts in CONTRASTS.items() for name in contrasts}
+    is_condition = [(t, c) not in task_contrasts
+                    for t, c in zip(connectivity["task"], connectivity["contrast"], strict=True)]
+    connectivity = connectivity[is_condition]
     parts = [
         activation.assign(
             feature=activation["task"] + ".activation." + activation["roi"] + "."
@@ -49,7 +60,7 @@ def change_table(features: pd.DataFrame) -> pd.DataFrame:
     partitions_def=participants,
     group_name="features",
     kinds={"pandas", "parquet"},
-    code_version="session_features-1",
+    code_version="session_features-2",
     description="One row per participant × session × feature (activation betas, gPPI betas, "
                 "resting Fisher z), with the feature's family.",
 )
