@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# the Dagster instance lives in this folder (dagster.yaml), its storage in .dagster/
-export DAGSTER_HOME := $(CURDIR)
+# the Dagster instance lives in this folder (dagster.yaml), its storage in .dagster/; a lab
+# server sets DAGSTER_HOME to its own instance folder (README, "Instance")
+export DAGSTER_HOME ?= $(CURDIR)
 export KP_DAGSTER_STORAGE ?= $(CURDIR)/.dagster
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install demo test lint ui bench clean
+.PHONY: install demo test lint ui ui-dask bench clean
 
 install: $(STAMP)
 
@@ -31,8 +32,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 ui: $(STAMP)
+	$(BIN)/python -m kp_resources.instance
 	mkdir -p $(KP_DAGSTER_STORAGE)
 	$(BIN)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+
+# the same definitions with every step on a Dask cluster: DASK=local (a local cluster per run,
+# DASK_WORKERS processes) or DASK=tcp://scheduler:8786 (README, "Scaling out with Dask")
+DASK ?= local
+DASK_WORKERS ?= 2
+ui-dask: $(STAMP)
+	$(BIN)/python -m kp_resources.instance
+	mkdir -p $(KP_DAGSTER_STORAGE)
+	KP_DASK_SCHEDULER=$(DASK) KP_DASK_WORKERS=$(DASK_WORKERS) \
+		$(BIN)/dagster dev -m kp_assets.on_dask -h $(HOST) -p $(PORT)
 
 bench: $(STAMP)
 	$(BIN)/python bench/simulate.py

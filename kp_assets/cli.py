@@ -61,7 +61,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     _use_repo_instance()
-    import dagster as dg
+    from kp_resources.instance import InstanceConfigError, load_instance
+
+    try:  # a mistake in dagster.yaml stops the demo here, naming the file and the key
+        instance = load_instance()
+    except InstanceConfigError as e:
+        print(f"kp demo: Dagster instance configuration error: {e}", file=sys.stderr)
+        return 2
 
     from kp_assets.materialize import materialize_study
     from kp_resources.warehouse import format_result, list_tables, query
@@ -76,7 +82,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"using the study in {study}")
     print(f"materializing assets into {warehouse}")
-    instance = dg.DagsterInstance.get()
     failed = materialize_study(study, warehouse, instance, run_config=QUIET_RUN_CONFIG)
 
     summary = query(warehouse, """

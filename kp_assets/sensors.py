@@ -1,11 +1,40 @@
-"""``new_participant_sensor``: turns participant folders into partitions and (re)runs them."""
+"""``new_participant_sensor``: turns participant folders into partitions and (re)runs them.
+
+A participant folder is picked up only when it is **complete and settled**:
+
+- complete: it has at least one ``ses-*`` folder, and every ``ses-*`` folder it has holds, for
+  each expected task (:data:`EXPECTED_TASKS`), the preprocessed BOLD run with its JSON sidecar,
+  brain mask and confounds TSV, plus the events TSV for the task paradigms (faces, conflict).
+  A session that is not there yet (post-treatment) is fine; a half-filled one is not;
+- settled: its fingerprint (names, sizes and modification times of its files; see
+  :func:`kp_resources.study.participant_fingerprint`) is the same at two consecutive ticks,
+  i.e. nothing was written to it for one sensor interval (30 s).
+
+So a folder that is still being copied waits, whatever order the files arrive in, and so does
+one with content still missing (a broken DataLad/git-annex link counts as missing). The same
+rule applies when a known participant changes (the post session arriving): the rerun is
+requested once the change is complete and settled. Waiting participants are logged at every
+tick with what they lack.
+
+Errors: a participant whose folder cannot be read this tick (it vanished mid-listing, a
+permission error) is logged and keeps its previous cursor state; a study folder that cannot be
+listed fails the tick (the error is logged and shown on the tick in the UI) and Dagster retries
+at the next tick with the cursor of the last successful one, so nothing is lost or repeated.
+"""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 
 from kp_assets.partitions import participants
-from kp_resources.study import StudyFolder
+from kp_resources.study import (
+    EVENT_TASKS,
+    StudyDataError,
+    StudyFolder,
+    find_runs,
+    participant_dir,
+)
 
 # Every participant-partitioned asset from ``scans`` down (roi_timeseries, ..., change_scores,
 # first-level DCM): ``participants`` is the project's only dynamic partitioning. Group assets
@@ -15,19 +44,67 @@ PARTICIPANT_ASSETS = dg.AssetSelection.assets("scans").downstream() & dg.AssetSe
     "partitions:dynamic"
 )
 
+# The runs every session must have before a participant is processed.
+EXPECTED_TASKS = ("faces", "conflict", "rest")
+# Missing files named in the log per participant (the rest are counted).
+_SHOWN_MISSING = 3
 
-def _parse_cursor(context: dg.SensorEvaluationContext) -> dict[str, str]:
-    """The cursor is JSON ``{participant_id: fingerprint}``; anything else starts afresh."""
-    if not context.cursor:
-        return {}
+
+def missing_files(root: str | Path, pid: str) -> list[str]:
+    """What participant ``pid`` still lacks under the completeness rule (paths relative to its
+    folder; an empty list means complete). See the module docstring."""
+    base = participant_dir(root, pid)
+    sessions = sorted(p.name for p in base.glob("ses-*") if p.is_dir())
+    if not sessions:
+        return ["ses-*/ (no session folder yet)"]
     try:
-        seen = json.loads(context.cursor)
+        runs = find_runs(root, pid)
+    except StudyDataError:
+        # a file name that does not parse: waiting will not fix it, the run names the file
+        return []
+    missing = []
+    for session in sessions:
+        found = {r.task: r for r in runs if f"ses-{r.session}" == session}
+        for task in EXPECTED_TASKS:
+            run = found.get(task)
+            if run is None:
+                missing.append(f"{session}/func/{pid}_{session}_task-{task}_*_desc-preproc_bold"
+                               ".nii.gz")
+                continue
+            entities = run.bold_path.name.split("_space-")[0]
+            files = [run.bold_path, run.sidecar_path, run.mask_path, run.confounds_path]
+            if task in EVENT_TASKS:
+                files.append(run.events_path or run.bold_path.parent / f"{entities}_events.tsv")
+            # exists() follows links: a DataLad/annex link without content is missing
+            missing += [str(f.relative_to(base)) for f in files if not f.exists()]
+    return missing
+
+
+def _parse_cursor(context: dg.SensorEvaluationContext) -> tuple[dict[str, str], dict[str, str]]:
+    """The cursor is JSON ``{"seen": {pid: fingerprint}, "pending": {pid: fingerprint}}``:
+    ``seen`` holds the state each participant was last requested in, ``pending`` the complete
+    state first seen at the previous tick. A flat ``{pid: fingerprint}`` (the first format)
+    is read as ``seen``; anything else starts afresh."""
+    if not context.cursor:
+        return {}, {}
+    try:
+        state = json.loads(context.cursor)
     except json.JSONDecodeError:
-        seen = None
-    if not isinstance(seen, dict):
+        state = None
+    if not isinstance(state, dict):
         context.log.warning("unreadable cursor: treating every participant as new")
-        return {}
-    return {str(k): str(v) for k, v in seen.items()}
+        return {}, {}
+    if isinstance(state.get("seen"), dict):
+        pending = state.get("pending") if isinstance(state.get("pending"), dict) else {}
+        return ({str(k): str(v) for k, v in state["seen"].items()},
+                {str(k): str(v) for k, v in pending.items()})
+    return {str(k): str(v) for k, v in state.items()}, {}
+
+
+def _describe_missing(missing: list[str]) -> str:
+    shown = ", ".join(missing[:_SHOWN_MISSING])
+    more = len(missing) - _SHOWN_MISSING
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 @dg.sensor(
@@ -36,35 +113,75 @@ def _parse_cursor(context: dg.SensorEvaluationContext) -> dict[str, str]:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description=(
         "Lists the study folder; adds a 'participants' partition for each new sub-* folder and "
-        "requests a run for every participant that is new or whose files changed "
-        "(e.g. the post-treatment session arrived)."
+        "requests a run for every participant that is new or whose files changed (e.g. the "
+        "post-treatment session arrived), once its folder is complete (every expected run with "
+        "events, confounds, sidecar and mask) and unchanged since the previous tick."
     ),
 )
 def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFolder):
-    seen = _parse_cursor(context)
+    seen, pending = _parse_cursor(context)
 
-    for name in study.invalid_participant_folders():
+    try:
+        pids = study.participants()
+        invalid = study.invalid_participant_folders()
+    except Exception as e:
+        # the whole study is unreachable (not mounted, renamed, no permission): fail the tick;
+        # Dagster keeps the last cursor and evaluates again at the next tick
+        context.log.error(
+            f"cannot list the study folder {study.root}: {e}. This tick fails and is retried "
+            "at the next one with the same cursor.")
+        raise
+
+    for name in invalid:
         # Never a partition key and never joined onto a path: someone has to rename it.
         context.log.warning(
             f"skipping folder {name!r}: not a valid participant label (sub-<letters/digits>)"
         )
 
-    current, waiting = {}, []
-    for pid in study.participants():
-        if study.has_bold_runs(pid):
-            current[pid] = study.fingerprint(pid)
+    next_seen: dict[str, str] = {}
+    next_pending: dict[str, str] = {}
+    ready: dict[str, str] = {}
+    waiting: list[str] = []
+    settling: list[str] = []
+    for pid in pids:
+        try:
+            fingerprint = study.fingerprint(pid)
+            missing = [] if seen.get(pid) == fingerprint else missing_files(study.root, pid)
+        except (OSError, ValueError) as e:
+            # this participant alone cannot be read now: keep what we knew, retry next tick
+            context.log.warning(f"cannot read participant folder {pid} this tick ({e}); "
+                                "it is retried at the next tick")
+            if pid in seen:
+                next_seen[pid] = seen[pid]
+            if pid in pending:
+                next_pending[pid] = pending[pid]
+            continue
+        if pid in seen:
+            next_seen[pid] = seen[pid]
+        if seen.get(pid) == fingerprint:
+            continue  # unchanged since its last run
+        if missing:
+            waiting.append(f"{pid} (missing {_describe_missing(missing)})")
+        elif pending.get(pid) == fingerprint:
+            ready[pid] = fingerprint
+            next_seen[pid] = fingerprint
         else:
-            # A folder created before its data is copied: not a partition until a run lands
-            # (it stays out of the cursor, so it counts as new then).
-            waiting.append(pid)
+            # complete now, but files may still be changing: request it if it is the same
+            # at the next tick
+            next_pending[pid] = fingerprint
+            settling.append(pid)
+
     if waiting:
-        context.log.info(f"waiting for BOLD runs of: {', '.join(waiting)}")
-    new_ids = [pid for pid in current if pid not in seen]
-    changed = [pid for pid in current if pid in seen and seen[pid] != current[pid]]
-    gone = sorted(set(seen) - set(current) - set(waiting))
+        context.log.info(f"waiting for incomplete participant folder(s): {'; '.join(waiting)}")
+    if settling:
+        context.log.info(
+            f"complete, requested at the next tick if unchanged: {', '.join(settling)}")
+    gone = sorted(set(seen) - set(pids))
     if gone:
         # Their partitions and tables stay: deleting data is a human decision.
         context.log.warning(f"participant folder(s) disappeared: {', '.join(gone)}")
+    new_ids = [pid for pid in ready if pid not in seen]
+    changed = [pid for pid in ready if pid in seen]
     if new_ids:
         context.log.info(f"new participant(s): {', '.join(new_ids)}")
     if changed:
@@ -73,12 +190,19 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     # The run key ties a request to a state of the files, so an unchanged participant is
     # never requested twice, while each change gets exactly one run.
     run_requests = [
-        dg.RunRequest(partition_key=pid, run_key=f"{pid}:{current[pid]}")
-        for pid in sorted(new_ids + changed)
+        dg.RunRequest(partition_key=pid, run_key=f"{pid}:{fingerprint}")
+        for pid, fingerprint in sorted(ready.items())
     ]
+    if run_requests:
+        skip_reason = None
+    elif settling or waiting:
+        skip_reason = (f"{len(settling)} participant(s) settling, {len(waiting)} incomplete; "
+                       "nothing to run yet")
+    else:
+        skip_reason = "no new or changed participants"
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=[participants.build_add_request(new_ids)] if new_ids else [],
-        cursor=json.dumps(current, sort_keys=True),
-        skip_reason=None if run_requests else "no new or changed participants",
+        cursor=json.dumps({"seen": next_seen, "pending": next_pending}, sort_keys=True),
+        skip_reason=skip_reason,
     )

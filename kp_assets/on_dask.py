@@ -1,0 +1,149 @@
+"""kp's definitions with every step executed on a Dask cluster (``dagster-dask``'s executor).
+
+Load this module instead of ``kp_assets.definitions`` (``make ui-dask`` or
+``dagster dev -m kp_assets.on_dask``): the same assets, jobs, sensor and resources; only the
+executor differs. Each step of a run becomes a Dask task, so one run's steps (and the runs the
+queue lets through) spread over the cluster's workers.
+
+Where the cluster is, from the environment when the code location loads:
+
+- ``KP_DASK_SCHEDULER`` unset or ``local``: a local cluster per run, ``KP_DASK_WORKERS`` worker
+  processes (default 2) with one thread each, listening on 127.0.0.1 only, no dashboard;
+- ``KP_DASK_SCHEDULER=tcp://host:8786``: an existing scheduler (``dask scheduler`` +
+  ``dask worker`` on the lab's machines).
+
+A run can override it in the launchpad with the executor's own configuration::
+
+    execution:
+      config:
+        cluster:
+          existing:
+            address: tcp://dask-scheduler.lab:8786
+
+Every worker must import ``kp_assets`` (same code, same environment variables
+``KP_STUDY_DIR``/``KP_WAREHOUSE_DIR``/``DAGSTER_HOME``) and reach the study folder, the
+warehouse and the instance storage at the same paths: a shared filesystem and, across
+machines, the PostgreSQL instance (``dagster.postgres.yaml``).
+"""
+
+import importlib
+import os
+
+import dagster as dg
+import dask.distributed
+from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._utils import iterate_with_context
+from dagster_dask import dask_executor
+from dagster_dask.executor import (
+    DaskExecutor,
+    get_dask_resource_requirements,
+    query_on_dask_worker,
+)
+
+from kp_assets import definitions as _project
+
+
+class _Packed:
+    """Arguments handed to a Dask task unexamined. Current dask (the task-spec rewrite of late
+    2024) has ``Client.submit`` walk every tuple among its arguments looking for futures, and
+    Dagster's run and plan records are tuples underneath that refuse iteration ("Iteration is
+    not allowed on `@record`"), so dagster-dask 0.29's own executor fails on every partitioned
+    run; a plain object is left alone."""
+
+    def __init__(self, *values):
+        self.values = values
+
+
+def _step_on_worker(dependencies: list, packed: _Packed):
+    return query_on_dask_worker(dependencies, *packed.values)
+
+
+class _KpDaskExecutor(DaskExecutor):
+    """dagster-dask's executor, submitting each step with its arguments packed (see
+    :class:`_Packed`); everything else (clusters, config, resource tags) is dagster-dask's."""
+
+    def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan):
+        from dagster._core.errors import raise_execution_interrupts
+
+        if not plan_context.instance.is_persistent:
+            raise dg.DagsterInvariantViolationError(
+                "Dask execution requires a persistent DagsterInstance (DAGSTER_HOME)")
+        cluster = self._make_cluster(plan_context.job_name)
+        instance_ref = plan_context.instance.get_ref()
+        try:
+            with dask.distributed.Client(cluster) as client:
+                futures: dict = {}
+                for level in execution_plan.get_steps_to_execute_by_level():
+                    for step in level:
+                        # a step waits for the tasks of the steps it reads from
+                        dependencies = [futures[key] for step_input in step.step_inputs
+                                        for key in step_input.dependency_keys]
+                        futures[step.key] = client.submit(
+                            _step_on_worker, dependencies,
+                            _Packed(plan_context.reconstructable_job, plan_context.dagster_run,
+                                    plan_context.run_config, [step.key], instance_ref,
+                                    execution_plan.known_state),
+                            key=f"{plan_context.job_name}.{step.key}",
+                            resources=get_dask_resource_requirements(step.tags),
+                        )
+                done = dask.distributed.as_completed(list(futures.values()), with_results=True)
+                for _future, events in iterate_with_context(raise_execution_interrupts, done):
+                    yield from events
+        finally:
+            if not isinstance(cluster, str):  # a cluster made for this run
+                cluster.close()
+
+    def _make_cluster(self, job_name: str):
+        if self.cluster_type == "existing":
+            return self.cluster_configuration["address"]
+        module, name = _CLUSTER_CLASSES[self.cluster_type]
+        return getattr(importlib.import_module(module), name)(**self.build_dict(job_name))
+
+
+# dagster-dask's cluster kinds (the batch-system ones need dask-jobqueue, yarn dask-yarn,
+# kube dask-kubernetes installed)
+_CLUSTER_CLASSES = {
+    "local": ("dask.distributed", "LocalCluster"), "ssh": ("dask.distributed", "SSHCluster"),
+    "yarn": ("dask_yarn", "YarnCluster"), "pbs": ("dask_jobqueue", "PBSCluster"),
+    "moab": ("dask_jobqueue", "MoabCluster"), "sge": ("dask_jobqueue", "SGECluster"),
+    "lsf": ("dask_jobqueue", "LSFCluster"), "slurm": ("dask_jobqueue", "SLURMCluster"),
+    "oar": ("dask_jobqueue", "OARCluster"), "kube": ("dask_kubernetes", "KubeCluster"),
+}
+
+
+@dg.executor(name="dask", requirements=dg.multiple_process_executor_requirements(),
+             config_schema=dask_executor.config_schema)
+def _kp_dask_executor(init_context) -> _KpDaskExecutor:
+    ((cluster_type, cluster_configuration),) = init_context.executor_config["cluster"].items()
+    return _KpDaskExecutor(cluster_type, cluster_configuration)
+
+
+def dask_cluster_from_env() -> dict:
+    """The ``cluster`` executor config the environment asks for (see the module docstring)."""
+    address = os.environ.get("KP_DASK_SCHEDULER", "local").strip() or "local"
+    if address != "local":
+        return {"existing": {"address": address}}
+    workers = int(os.environ.get("KP_DASK_WORKERS", "2"))
+    return {"local": {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                      "host": "127.0.0.1", "dashboard_address": None}}
+
+
+def _cluster(config: dict) -> dict:
+    return {"cluster": config["cluster"]}
+
+
+kp_dask_executor = _kp_dask_executor.configured(
+    _cluster,
+    name="dask",
+    config_schema={
+        "cluster": dg.Field(
+            dg.Permissive(), is_required=False, default_value=dask_cluster_from_env(),
+            description="dagster-dask's cluster config: {local: {...LocalCluster arguments}} or "
+                        "{existing: {address: tcp://host:8786}}; default from KP_DASK_SCHEDULER "
+                        "and KP_DASK_WORKERS.",
+        )
+    },
+)
+
+defs = dg.Definitions.merge(_project.defs, dg.Definitions(executor=kp_dask_executor))
