@@ -48,10 +48,19 @@ def _run_participant(instance: dg.DagsterInstance, study: Path, warehouse: Path,
     return None if result.success else first_error(result)
 
 
-def _run_participant_in_worker(ref: Any, *args: Any) -> str | None:
-    """Worker entry point: ``ref`` is the InstanceRef of a persistent instance, or None."""
+def _portable(resources: dict[str, dg.ConfigurableResource]) -> dict[str, tuple[type, dict]]:
+    """Resources as (class, fields): resources with nested config do not pickle."""
+    return {k: (type(v), v.model_dump(warnings=False)) for k, v in resources.items()}
+
+
+def _run_participant_in_worker(ref: Any, study: Path, warehouse: Path, pid: str,
+                               run_config: dict | None,
+                               resources: dict[str, tuple[type, dict]]) -> str | None:
+    """Worker entry point: ``ref`` is the InstanceRef of a persistent instance, or None;
+    ``resources`` as :func:`_portable` gives them."""
     instance = dg.DagsterInstance.from_ref(ref) if ref else dg.DagsterInstance.ephemeral()
-    return _run_participant(instance, *args)
+    rebuilt = {k: cls(**fields) for k, (cls, fields) in resources.items()}
+    return _run_participant(instance, study, warehouse, pid, run_config, rebuilt)
 
 
 def _limit_threads() -> None:
@@ -102,7 +111,7 @@ def materialize_study(
     else:
         with ProcessPoolExecutor(workers, initializer=_limit_threads) as pool:
             futures = {pool.submit(_run_participant_in_worker, ref, study, warehouse, pid,
-                                   run_config, resources): pid for pid in ids}
+                                   run_config, _portable(resources)): pid for pid in ids}
             for i, future in enumerate(as_completed(futures), 1):
                 report(i, futures[future], future.result())
 

@@ -49,21 +49,34 @@ HEADLINE_EFFECTS: tuple[PlantedEffect, ...] = (
     # improvement after ketamine ~ increased resting vmPFC–anterior insula FC (β = 0.60)
     PlantedEffect("rest.fc.vmpfc~insula_ant", +1, ("ketamine",), 0.3, 0.5),
     # DCM: improvement (either drug) ~ decreased emotional modulation of amygdala→vmPFC
-    PlantedEffect("dcm.B[emotional][amygdala->vmpfc]", -1, ARMS, 0.10, 0.5),
+    PlantedEffect("dcm.B[emotional][amygdala->vmpfc]", -1, ARMS, 0.18, 0.5),
     # DCM: increased top-down inhibition vmPFC→amygdala in ketamine improvers
-    PlantedEffect("dcm.A[vmpfc->amygdala]", -1, ("ketamine",), 0.06, 0.45),
+    PlantedEffect("dcm.A[vmpfc->amygdala]", -1, ("ketamine",), 0.15, 0.45),
     # DCM: low baseline inhibition (a less negative pre value) predicts improvement on ketamine
-    PlantedEffect("dcm.A[vmpfc->amygdala]", +1, ("ketamine",), 0.06, 0.45, baseline=True),
+    PlantedEffect("dcm.A[vmpfc->amygdala]", +1, ("ketamine",), 0.15, 0.45, baseline=True),
 )
+# Sizes of the DCM effects (Hz): between-participant SDs of first-level DCM connections in
+# emotion studies are of the order of 0.1–0.3 Hz; with 0.06 Hz (the first version) the planted
+# differences were below what one 2-region faces run can resolve (estimation error of
+# A[vmpfc->amygdala] ≈ 0.15 Hz), so neither first-level recovery nor a group PEB could see
+# them. 0.15 Hz keeps A[vmpfc->amygdala] negative (inhibitory) in practically every session
+# (mean −0.25), so the simulated amygdala–vmPFC loop stays stable.
 
 # pre-treatment population mean and between-participant sd of every parameter; post values
 # are pre + planted change (headline parameters) or pre + test–retest noise (the rest)
 BASELINE: dict[str, tuple[float, float]] = {
-    "dcm.A[amygdala->amygdala]": (0.0, 0.05),
-    "dcm.A[vmpfc->vmpfc]": (0.0, 0.05),
-    "dcm.A[amygdala->vmpfc]": (0.30, 0.05),
-    "dcm.A[vmpfc->amygdala]": (-0.20, 0.0),  # spread comes from the baseline effect
-    "dcm.B[emotional][amygdala->vmpfc]": (0.35, 0.06),
+    "dcm.A[amygdala->amygdala]": (0.0, 0.05),  # log scale: −0.5 Hz, time constant 2 s
+    # vmPFC integrates more slowly than the amygdala (prefrontal cortex sits high in the
+    # hierarchy of intrinsic timescales, Murray et al. 2014 Nat Neurosci 17:1661): −0.5 on
+    # the log scale is a self-decay of 0.30 Hz, time constant 3.3 s. The lag of vmPFC behind
+    # the amygdala is what lets a DCM tell vmPFC→amygdala feedback from amygdala
+    # self-inhibition (with equal 2 s time constants they are nearly confounded).
+    "dcm.A[vmpfc->vmpfc]": (-0.5, 0.05),
+    # forward gain lowered with the slower vmPFC decay so vmPFC's response keeps its size
+    # (steady-state vmPFC/amygdala ratio 0.2/0.30 = 0.67, was 0.30/0.5 = 0.6)
+    "dcm.A[amygdala->vmpfc]": (0.20, 0.05),
+    "dcm.A[vmpfc->amygdala]": (-0.25, 0.0),  # spread comes from the baseline effect
+    "dcm.B[emotional][amygdala->vmpfc]": (0.25, 0.12),
     "dcm.B[emotional][vmpfc->amygdala]": (-0.10, 0.06),
     "dcm.C[faces][amygdala]": (1.0, 0.1),
     "dcm.transit[amygdala]": (0.0, 0.04),
@@ -203,3 +216,10 @@ def simulate_parameters(
 def effects_description() -> list[dict]:
     """The planted effects as plain dicts (for simulation.json)."""
     return [asdict(e) for e in HEADLINE_EFFECTS]
+
+
+def parameter_distributions() -> dict[str, dict[str, float]]:
+    """Pre-treatment mean and between-participant sd of every parameter, and the test–retest
+    sd (fraction of that sd) of non-headline ones (for simulation.json)."""
+    return {name: {"mean": mean, "sd": sd, "retest_sd_fraction": RETEST_SD}
+            for name, (mean, sd) in BASELINE.items()}

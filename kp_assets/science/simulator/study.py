@@ -37,6 +37,7 @@ from kp_assets.science.simulator.design import conflict_events, faces_events
 from kp_assets.science.simulator.effects import (
     PlantedStudy,
     effects_description,
+    parameter_distributions,
     simulate_clinical,
     simulate_parameters,
 )
@@ -278,6 +279,7 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
             "sampling": "scans read at mid-TR (microtime bin 8 of 16)",
         },
         "effects": [] if options.null else effects_description(),
+        "parameter_distributions": parameter_distributions(),
         "achieved_r2": planted.achieved_r2,
     }
     (truth / "simulation.json").write_text(json.dumps(description, indent=2, sort_keys=True))
