@@ -197,7 +197,7 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     failed = materialize_study(
         study, warehouse, dg.DagsterInstance.ephemeral(), log=lambda _: None,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        prediction=PredictionModels(n_permutations=99, n_bootstraps=50))
+        prediction=PredictionModels(n_permutations=19, n_bootstraps=20))
     assert failed == {}, failed
     return study, warehouse
 

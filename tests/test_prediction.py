@@ -66,6 +66,56 @@ def test_solver_equals_sklearn_paths(l1_ratio):
         assert np.abs(coefs[b] - ref.T).max() < 1e-6
 
 
+@pytest.mark.parametrize("l1_ratio", [0.5, 1.0])
+@pytest.mark.parametrize("pdas_iter, max_iter", [(1, 500), (1, 0)])
+def test_solver_monotone_and_fallback_paths_exact(l1_ratio, pdas_iter, max_iter):
+    """Force the rarely needed branches: one active-set guess per grid point, then the
+    monotone method (max_iter 500) or, with no monotone step allowed, coordinate descent
+    polished by an exact solve on its support."""
+    rng = np.random.default_rng(5)
+    m, p, T = 12, 30, 20
+    X = _zscore(rng.standard_normal((m, p)))
+    Y = rng.standard_normal((4, m)) + 1.5 * X[:, :4].T
+    Yc = Y - Y.mean(axis=1, keepdims=True)
+    amax = np.abs(Yc @ X).max(axis=1) / (m * l1_ratio)
+    alphas = amax[:, None] * np.geomspace(1, 1e-2, T)[None, :]
+    mu, lam = m * alphas * l1_ratio, m * alphas * (1 - l1_ratio)
+    _, coefs, stats = enet_paths(X, Y, mu, lam, return_coefs=True, pdas_iter=pdas_iter,
+                                 max_iter=max_iter)
+    assert (stats.monotone_steps if max_iter else stats.fallbacks) > 0
+    for b in range(len(Y)):
+        _, ref, _ = enet_path(X, Yc[b], l1_ratio=l1_ratio, alphas=alphas[b], tol=1e-13,
+                              max_iter=1_000_000)
+        fit, fit_ref = X @ coefs[b].T, X @ ref
+        assert np.abs(fit - fit_ref).max() < 1e-6
+        if l1_ratio < 1:  # unique coefficients (the lasso's are unique only generically)
+            assert np.abs(coefs[b] - ref.T).max() < 1e-6
+
+
+@pytest.mark.parametrize("l1_ratio", [0.7, 1.0])
+def test_solver_duplicate_columns(l1_ratio):
+    """Identical columns (e.g. the arm and a constant feature's interaction with it) make the
+    lasso's systems singular and its coefficients non-unique: the fitted values must still
+    be scikit-learn's, and the elastic net (unique, equal split) its coefficients too."""
+    rng = np.random.default_rng(9)
+    m, T = 15, 25
+    X = rng.standard_normal((m, 40))
+    X[:, 7] = X[:, 3]
+    X[:, 30] = -X[:, 12]
+    X = _zscore(X)
+    y = 2 * X[:, 3] - X[:, 12] + X[:, 20] + 0.5 * rng.standard_normal(m)
+    yc = y - y.mean()
+    alphas = np.abs(X.T @ yc).max() / (m * l1_ratio) * np.geomspace(1, 1e-3, T)
+    mu, lam = m * alphas * l1_ratio, m * alphas * (1 - l1_ratio)
+    _, coefs, stats = enet_paths(X, y[None], mu[None], lam[None], return_coefs=True)
+    _, ref, _ = enet_path(X, yc, l1_ratio=l1_ratio, alphas=alphas, tol=1e-14,
+                          max_iter=1_000_000)
+    assert stats.fallbacks == 0
+    assert np.abs(X @ coefs[0].T - X @ ref).max() < 1e-6
+    if l1_ratio < 1:
+        assert np.abs(coefs[0] - ref.T).max() < 1e-6
+
+
 def test_solver_rank_deficient_lasso():
     """Repeated rows (a bootstrap sample): rank(X) < m − 1, lasso must still be exact."""
     rng = np.random.default_rng(3)
@@ -214,6 +264,31 @@ def test_permutation_null_roughly_uniform_and_pruning_exact():
     assert 0.2 < ps.mean() < 0.8 and (ps > 0.1).sum() >= 5
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.6])
+def test_pruned_permutation_test_decides_like_the_full_one(beta):
+    """Every pruning rule (dead grid points, a permutation decided by its first mixing ratio
+    under the observed minimum, adaptive orders) keeps each permutation's verdict: same
+    count as the full computation, on a null and on a weak effect, with far less work."""
+    X, y = _signal(n=14, p=25, seed=11, beta=beta, noise=1.0)
+    kw = dict(n_permutations=40, seed=3, l1_ratios=(0.2, 0.5, 0.8, 1.0), n_alphas=15)
+    pruned = permutation_test(X, y, **kw)
+    exact = permutation_test(X, y, exact_null=True, **kw)
+    assert exact.n_as_good == int((exact.null_mse <= exact.observed_mse * (1 + 1e-9)).sum())
+    assert pruned.n_as_good == exact.n_as_good and pruned.p_value == exact.p_value
+    assert 0 < exact.n_as_good < 40  # both verdicts occur
+    assert pruned.stats.instances < 0.6 * exact.stats.instances
+
+
+def test_mixing_ratios_tried_from_the_outside_in():
+    from kp_assets.science.prediction.evaluation import _extremes_first
+
+    rho = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert rho[_extremes_first(rho)].tolist() == [1.0, 0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4,
+                                                  0.6, 0.5]
+    unsorted = rho[[4, 9, 0]]
+    assert unsorted[_extremes_first(unsorted)].tolist() == [1.0, 0.1, 0.5]
+
+
 def test_nested_loo_predicts_strong_signal():
     X, y = _signal(n=16, p=20, seed=6, beta=3.0, noise=0.7)
     res = nested_loo(X, y, **SMALL)
@@ -316,7 +391,7 @@ def test_plots_are_png(tables):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
 
 
-def test_worker_processes_give_the_same_results():
+def test_worker_threads_give_the_same_results():
     X, y = _signal(n=14, p=15, seed=8, beta=1.0, noise=1.5)
     one = permutation_test(X, y, n_permutations=30, seed=2, n_jobs=1, **SMALL)
     two = permutation_test(X, y, n_permutations=30, seed=2, n_jobs=2, **SMALL)

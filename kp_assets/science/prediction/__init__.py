@@ -15,7 +15,9 @@ No Dagster here. The pieces, in the order an analysis uses them:
   variants, as the ``enet_*`` tables of the asset contract.
 * :mod:`.headline` — :func:`paper_table`: the paper's headline findings beside ours.
 * :mod:`.plots` — PNG figures (observed vs predicted, coefficients, LOO curve).
-* :mod:`.solver` — the batched exact elastic-net path solver everything runs on.
+* :mod:`.solver` — the exact elastic-net path solver everything runs on, with its compiled
+  kernels in :mod:`.kernels` (numba; :func:`.kernels.permutation_block` is the pruned
+  permutation test).
 
 Typical use::
 
@@ -25,8 +27,8 @@ Typical use::
 
 import importlib
 
-# Public name → submodule. Imported on first use, so that worker processes (which import
-# only the solver) do not pay for pandas and matplotlib.
+# Public name → submodule. Imported on first use, so that code using only the solver does
+# not pay for pandas and matplotlib.
 _EXPORTS = {
     "DEFAULT_L1_RATIOS": "elastic_net",
     "EnetSettings": "elastic_net",

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kp_assets.science.prediction.parallel import single_blas_thread
 from kp_assets.science.prediction.solver import enet_paths
 
 DEFAULT_L1_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -61,7 +62,7 @@ class EnetSettings:
     ``nested``: run nested LOO for honest out-of-sample r and RMSE.
     ``seed``: seeds permutations and bootstrap resamples.
     ``min_participants``: fewest complete participants per variant.
-    ``n_jobs``: worker processes for the permutation test and nested LOO.
+    ``n_jobs``: worker threads for the permutation test and nested LOO.
     """
 
     l1_ratios: tuple[float, ...] = DEFAULT_L1_RATIOS
@@ -237,6 +238,7 @@ def loo_many(
     return out
 
 
+@single_blas_thread
 def loo_select(
     X: np.ndarray,
     y: np.ndarray,
@@ -275,6 +277,7 @@ class Refit:
         return self.intercept + z @ self.beta_std
 
 
+@single_blas_thread
 def refit(
     X: np.ndarray,
     y: np.ndarray,

@@ -41,6 +41,7 @@ from kp_assets.science.prediction.evaluation import (
     pearson_r,
     permutation_test,
 )
+from kp_assets.science.prediction.parallel import single_blas_thread
 from kp_assets.science.prediction.variants import DEFAULT_VARIANTS, ModelVariant, design_matrix
 
 TABLES = ("enet_summary", "enet_coefficients", "enet_predictions", "enet_cv_curve",
@@ -67,6 +68,7 @@ def _empty(name: str) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in COLUMNS[name]})
 
 
+@single_blas_thread
 def fit_variant(
     change_scores: pd.DataFrame,
     clinical: pd.DataFrame,

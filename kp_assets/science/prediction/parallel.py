@@ -1,44 +1,42 @@
-"""Run independent chunks of work in worker processes (numpy code holds the GIL too often
-for threads to help). Falls back to running in this process when processes cannot be
-started (e.g. inside a daemonic process) or ``n_jobs`` ≤ 1."""
+"""Run independent chunks of work on worker threads.
+
+The heavy lifting is in the compiled kernels of :mod:`.kernels`, which release the GIL, so
+threads run them in parallel without the cost of starting processes and pickling designs —
+and threads work where processes cannot be started (e.g. inside a daemonic process)."""
 
 from __future__ import annotations
 
-import multiprocessing
-import sys
-import threading
+import functools
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-_limiter: Any = None  # keeps the worker's BLAS thread limit alive
-
-
-def _one_blas_thread() -> None:
-    """Worker initialiser: one BLAS thread per worker process (no oversubscription)."""
-    global _limiter
-    from threadpoolctl import threadpool_limits
-
-    _limiter = threadpool_limits(limits=1, user_api="blas")
+from threadpoolctl import threadpool_limits
 
 
 def run_parallel(fn: Callable[..., Any], calls: Sequence[tuple], n_jobs: int) -> list[Any]:
-    """``[fn(*args) for args in calls]``, spread over up to ``n_jobs`` processes.
+    """``[fn(*args) for args in calls]`` on up to ``n_jobs`` threads, results in call order.
 
-    ``fn`` must be a module-level function; results come back in call order. Forking is
-    used on Linux when this process runs a single Python thread (fast, nothing to
-    re-import), spawning otherwise.
+    Chunks are handed out as threads become free, so passing more calls than ``n_jobs``
+    balances uneven work.
     """
     if n_jobs <= 1 or len(calls) <= 1:
         return [fn(*args) for args in calls]
-    method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
-    try:
-        with ProcessPoolExecutor(min(n_jobs, len(calls)),
-                                 mp_context=multiprocessing.get_context(method),
-                                 initializer=_one_blas_thread) as pool:
-            futures = [pool.submit(fn, *args) for args in calls]
-            return [f.result() for f in futures]
-    except (AssertionError, OSError, BrokenProcessPool):
-        # e.g. "daemonic processes are not allowed to have children"
-        return [fn(*args) for args in calls]
+    with ThreadPoolExecutor(min(n_jobs, len(calls))) as pool:
+        return list(pool.map(lambda args: fn(*args), calls))
+
+
+def single_blas_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator: run ``fn`` with BLAS/LAPACK limited to one thread.
+
+    Every matrix here is tiny (n ≈ 20 rows). Multi-threaded BLAS only adds synchronisation,
+    and when other processes keep the cores busy, OpenBLAS's waiting threads make e.g. the
+    rank of 21 designs of 19 × 667 take a second instead of 10 ms.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
