@@ -11,7 +11,9 @@ from kp_assets.clinical import clinical
 from kp_assets.partitions import participants
 from kp_assets.scans import scans
 from kp_resources.parquet_io import ParquetIOManager, read_parquet_kv
+from kp_resources.quality import QualityThresholds
 from kp_resources.study import CLINICAL_COLUMNS, StudyFolder, discover_participants
+from kp_resources.warehouse import Warehouse
 
 SCANS_COLUMNS = [
     "participant_id",
@@ -45,6 +47,8 @@ def materialize(assets, study: Path, warehouse: Path, instance, partition_key=No
         resources={
             "study": StudyFolder(root=str(study)),
             "io_manager": ParquetIOManager(root=str(warehouse)),
+            "warehouse": Warehouse(root=str(warehouse)),
+            "quality": QualityThresholds(),
         },
         raise_on_error=False,
     )
