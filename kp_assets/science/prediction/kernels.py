@@ -155,47 +155,25 @@ def _solve_primal(X, XT, G, c, S, act, q, mu, lam, M, rhs, r, w, z) -> None:
 
 
 @nb.njit(**_JIT)
-def _update_kernel(XT, S, act, q, K, V, SK) -> None:
+def _update_kernel(XT, S, K, V, SK) -> None:
     """Make K (lower triangle) = X_A X_Aᵀ and V = X_A s_A for the signs S, from the ones
-    of the signs SK: rank-one terms for a few changed columns, fresh sums when that is
-    cheaper."""
+    of the signs SK, by rank-one terms for the columns that changed (from K = 0, V = 0 this
+    is the plain sum)."""
     p, m = XT.shape
-    changed = 0
     for j in range(p):
-        if S[j] != SK[j]:
-            changed += 1
-    if changed == 0:
-        return
-    if changed >= q:
+        if S[j] == SK[j]:
+            continue
+        x = XT[j]
+        ds = S[j] - SK[j]
         for i in range(m):
-            V[i] = 0.0
-            for k in range(i + 1):
-                K[i, k] = 0.0
-        for a in range(q):
-            x = XT[act[a]]
-            sa = S[act[a]]
+            V[i] += ds * x[i]
+        if (S[j] != 0.0) != (SK[j] != 0.0):  # membership changed, not just the sign
+            sgn = 1.0 if S[j] != 0.0 else -1.0
             for i in range(m):
-                xi = x[i]
-                V[i] += sa * xi
+                xi = sgn * x[i]
                 Ki = K[i]
                 for k in range(i + 1):
                     Ki[k] += xi * x[k]
-    else:
-        for j in range(p):
-            if S[j] == SK[j]:
-                continue
-            x = XT[j]
-            ds = S[j] - SK[j]
-            for i in range(m):
-                V[i] += ds * x[i]
-            if (S[j] != 0.0) != (SK[j] != 0.0):  # membership changed, not just the sign
-                sgn = 1.0 if S[j] != 0.0 else -1.0
-                for i in range(m):
-                    xi = sgn * x[i]
-                    Ki = K[i]
-                    for k in range(i + 1):
-                        Ki[k] += xi * x[k]
-    for j in range(p):
         SK[j] = S[j]
 
 
@@ -203,7 +181,7 @@ def _update_kernel(XT, S, act, q, K, V, SK) -> None:
 def _solve_dual(X, XT, y, S, act, q, mu, lam, K, V, SK, M, rhs, w, z) -> None:
     """Dual (kernel) solve on (A, s), λ > 0: w (p,) and z = Xᵀθ (p,)."""
     m, p = X.shape
-    _update_kernel(XT, S, act, q, K, V, SK)
+    _update_kernel(XT, S, K, V, SK)
     for i in range(m):
         for k in range(i + 1):
             M[i, k] = K[i, k]

@@ -36,6 +36,10 @@ Along a path (grid points t = 0, 1, … of decreasing penalty) the solver
    every step, so it terminates. A lasso active set of size rank(X) swaps columns along
    the null direction instead of growing.
 
+Linearly dependent active columns (a duplicated feature, say) make a lasso system singular
+and its coefficients non-unique: the dependent column leaves the active set, which picks one
+of the equally good solutions (the fitted values are unique), and the KKT check decides.
+
 The Gram matrix XᵀX of each design is formed once and shared by all its problems (unless the
 designs are many or wide: products with it are then formed from X); the m × m
 kernels ``X_A X_Aᵀ`` of the dual form are kept per problem and updated by rank-one terms
