@@ -728,6 +728,13 @@ def _phenotype(root: Path, measure: str, known: set[str]) -> tuple[pd.DataFrame,
     return wide, sha, path
 
 
+def with_improvements(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with caps5_improvement = caps5_pre − caps5_post and madrs_improvement =
+    madrs_pre − madrs_post (positive = better; NaN without a post value)."""
+    return table.assign(caps5_improvement=table["caps5_pre"] - table["caps5_post"],
+                        madrs_improvement=table["madrs_pre"] - table["madrs_post"])
+
+
 def load_clinical(root: str | os.PathLike[str]) -> pd.DataFrame:
     """The ``clinical`` table (DESIGN §4): one row per participant in ``participants.tsv``.
 
@@ -764,8 +771,7 @@ def load_clinical(root: str | os.PathLike[str]) -> pd.DataFrame:
         wide, sha, ppath = _phenotype(root, measure, set(ids))
         sources[str(ppath)] = sha
         table = table.join(wide, how="left")
-    table["caps5_improvement"] = table["caps5_pre"] - table["caps5_post"]
-    table["madrs_improvement"] = table["madrs_pre"] - table["madrs_post"]
+    table = with_improvements(table)
     table = table.reset_index().sort_values("participant_id", ignore_index=True)
     extra = [c for c in table.columns if c not in CLINICAL_COLUMNS]
     table = table[CLINICAL_COLUMNS + extra]

@@ -27,6 +27,7 @@ from kp_assets.science.roi_signals import clean_roi_signals
 from kp_assets.science.simulator.images import cosine_regressors
 from kp_assets.science.simulator.roi_level import RoiRun, RoiStudy, simulate_roi_study
 from kp_assets.session_features import change_table, feature_table
+from kp_resources.study import with_improvements
 
 SLICE_TIME_REF = 0.5  # the simulator's sidecars: slice-timing corrected to mid-TR
 
@@ -67,10 +68,7 @@ def change_scores(study: RoiStudy) -> pd.DataFrame:
 
 def clinical(study: RoiStudy) -> pd.DataFrame:
     """The ``clinical`` table: truth columns plus improvement = pre − post."""
-    table = study.clinical.copy()
-    table["caps5_improvement"] = table["caps5_pre"] - table["caps5_post"]
-    table["madrs_improvement"] = table["madrs_pre"] - table["madrs_post"]
-    return table
+    return with_improvements(study.clinical)
 
 
 def simulated_tables(seed: int, null: bool = False, **options) -> tuple[pd.DataFrame,
