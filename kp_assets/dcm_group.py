@@ -25,12 +25,13 @@ from kp_resources.warehouse import Warehouse
     ins={"dcm_fits": dg.AssetIn(), "dcm_parameters": dg.AssetIn(), "clinical": dg.AssetIn()},
     group_name="dcm",
     kinds={"pandas", "parquet"},
-    code_version="dcm_group_effects-1",
+    code_version="dcm_group_effects-2",
     automation_condition=GROUP_REFRESH,
     description="Group DCM effects (long): analysis (longitudinal change / baseline), "
-                "covariate (mean, CAPS-5 improvement, arm, improvement × arm), connection, "
-                "mean and sd after Bayesian model reduction and averaging, Pp (probability "
-                "the effect is present), the full PEB posterior, free energy.",
+                "covariate (mean, CAPS-5 improvement, arm, improvement × arm, and the "
+                "slope on improvement within each arm), connection, mean and sd after "
+                "Bayesian model reduction and averaging, Pp (probability the effect is "
+                "present), the full PEB posterior, free energy.",
 )
 def dcm_group_effects(context: dg.AssetExecutionContext, dcm_fits: pd.DataFrame,
                       dcm_parameters: pd.DataFrame, clinical: pd.DataFrame,

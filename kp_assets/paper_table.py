@@ -23,7 +23,7 @@ from kp_resources.warehouse import Warehouse
     group_name="prediction",
     automation_condition=GROUP_REFRESH,
     kinds={"pandas", "parquet"},
-    code_version="paper_table-1",
+    code_version="paper_table-2",
     description="One row per headline finding of the paper: published value and direction, "
                 "this analysis' estimate, fully standardized β, selection frequency, whether "
                 "the direction agrees, and why an estimate is missing.",

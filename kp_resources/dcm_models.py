@@ -123,15 +123,26 @@ class DCMGroupDesign(dg.ConfigurableResource):
     analyses: which of "longitudinal" (change post − pre, covariates mean, CAPS-5
     improvement, arm, improvement × arm) and "baseline" (pre-treatment parameters, same
     covariates) to run. model: the first-level model to take (default: the only one fitted).
-    parameters: first-level parameters taken to the second level (default: every free A and
-    B parameter). max_exhaustive: model reduction scores every subset of at most this many
-    group effects, and searches greedily beyond.
+    parameters: first-level parameters taken to the second level (default: every free A
+    connection between regions and every free B parameter; self-connections are left out).
+    max_exhaustive: model reduction scores every subset of at most this many group effects,
+    and searches greedily beyond. change: how a participant's change is formed —
+    "difference" (post − pre posterior, exact; default) or "within_peb" (a PEB over the two
+    sessions, for designs with more sessions). components: the random-effects precision
+    components — "fields" (one for A, one for B; default), "single" (one for all
+    parameters, SPM's default) or "all" (one per parameter). hyperprior_variance: prior
+    variance of the random-effects log-precisions (SPM's M.hC; 1/16 there, which holds the
+    between-participant variance near 1/16 of the first-level prior variance and overstates
+    group effects when participants differ more; 1 by default here).
     """
 
     analyses: list[str] = ["longitudinal", "baseline"]
     model: str | None = None
     parameters: list[str] | None = None
     max_exhaustive: int = 8
+    change: str = "difference"
+    components: str = "fields"
+    hyperprior_variance: float = 1.0
 
     def config(self):
         """The design as the science code's ``GroupDCMConfig``."""
@@ -140,4 +151,5 @@ class DCMGroupDesign(dg.ConfigurableResource):
         return GroupDCMConfig(
             model=self.model, analyses=tuple(self.analyses),
             parameters=tuple(self.parameters) if self.parameters is not None else None,
-            max_exhaustive=self.max_exhaustive)
+            max_exhaustive=self.max_exhaustive, change=self.change,
+            components=self.components, hyperprior_variance=self.hyperprior_variance)

@@ -62,7 +62,8 @@ def test_group_effects_follow_the_contract(synthetic):
     assert {"analysis", "covariate", "parameter", "mean", "sd", "Pp"} <= set(effects.columns)
     assert set(effects.analysis) == {"longitudinal", "baseline"}
     assert set(effects.covariate) == {"mean", "caps5_improvement", "arm",
-                                      "caps5_improvement:arm"}
+                                      "caps5_improvement:arm", "caps5_improvement[ketamine]",
+                                      "caps5_improvement[midazolam]"}
     assert effects.Pp.between(0, 1).all() and (effects.sd >= 0).all()
     counts = effects.groupby("analysis").n_participants.first()
     assert counts["baseline"] == len(pids) and counts["longitudinal"] == len(pids) - 1
@@ -126,3 +127,29 @@ def test_different_model_structures_are_refused_naming_participants(synthetic, t
     result = _materialize(root, pids)
     assert not result.success
     assert odd in first_error(result)
+
+
+# --- recovery on the simulated study (image path, tests/conftest.py) --------------------------
+
+
+def test_group_dcm_recovers_the_three_planted_findings(recovery_study):
+    """The planted signs of the paper's three DCM findings come out of first-level DCM →
+    PEB → model reduction with Pp ≥ 0.9 (DESIGN §1; simulator: effects.HEADLINE_EFFECTS)."""
+    _, warehouse = recovery_study
+    rows = query(warehouse, "SELECT finding, published_direction, estimate, pp, same_direction "
+                            "FROM paper_table WHERE model = 'dcm_group'")
+    print(rows.to_string())
+    assert sorted(rows.finding) == sorted(f.key for f in DCM_FINDINGS)
+    assert rows.same_direction.all(), rows
+    assert (rows.pp >= 0.9).all(), rows
+
+
+def test_group_dcm_finds_none_of_them_in_a_null_study(null_study):
+    _, warehouse = null_study
+    rows = query(warehouse, "SELECT finding, estimate, pp FROM paper_table "
+                            "WHERE model = 'dcm_group'")
+    effects = query(warehouse, "SELECT analysis, covariate, parameter, Pp FROM "
+                               "dcm_group_effects WHERE covariate <> 'mean' AND Pp >= 0.95")
+    print(rows.to_string(), f"\nother effects with Pp >= 0.95: {len(effects)}\n{effects}")
+    assert len(rows) == 3
+    assert (rows.pp < 0.95).all(), rows

@@ -19,8 +19,9 @@ from kp_assets.science.dcm import (
     search_reduced_models,
     simulate_first_level,
 )
+from kp_assets.science.dcm.group import contrast_posterior
 from kp_assets.science.dcm.peb import _data, _terms, precision_components
-from kp_assets.science.dcm.reduction import all_subsets
+from kp_assets.science.dcm.reduction import all_subsets, free_energy_change
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spm12_peb"
 # SPM12 removed A(1,1)×covariate (vec index 6) in its first greedy round; exact reduction of
@@ -335,7 +336,11 @@ def test_group_designs_recover_planted_effects():
     effects = result.effects.set_index(["analysis", "covariate", "parameter"])
     assert result.excluded.empty
     assert set(effects.index.get_level_values("analysis")) == {"longitudinal", "baseline"}
-    assert len(effects) == 2 * 4 * 6  # 6 A and B parameters × 4 covariates
+    # 2 A connections between regions + 2 B parameters (self-connections are left out by
+    # default) × (4 covariates + 2 within-arm slopes)
+    assert len(effects) == 2 * 4 * 6
+    assert not any("amygdala->amygdala" in p or "vmpfc->vmpfc" in p
+                   for p in effects.index.get_level_values("parameter"))
     change = effects.loc[("longitudinal", "caps5_improvement", "A[vmpfc->amygdala]")]
     assert change["peb_mean"] > 0 and change["mean"] > 0 and change["Pp"] > 0.9
     base = effects.loc[("baseline", "caps5_improvement", "B[emotional][amygdala->vmpfc]")]
@@ -397,3 +402,41 @@ def test_group_configuration_errors():
     two = pd.concat([fits, fits.assign(model="other")])
     with pytest.raises(ValueError, match="choose one"):
         group_dcm(two, params, clinical)
+    with pytest.raises(ValueError, match="unknown change method 'ratio'"):
+        group_dcm(fits, params, clinical, GroupDCMConfig(change="ratio"))
+
+
+def test_change_as_difference_or_within_participant_peb():
+    """Both ways of forming the change find the planted change effect."""
+    fits, params, clinical = _synthetic()
+    key = ("longitudinal", "caps5_improvement", "A[vmpfc->amygdala]")
+    for change in ("difference", "within_peb"):
+        result = group_dcm(fits, params, clinical, GroupDCMConfig(change=change))
+        effect = result.effects.set_index(["analysis", "covariate", "parameter"]).loc[key]
+        assert effect["peb_mean"] > 0 and effect["Pp"] > 0.9, (change, effect)
+        analysis = result.analyses["longitudinal"]
+        assert bool(analysis.within) == (change == "within_peb")
+
+
+def test_within_arm_slope_is_the_contrast_of_improvement_and_interaction():
+    fits, params, clinical = _synthetic()
+    result = group_dcm(fits, params, clinical)
+    effects = result.effects.set_index(["analysis", "covariate", "parameter"])
+    peb = result.analyses["baseline"].peb
+    p = len(peb.parameters)
+    for i, name in enumerate(peb.parameters):
+        slope, interaction = peb.Ep[i, 1], peb.Ep[i, 3]
+        for arm, code in (("ketamine", 0.5), ("midazolam", -0.5)):
+            row = effects.loc[("baseline", f"caps5_improvement[{arm}]", name)]
+            assert row["mean"] == pytest.approx(slope + code * interaction, abs=1e-12)
+            assert 0.0 <= row["Pp"] <= 1.0
+    # a one-hot contrast is the BMR of switching that single effect off
+    one = np.zeros(peb.Ep.size)
+    one[1 * p + 2] = 1.0  # improvement effect on the third parameter
+    _, _, pp = contrast_posterior(peb, one)
+    keep = np.ones(peb.Ep.size)
+    keep[1 * p + 2] = 0.0
+    pE, pC = peb.prior_mean.ravel(order="F"), peb.prior_cov
+    rC = pC * np.outer(keep, keep)
+    dF = free_energy_change(pE, pC, peb.Ep.ravel(order="F"), peb.Cp, pE * keep, rC)
+    assert pp == pytest.approx(1.0 / (1.0 + np.exp(dF)), abs=1e-9)

@@ -149,7 +149,7 @@ def test_drug_interaction_is_steeper_on_ketamine():
     planted, _ = plan_study(SimulationOptions(participants=40, seed=1))
     clinical = planted.clinical.set_index("participant_id")
     improvement = clinical.caps5_pre - clinical.caps5_post
-    change = _changes(planted.parameters, "dcm.B[emotional][vmpfc->amygdala]", False)
+    change = _changes(planted.parameters, "faces.gppi.vmpfc->amygdala.emotional", False)
     slopes = {arm: np.polyfit(improvement[clinical.arm == arm], change[clinical.arm == arm], 1)[0]
               for arm in ("ketamine", "midazolam")}
     assert slopes["ketamine"] > 1.5 * slopes["midazolam"] > 0

@@ -14,14 +14,22 @@ Input tables (as the ``dcm_fits`` / ``dcm_parameters`` / ``clinical`` assets sto
 
 Analyses (each a PEB with Bayesian model reduction and averaging over its group effects):
 
-- ``longitudinal``: the change post − pre. Per participant, a within-participant PEB over the
-  two sessions with design [mean, session] (session −½ pre, +½ post) gives the posterior of
-  the session effect — the change — under its prior N(0, 4·pC) (a covariate of mean square
-  ¼, see :mod:`.peb`) and that PEB's free energy. These enter a between-participant PEB
-  ("PEB of PEBs", Zeidman et al. 2019, part 2) with covariates [mean, CAPS-5 improvement,
-  arm, improvement × arm]. Unlike differencing the two posteriors, this keeps each
-  participant's change a proper posterior of a model with a known prior, so model reduction
-  and the free energy remain exact.
+- ``longitudinal``: the change post − pre of each participant, as a first-level posterior,
+  enters a between-participant PEB with covariates [mean, CAPS-5 improvement, arm,
+  improvement × arm]. Two ways to form the change (``GroupDCMConfig.change``):
+
+  * ``"difference"`` (default): posterior mean post − pre, covariance C_pre + C_post, prior
+    N(0, 2·pC), free energy F_pre + F_post. Exact, not an approximation: both sessions have
+    the same prior N(pE, pC), so the sum and the difference of the two parameter vectors are
+    independent a priori, and the posterior of the difference is its prior N(0, 2·pC) times
+    a likelihood — what model reduction and PEB need.
+  * ``"within_peb"``: per participant a within-participant PEB over the two sessions with
+    design [mean, session] (session −½ pre, +½ post) whose session effect is the change
+    ("PEB of PEBs", Zeidman et al. 2019, part 2). With only two sessions its
+    between-session random effect (a priori 1/16 of the first-level prior variance: sd 0.25
+    Hz for a B parameter) is not identified from the data and is added to every change's
+    uncertainty, so covariate effects on B parameters are hard to detect; it is meant for
+    designs with several sessions per condition.
 - ``baseline``: the pre-treatment parameters with the same covariates: do baseline
   connections predict improvement, and differently by arm?
 
@@ -31,6 +39,15 @@ then mean-centred, so the first column's effects are group means (at average imp
 and the arms' average). With this coding the arm effect is the ketamine − midazolam
 difference, and the interaction the ketamine − midazolam difference in the slope on
 improvement. The priors on the effects do not depend on these units (see :mod:`.peb`).
+
+Within-arm slopes: the effects table also has, per parameter, the slope on improvement
+within each arm — ``caps5_improvement[ketamine]`` = β_improvement + ½·β_interaction and
+``caps5_improvement[midazolam]`` = β_improvement − ½·β_interaction — from the full PEB
+posterior, with Pp the posterior probability of the model in which that slope is free
+against the one in which it is zero (Bayesian model reduction with the prior conditioned on
+the slope being 0; equal prior odds). They answer "does improvement under ketamine go with
+this connection?" directly, which the interaction (a difference of two slopes estimated on
+about ten participants each) cannot with 21 participants.
 
 Participants whose first-level fit of a session the analysis needs did not converge, whose
 fit is missing, or who lack an arm or improvement are left out and listed in
@@ -44,6 +61,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -57,9 +75,12 @@ from kp_assets.science.dcm.peb import (
     estimate_peb,
     reduce_peb,
 )
+from kp_assets.science.dcm.reduction import free_energy_change
 
 ARM_CODE = {"ketamine": 0.5, "midazolam": -0.5}
 COVARIATES = ("mean", "caps5_improvement", "arm", "caps5_improvement:arm")
+# within-arm slopes on improvement as weights on (improvement, interaction) columns
+ARM_SLOPES = {f"caps5_improvement[{arm}]": code for arm, code in ARM_CODE.items()}
 SESSION_CODE = (-0.5, 0.5)  # pre, post: the within-participant session regressor
 EFFECT_COLUMNS = ["analysis", "covariate", "parameter", "mean", "sd", "Pp", "peb_mean",
                   "peb_sd", "prob_positive", "n_participants", "free_energy"]
@@ -72,10 +93,21 @@ class GroupDCMConfig:
 
     model : first-level model to use (default: the only one in the table).
     parameters : first-level parameters taken to the second level (default: every free A
-        and B parameter, in the fits' order).
+        connection between regions and every free B parameter, in the fits' order; see
+        :func:`first_level_posteriors`).
     analyses : which analyses to run ('longitudinal', 'baseline').
     pre, post : session labels.
-    components : random-effects precision components of every PEB ('single' as SPM).
+    change : how the longitudinal analysis forms each participant's change: 'difference' or
+        'within_peb' (module docstring).
+    components : random-effects precision components of every PEB: 'fields' (one for the
+        A connections, one for the B modulations; default), 'single' (SPM's default) or
+        'all' (one per parameter).
+    hyperprior_variance : prior variance of the random-effects log-precisions (SPM's
+        ``M.hC``, default there 1/16). SPM's default lets the between-participant variance
+        of a parameter move only about ×1.6 from 1/16 of its first-level prior variance (sd
+        0.03 Hz for an A connection); when participants differ more than that — or the
+        first-level posteriors are overconfident — the PEB underestimates the random
+        effects and reports group effects that are not there. 1 lets the data set it.
     max_exhaustive : model reduction scores every subset of at most this many effects.
     """
 
@@ -84,7 +116,9 @@ class GroupDCMConfig:
     analyses: tuple[str, ...] = ("longitudinal", "baseline")
     pre: str = "pre"
     post: str = "post"
-    components: Components = "single"
+    change: Literal["difference", "within_peb"] = "difference"
+    components: Components = "fields"
+    hyperprior_variance: float = 1.0
     max_exhaustive: int = 8
 
 
@@ -156,7 +190,9 @@ def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
     ----------
     fits, parameters : the ``dcm_fits`` and ``dcm_parameters`` tables (module docstring).
     model : model name (default: the only model in ``fits``).
-    names : parameters to keep (default: every free A and B parameter).
+    names : parameters to keep (default: every free connection between regions in A and
+        every free B parameter — self-connections are left out: one run identifies them
+        poorly, and their scatter would dominate the random effects of the A field).
 
     Returns
     -------
@@ -195,7 +231,8 @@ def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
                          f"for participant(s) {', '.join(odd)}; expected {list(common)}")
     free = common
     if names is None:
-        names = [n for n in free if n.startswith(("A[", "B["))]
+        names = [n for n in free if n.startswith("B[")
+                 or (n.startswith("A[") and not _is_self_connection(n))]
     names = tuple(names)
     unknown = [n for n in names if n not in free]
     if unknown or not names:
@@ -225,6 +262,12 @@ def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
         posteriors[key] = (means.loc[key, list(names)].to_numpy(float),
                            cov[np.ix_(index, index)], F, bool(r.converged))
     return FirstLevel(names=names, pE=pE, pC=pC, posteriors=posteriors)
+
+
+def _is_self_connection(name: str) -> bool:
+    """True for ``A[r->r]`` (a region's log self-inhibition)."""
+    source, _, target = name[2:-1].partition("->")
+    return source == target
 
 
 def _priors(table: pd.DataFrame, names: tuple[str, ...],
@@ -343,7 +386,8 @@ def baseline_analysis(first: FirstLevel, covariates: pd.DataFrame,
     peb = estimate_peb(np.array([q[0] for q in posts]), np.array([q[1] for q in posts]),
                        first.pE, first.pC, X, F_first=np.array([q[2] for q in posts]),
                        parameters=first.names, covariates=COVARIATES,
-                       components=config.components)
+                       components=config.components,
+                       hC=config.hyperprior_variance)
     reduction = reduce_peb(peb, config.max_exhaustive)
     return GroupAnalysis("baseline", tuple(keep), peb, reduction), excluded
 
@@ -358,7 +402,8 @@ def within_participant_change(first: FirstLevel, participant: str,
     peb = estimate_peb(np.array([q[0] for q in posts]), np.array([q[1] for q in posts]),
                        first.pE, first.pC, X, F_first=np.array([q[2] for q in posts]),
                        parameters=first.names, covariates=("mean", "session"),
-                       components=config.components)
+                       components=config.components,
+                       hC=config.hyperprior_variance)
     p = first.pE.size
     return peb, peb.Ep[:, 1], peb.Cp[p:, p:]
 
@@ -366,27 +411,58 @@ def within_participant_change(first: FirstLevel, participant: str,
 def longitudinal_analysis(first: FirstLevel, covariates: pd.DataFrame,
                           config: GroupDCMConfig = GroupDCMConfig(),
                           ) -> tuple[GroupAnalysis, list[dict]]:
-    """PEB of PEBs: each participant's change (post − pre) on [mean, improvement, arm,
-    improvement × arm] (see the module docstring)."""
+    """PEB of each participant's change (post − pre) on [mean, improvement, arm,
+    improvement × arm]; the change is formed as ``config.change`` says (module docstring)."""
+    if config.change not in ("difference", "within_peb"):
+        raise ValueError(f"unknown change method {config.change!r}; choose 'difference' or "
+                         f"'within_peb'")
     keep, excluded = _eligible(first, covariates, [config.pre, config.post], "longitudinal")
     X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(COVARIATES)))
     _check_design(X, "longitudinal")
     within, means, covs, F = {}, [], [], []
+    p = first.pE.size
+    prior_mean, prior_cov = np.zeros(p), 2.0 * first.pC
     for pid in keep:
-        peb, mean, cov = within_participant_change(first, pid, config)
-        within[pid] = peb
+        if config.change == "within_peb":
+            peb, mean, cov = within_participant_change(first, pid, config)
+            within[pid] = peb
+            # the change's prior is the within-PEB's prior on its session column
+            prior_mean, prior_cov = peb.prior_mean[:, 1], peb.prior_cov[p:, p:]
+            F.append(peb.F)
+        else:
+            (pre, c_pre, f_pre, _), (post, c_post, f_post, _) = (
+                first.posteriors[(pid, s)] for s in (config.pre, config.post))
+            mean, cov = post - pre, c_pre + c_post
+            F.append(f_pre + f_post)
         means.append(mean)
         covs.append(cov)
-        F.append(peb.F)
-    # the change's prior is the within-PEB's prior on its session column
-    template = next(iter(within.values()))
-    p = first.pE.size
-    peb = estimate_peb(np.array(means), np.array(covs), template.prior_mean[:, 1],
-                       template.prior_cov[p:, p:], X, F_first=np.array(F),
-                       parameters=first.names, covariates=COVARIATES,
-                       components=config.components)
+    peb = estimate_peb(np.array(means), np.array(covs), prior_mean, prior_cov, X,
+                       F_first=np.array(F), parameters=first.names, covariates=COVARIATES,
+                       components=config.components,
+                       hC=config.hyperprior_variance)
     reduction = reduce_peb(peb, config.max_exhaustive)
     return GroupAnalysis("longitudinal", tuple(keep), peb, reduction, within), excluded
+
+
+def contrast_posterior(peb: PEBResult, weights: np.ndarray) -> tuple[float, float, float]:
+    """Posterior of a linear combination c·vec(β) of group effects, and its Pp.
+
+    ``weights`` : (p·k,) c over vec(β) (column-major: all parameters of the first
+    covariate, then the next). Returns (mean, sd, Pp): the full PEB posterior's mean and sd
+    of c·vec(β), and Pp = 1 / (1 + e^{ΔF}), ΔF the free-energy change (Bayesian model
+    reduction) when the prior is conditioned on c·vec(β) = 0.
+    """
+    c = np.asarray(weights, dtype=float)
+    pE, pC = peb.prior_mean.ravel(order="F"), peb.prior_cov
+    qE = peb.Ep.ravel(order="F")
+    pc = pC @ c
+    gain = pc / (c @ pc)
+    rE = pE - gain * (c @ pE)
+    rC = pC - np.outer(gain, pc)
+    rC = (rC + rC.T) / 2.0
+    dF = free_energy_change(pE, pC, qE, peb.Cp, rE, rC)
+    return float(c @ qE), float(np.sqrt(max(c @ peb.Cp @ c, 0.0))), float(
+        1.0 / (1.0 + np.exp(np.clip(dF, -700.0, 700.0))))
 
 
 def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
@@ -394,12 +470,15 @@ def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
 
     ``mean``/``sd``/``Pp``: after model reduction and averaging; ``peb_mean``/``peb_sd``:
     the full PEB posterior; ``prob_positive``: its probability that the effect is > 0.
+    Then the within-arm slopes (:data:`ARM_SLOPES`, module docstring), whose ``mean``/``sd``
+    are the full PEB posterior's and ``Pp`` that of the slope being present.
     """
     peb, red = analysis.peb, analysis.reduction
     p, k = peb.Ep.shape
     sd = peb.sd
     with np.errstate(divide="ignore", invalid="ignore"):
         positive = ndtr(peb.Ep / sd)
+    common = {"n_participants": len(analysis.participants), "free_energy": peb.F}
     rows = []
     for j in range(k):
         for i in range(p):
@@ -407,9 +486,24 @@ def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
                 "analysis": analysis.name, "covariate": peb.covariates[j],
                 "parameter": peb.parameters[i], "mean": red.Ep[i, j], "sd": red.sd[i, j],
                 "Pp": red.Pp[i, j], "peb_mean": peb.Ep[i, j], "peb_sd": sd[i, j],
-                "prob_positive": positive[i, j], "n_participants": len(analysis.participants),
-                "free_energy": peb.F,
+                "prob_positive": positive[i, j], **common,
             })
+    columns = list(peb.covariates)
+    if {"caps5_improvement", "caps5_improvement:arm"} <= set(columns):
+        slope, interaction = (columns.index(c) for c in ("caps5_improvement",
+                                                          "caps5_improvement:arm"))
+        for name, code in ARM_SLOPES.items():
+            for i in range(p):
+                c = np.zeros((p, k))
+                c[i, slope], c[i, interaction] = 1.0, code
+                mean, sd_c, pp = contrast_posterior(peb, c.ravel(order="F"))
+                rows.append({
+                    "analysis": analysis.name, "covariate": name,
+                    "parameter": peb.parameters[i], "mean": mean, "sd": sd_c, "Pp": pp,
+                    "peb_mean": mean, "peb_sd": sd_c,
+                    "prob_positive": float(ndtr(mean / sd_c)) if sd_c > 0 else np.nan,
+                    **common,
+                })
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 

@@ -19,7 +19,9 @@ def effects_png(effects: pd.DataFrame, analysis: str) -> bytes:
     for ax, covariate in zip(axes, covariates, strict=False):
         part = rows[rows["covariate"] == covariate]
         y = np.arange(len(part))
-        colours = [(0.8 * (1 - pp), 0.3, 0.8 * pp) for pp in part["Pp"].fillna(0)]
+        # Pp from model averaging can exceed 1 by a rounding error
+        shade = np.clip(part["Pp"].fillna(0.0).to_numpy(float), 0.0, 1.0)
+        colours = [(0.8 * (1 - pp), 0.3, 0.8 * pp) for pp in shade]
         ax.barh(y, part["mean"], xerr=1.645 * part["sd"], color=colours, capsize=2)
         for i, pp in enumerate(part["Pp"]):
             ax.annotate(f"Pp {pp:.2f}", (0, i), xytext=(3, -3), textcoords="offset points",

@@ -240,37 +240,46 @@ def invert_dcm(
         e = yv - f - dfdu @ p[iu]
         J = -np.hstack([dfdp, dfdu])  # de/dp
 
-        # M-step: Fisher scoring for the noise log-precisions
-        for _ in range(8):
-            precision = NOISE_FLOOR + np.exp(h)  # (n,)
-            iS = precision[region_of]
-            JiS = J.T * iS
-            Pp = JiS @ J
-            Cp = np.linalg.inv(Pp + ipC)
-            share = np.exp(h) / precision  # trace(P_i·S) per scan
-            dFdh = np.empty(n)
-            for i in range(n):
-                rows = region_of == i
-                Ji = J[rows]
-                dFdh[i] = (ns * share[i] - np.exp(h[i]) * (e[rows] @ e[rows])
-                           - np.exp(h[i]) * np.sum(Cp * (Ji.T @ Ji))) / 2.0
-            dFdhh = np.diag(-ns * share**2 / 2.0)
-            d = h - hE
-            dFdh = dFdh - ihC @ d
-            dFdhh = dFdhh - ihC
-            Ch = np.linalg.inv(-dFdhh)
-            dh = np.clip(_hyper_step(dFdhh, dFdh), -1.0, 1.0)
-            h = h + dh
-            if dFdh @ dh < 1e-2:
-                break
+        # a step into a region where the prediction overflows shows up as a singular or
+        # non-finite posterior: score it as the worst possible point, so it is rejected
+        try:
+            # M-step: Fisher scoring for the noise log-precisions
+            for _ in range(8):
+                precision = NOISE_FLOOR + np.exp(h)  # (n,)
+                iS = precision[region_of]
+                JiS = J.T * iS
+                Pp = JiS @ J
+                Cp = np.linalg.inv(Pp + ipC)
+                share = np.exp(h) / precision  # trace(P_i·S) per scan
+                dFdh = np.empty(n)
+                for i in range(n):
+                    rows = region_of == i
+                    Ji = J[rows]
+                    dFdh[i] = (ns * share[i] - np.exp(h[i]) * (e[rows] @ e[rows])
+                               - np.exp(h[i]) * np.sum(Cp * (Ji.T @ Ji))) / 2.0
+                dFdhh = np.diag(-ns * share**2 / 2.0)
+                d = h - hE
+                dFdh = dFdh - ihC @ d
+                dFdhh = dFdhh - ihC
+                Ch = np.linalg.inv(-dFdhh)
+                dh = np.clip(_hyper_step(dFdhh, dFdh), -1.0, 1.0)
+                h = h + dh
+                if dFdh @ dh < 1e-2:
+                    break
 
-        # free energy, from the quantities of the last Fisher-scoring pass (as SPM does)
-        L1 = (np.sum(np.log(iS)) - e @ (iS * e) - ny * np.log(2.0 * np.pi)) / 2.0
-        L2 = (_logdet(ipC @ Cp) - p @ ipC @ p) / 2.0
-        L3 = (_logdet(ihC @ Ch) - d @ ihC @ d) / 2.0
-        F = float(L1 + L2 + L3)
+            # free energy, from the quantities of the last Fisher-scoring pass (as SPM does)
+            L1 = (np.sum(np.log(iS)) - e @ (iS * e) - ny * np.log(2.0 * np.pi)) / 2.0
+            L2 = (_logdet(ipC @ Cp) - p @ ipC @ p) / 2.0
+            L3 = (_logdet(ihC @ Ch) - d @ ihC @ d) / 2.0
+            F = float(L1 + L2 + L3)
+        except np.linalg.LinAlgError:
+            F = -np.inf
+        if not np.isfinite(F):
+            if k == 1:
+                raise ValueError("the free energy is not finite at the prior mean")
+            F = -np.inf
 
-        if F > best["F"] or k < 3:
+        if np.isfinite(F) and (F > best["F"] or k < 3):
             best = {"p": p.copy(), "h": h.copy(), "F": F, "Cp": Cp}
             dFdp = -(JiS @ e) - ipC @ p
             dFdpp = -Pp - ipC

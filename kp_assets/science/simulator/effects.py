@@ -41,27 +41,35 @@ class PlantedEffect:
 
 HEADLINE_EFFECTS: tuple[PlantedEffect, ...] = (
     # improvement ~ increased vmPFC→amygdala coupling during emotional faces (gPPI), stronger
-    # on ketamine (paper: β = 2.90, drug interaction β = 0.86)
-    PlantedEffect("faces.gppi.vmpfc->amygdala.emotional", +1, ARMS, 0.6, 0.5,
+    # on ketamine (paper: β = 2.90, drug interaction β = 0.86). Spread 1.0 (was 0.6): with the
+    # larger DCM responses of the faces run the gPPI estimate is noisier, and at 0.6 the main
+    # elastic net kept the term in 7 of 10 seeds (9 of 10 at 1.0; issue 4 asks for 8)
+    PlantedEffect("faces.gppi.vmpfc->amygdala.emotional", +1, ARMS, 1.0, 0.5,
                   ketamine_gain=0.5),
     # improvement after ketamine ~ decreased dACC conflict-regulation activity (β = −2.82)
     PlantedEffect("conflict.activation.dacc.regulation", -1, ("ketamine",), 1.8, 0.5),
     # improvement after ketamine ~ increased resting vmPFC–anterior insula FC (β = 0.60)
     PlantedEffect("rest.fc.vmpfc~insula_ant", +1, ("ketamine",), 0.3, 0.5),
     # DCM: improvement (either drug) ~ decreased emotional modulation of amygdala→vmPFC
-    PlantedEffect("dcm.B[emotional][amygdala->vmpfc]", -1, ARMS, 0.18, 0.5),
+    PlantedEffect("dcm.B[emotional][amygdala->vmpfc]", -1, ARMS, 0.3, 0.55),
     # DCM: increased top-down inhibition vmPFC→amygdala in ketamine improvers
-    PlantedEffect("dcm.A[vmpfc->amygdala]", -1, ("ketamine",), 0.15, 0.45),
+    PlantedEffect("dcm.A[vmpfc->amygdala]", -1, ("ketamine",), 0.35, 0.55),
     # DCM: low baseline inhibition (a less negative pre value) predicts improvement on ketamine
-    PlantedEffect("dcm.A[vmpfc->amygdala]", +1, ("ketamine",), 0.15, 0.45, baseline=True),
+    PlantedEffect("dcm.A[vmpfc->amygdala]", +1, ("ketamine",), 0.35, 0.55, baseline=True),
 )
 # Sizes of the DCM effects (Hz): between-participant SDs of first-level DCM connections in
-# emotion studies are of the order of 0.1–0.3 Hz; with 0.06 Hz (the first version) the planted
-# differences were below what one 2-region faces run can resolve (estimation error of
-# A[vmpfc->amygdala] ≈ 0.15 Hz), so neither first-level recovery nor a group PEB could see
-# them. 0.15 Hz keeps A[vmpfc->amygdala] negative (inhibitory) in practically every session
-# (mean −0.25), so the simulated amygdala–vmPFC loop stays stable.
-
+# emotion studies are of the order of 0.1–0.3 Hz. What one faces run can resolve was measured
+# on the region-level path (first-level DCM of 42 sessions, seeds 11–16): with 0.06 Hz (the
+# first version) Spearman ρ of estimate vs planted was ≈ 0.25, with 0.15 Hz and a 150-volume
+# run 0.6 (B) / 0.35 (A); the vmPFC fluctuation that carries the planted gPPI is what the
+# deterministic DCM cannot explain. Spreads of 0.3 Hz (B) and 0.35 Hz (A), a faces drive of
+# 2 (amygdala block responses peak at ≈ 1.9 % signal, median) and 200-volume faces runs give
+# ρ 0.83–0.88 (B) and 0.85–0.93 (A) on the region-level path (the image path, with motion
+# confounds regressed out, ≈ 0.05–0.1 less), while keeping the gPPI recovery (0.69–0.93).
+# The DCM relations explain 55 % (the others 45–50 %): the group PEB's within-ketamine slopes
+# rest on ~10 participants, and the extra 10 % of R² raises how often they reach Pp ≥ 0.9.
+# A[vmpfc->amygdala] stays inhibitory on average (mean −0.25); :func:`stabilise_loop` adjusts
+# nuisance connections in the sessions (≈ 14 %) whose draws would destabilise the loop.
 # pre-treatment population mean and between-participant sd of every parameter; post values
 # are pre + planted change (headline parameters) or pre + test–retest noise (the rest)
 BASELINE: dict[str, tuple[float, float]] = {
@@ -76,9 +84,9 @@ BASELINE: dict[str, tuple[float, float]] = {
     # (steady-state vmPFC/amygdala ratio 0.2/0.30 = 0.67, was 0.30/0.5 = 0.6)
     "dcm.A[amygdala->vmpfc]": (0.20, 0.05),
     "dcm.A[vmpfc->amygdala]": (-0.25, 0.0),  # spread comes from the baseline effect
-    "dcm.B[emotional][amygdala->vmpfc]": (0.25, 0.12),
+    "dcm.B[emotional][amygdala->vmpfc]": (0.35, 0.2),
     "dcm.B[emotional][vmpfc->amygdala]": (-0.10, 0.06),
-    "dcm.C[faces][amygdala]": (1.0, 0.1),
+    "dcm.C[faces][amygdala]": (2.0, 0.2),
     "dcm.transit[amygdala]": (0.0, 0.04),
     "dcm.transit[vmpfc]": (0.0, 0.04),
     "dcm.decay": (0.0, 0.04),
@@ -91,6 +99,10 @@ BASELINE: dict[str, tuple[float, float]] = {
 RETEST_SD = 0.25  # test–retest noise of non-headline parameters, as a fraction of their sd
 
 CORRELATION_LIMITS = (-0.4, 0.85)
+# The amygdala–vmPFC loop must stay stable with emotional faces on and off: the product of
+# the two connections may use at most this share of the product of the self-decay rates
+# (the 2×2 neuronal Jacobian's determinant stays ≥ 1 − MAX_LOOP_GAIN of its open-loop value).
+MAX_LOOP_GAIN = 0.4
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,37 @@ def plant_values(
     return values
 
 
+def stabilise_loop(values: dict[str, np.ndarray]) -> None:
+    """Keep the amygdala–vmPFC loop of every session stable and within the balloon model's
+    range, in place.
+
+    The neuronal Jacobian [[−σ₁, a₁₂], [a₂₁, −σ₂]] (σ = ½·e^{A_ii}) is stable while the loop
+    gain a₁₂·a₂₁ / σ₁σ₂ stays below 1; with emotional faces on, a₁₂ and a₂₁ gain their B
+    modulations. Two rules, applied to parameters without a planted effect so that the
+    planted (headline) values and their R² are untouched (the truth table holds the
+    adjusted values):
+
+    - the amygdala→vmPFC connection stays excitatory with emotional faces on
+      (A[amygdala->vmpfc] is raised to −B[emotional][amygdala->vmpfc] if needed): a strongly
+      negative forward drive pushes vmPFC far below rest, where the balloon model fails;
+    - the loop gain stays below :data:`MAX_LOOP_GAIN` in both conditions, by lowering
+      A[amygdala->vmpfc] (without emotional faces) or B[emotional][vmpfc->amygdala] (with).
+    """
+    limit = MAX_LOOP_GAIN * 0.25 * np.exp(values["dcm.A[amygdala->amygdala]"]
+                                          + values["dcm.A[vmpfc->vmpfc]"])
+    a12 = values["dcm.A[vmpfc->amygdala]"]
+    b21 = values["dcm.B[emotional][amygdala->vmpfc]"]
+    a21 = np.maximum(values["dcm.A[amygdala->vmpfc]"], -b21)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a21 = np.where(a12 > 0, np.minimum(a21, limit / a12), a21)
+        forward = a21 + b21
+        b12 = values["dcm.B[emotional][vmpfc->amygdala]"]
+        bound = limit / forward - a12
+    b12 = np.where(forward > 0, np.minimum(b12, bound), b12)
+    values["dcm.A[amygdala->vmpfc]"] = a21
+    values["dcm.B[emotional][vmpfc->amygdala]"] = b12
+
+
 def simulate_parameters(
     clinical: pd.DataFrame, null: bool, rng: np.random.Generator
 ) -> PlantedStudy:
@@ -184,15 +227,8 @@ def simulate_parameters(
     }
     post = {name: pre[name] + RETEST_SD * sd * rng.standard_normal(n)
             for name, (_, sd) in BASELINE.items()}
-    achieved = {}
     for effect in HEADLINE_EFFECTS:
         values = plant_values(effect, improvement, arm, null, rng)
-        scope = np.isin(arm, effect.arms)
-        key = f"{effect.parameter}{' (baseline)' if effect.baseline else ' (change)'}"
-        achieved[key] = (
-            float(np.corrcoef(values[scope], improvement[scope])[0, 1] ** 2)
-            if scope.sum() > 2 else float("nan")
-        )
         if effect.baseline:
             pre[effect.parameter] = pre[effect.parameter] + values
             post[effect.parameter] = post[effect.parameter] + values
@@ -202,6 +238,17 @@ def simulate_parameters(
         for name in list(table):
             if name.startswith("rest.fc."):
                 table[name] = np.clip(table[name], *CORRELATION_LIMITS)
+        stabilise_loop(table)
+    achieved = {}
+    for effect in HEADLINE_EFFECTS:
+        scope = np.isin(arm, effect.arms)
+        key = f"{effect.parameter}{' (baseline)' if effect.baseline else ' (change)'}"
+        planted = pre[effect.parameter] if effect.baseline else (post[effect.parameter]
+                                                                 - pre[effect.parameter])
+        achieved[key] = (
+            float(np.corrcoef(planted[scope], improvement[scope])[0, 1] ** 2)
+            if scope.sum() > 2 else float("nan")
+        )
     rows = [
         (pid, session, name, float(values[i]))
         for session, table in (("pre", pre), ("post", post))
