@@ -1,4 +1,5 @@
-"""Benchmark: simulate the default study (21 participants, 4 mm, 150 volumes per run).
+"""Benchmark: simulate the default study (21 participants, 4 mm, faces 200, conflict 150 and
+rest 140 volumes per run).
 
 Target: under 60 s on 2 cores, under 1 GB on disk. Baseline measured in the same run: the
 floor of writing the same number of bytes of the same kind of images — gzip-compressing

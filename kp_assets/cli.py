@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--voxel-size", type=float, default=4.0, help="mm, isotropic (default 4)")
     sim.add_argument("--volumes", type=int, default=None,
                      help="volumes per run for every task (default: faces 200, "
-                          "conflict and rest 150)")
+                          "conflict 150, rest 140)")
     sim.add_argument("--tr", type=float, default=2.0, help="repetition time in s (default 2)")
     sim.add_argument("--null", action="store_true",
                      help="plant no relation between imaging change and improvement")

@@ -53,8 +53,9 @@ from kp_assets.science.simulator.neural import integrate_dcm
 SESSIONS = ("pre", "post")
 TASKS = ("faces", "conflict", "rest")
 # faces runs are longer (6.7 min): one run of 150 volumes could not tell the DCM's
-# vmPFC→amygdala feedback from amygdala self-inhibition (recovery ρ 0.35, see effects.py)
-DEFAULT_VOLUMES = {"faces": 200, "conflict": 150, "rest": 150}
+# vmPFC→amygdala feedback from amygdala self-inhibition (recovery ρ 0.35, see effects.py);
+# rest gave 10 volumes back so the default study stays under 1 GB (bench/simulate.py)
+DEFAULT_VOLUMES = {"faces": 200, "conflict": 150, "rest": 140}
 SPACE = "MNI152NLin2009cAsym"
 PLANTING_RADIUS_MM = 7.0  # regions are planted in spheres of this radius around the centres
 INT16_MAX = 32000  # leave headroom below 32767 when scaling to int16
@@ -303,7 +304,7 @@ def simulate_study(
     """Simulate a study into ``out_dir`` and return its path.
 
     ``volumes``: per-task volume counts, one count for every task, or None for the
-    defaults (faces 200, conflict 150, rest 150). ``jobs``: worker processes (default: up
+    defaults (faces 200, conflict 150, rest 140). ``jobs``: worker processes (default: up
     to 2, one per core).
     Refuses to write into an existing non-empty folder unless ``overwrite``.
     """
