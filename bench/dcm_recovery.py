@@ -23,7 +23,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
-from kp_assets.science.dcm import invert_many, parameter_table, priors
+from kp_assets.dcm import fit_row, parameter_rows
+from kp_assets.science.dcm import invert_many
 from kp_assets.science.dcm.findings import DCM_FINDINGS, dcm_findings
 from kp_assets.science.dcm.group import group_dcm
 from kp_assets.science.dcm.run_data import prepare_run, run_inputs
@@ -45,31 +46,26 @@ def first_level_tables(study, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]
     models = DCMModels()
     (model, (a, b, c)), = models.masks().items()
     inputs = models.input_trial_types()
-    jobs, keys = [], []
+    runs, datas = [], []
     for run in study.runs:
         if run.task != models.task:
             continue
         n = len(run.raw)
         u = run_inputs(run.events, inputs, n, run.tr)
         confounds = pd.DataFrame(cosine_regressors(n, run.tr)).to_numpy(float)
-        data = prepare_run(run.raw[list(models.regions)], u, list(inputs), run.tr,
-                           np.arange(n), confounds)
-        jobs.append((data.spec(a, b, c), data.y, data.X0))
-        keys.append((run.participant_id, run.session))
+        runs.append(run)
+        datas.append(prepare_run(run.raw[list(models.regions)], u, list(inputs), run.tr,
+                                 np.arange(n), confounds))
+    jobs = [(data.spec(a, b, c), data.y, data.X0) for data in datas]
     with threadpool_limits(limits=1, user_api="blas"):
         results = invert_many(jobs, workers=workers)
     fits, parameters = [], []
-    for (pid, session), (spec, _, _), result in zip(keys, jobs, results, strict=True):
-        table = parameter_table(result, spec)
-        pE, pC, _, _ = priors(spec)
-        free = np.flatnonzero(result.free)
-        fits.append({"participant_id": pid, "session": session, "model": model,
-                     "converged": bool(result.converged), "free_energy": result.F,
-                     "free_parameters": list(table["parameter"]),
-                     "covariance": result.Cp[np.ix_(free, free)].tolist()})
-        parameters.append(table.drop(columns="free").assign(
-            participant_id=pid, session=session, model=model,
-            prior_mean=pE[spec.free], prior_variance=np.diag(pC)[spec.free]))
+    for run, data, (spec, _, _), result in zip(runs, datas, jobs, results, strict=True):
+        scan = pd.Series({"session": run.session, "task": run.task, "run": 1})
+        keys = {"participant_id": run.participant_id, "session": run.session, "model": model}
+        fits.append(fit_row(scan, model, data, result, spec.parameter_names)
+                    | {"participant_id": run.participant_id})
+        parameters.append(parameter_rows(result, spec).assign(**keys))
     return pd.DataFrame(fits), pd.concat(parameters, ignore_index=True)
 
 

@@ -25,7 +25,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from kp_assets.partitions import participants
-from kp_assets.science.dcm import DCMResult, invert_many, parameter_table, priors
+from kp_assets.science.dcm import DCMResult, DCMSpec, invert_many, parameter_table, priors
 from kp_assets.science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
 from kp_assets.science.roi_plots import markdown_image
 from kp_assets.task_runs import run_model_inputs
@@ -77,8 +77,10 @@ def run_data(scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels,
         raise StudyDataError(scan["bold_path"], f"DCM of {label}: {e}") from None
 
 
-def _fit_row(scan: pd.Series, model: str, data: DCMRunData, result: DCMResult,
-             names: list[str]) -> dict:
+def fit_row(scan: pd.Series, model: str, data: DCMRunData, result: DCMResult,
+            names: list[str]) -> dict:
+    """One ``dcm_fits`` row (without participant_id) of a fit of one run; ``scan`` needs
+    session, task and run, ``names`` are the spec's parameter names."""
     free = np.flatnonzero(result.free)
     return {
         "session": scan["session"], "task": scan["task"], "run": int(scan["run"]),
@@ -90,6 +92,15 @@ def _fit_row(scan: pd.Series, model: str, data: DCMRunData, result: DCMResult,
         "scale": result.scale, "free_parameters": [names[i] for i in free],
         "covariance": result.Cp[np.ix_(free, free)].tolist(),
     }
+
+
+def parameter_rows(result: DCMResult, spec: DCMSpec) -> pd.DataFrame:
+    """``dcm_parameters`` rows (without the keys) of one fit: every free parameter's
+    posterior mean, variance and Pp with its prior mean and variance."""
+    table = parameter_table(result, spec)
+    pE, pC, _, _ = priors(spec)
+    table["prior_mean"], table["prior_variance"] = pE[spec.free], np.diag(pC)[spec.free]
+    return table.drop(columns="free")
 
 
 @dg.multi_asset(
@@ -134,11 +145,8 @@ def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
 
     fits, parameters, figure_fits = [], [], []
     for (scan, model, data), (spec, _, _), result in zip(keys, jobs, results, strict=True):
-        fits.append(_fit_row(scan, model, data, result, spec.parameter_names))
-        table = parameter_table(result, spec)
-        pE, pC, _, _ = priors(spec)
-        table["prior_mean"], table["prior_variance"] = pE[spec.free], np.diag(pC)[spec.free]
-        parameters.append(table.drop(columns="free").assign(
+        fits.append(fit_row(scan, model, data, result, spec.parameter_names))
+        parameters.append(parameter_rows(result, spec).assign(
             session=scan["session"], task=scan["task"], run=int(scan["run"]), model=model))
         if model == next(iter(masks)):
             figure_fits.append((f"ses-{scan['session']}", data, result))

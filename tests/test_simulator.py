@@ -11,7 +11,12 @@ from scipy.signal import detrend
 
 from kp_assets.science.balloon import DCMParameters
 from kp_assets.science.simulator import SimulationOptions, simulate_study
-from kp_assets.science.simulator.effects import HEADLINE_EFFECTS
+from kp_assets.science.simulator.effects import (
+    HEADLINE_EFFECTS,
+    MAX_LOOP_GAIN,
+    simulate_clinical,
+    simulate_parameters,
+)
 from kp_assets.science.simulator.images import mni_grid
 from kp_assets.science.simulator.neural import integrate_dcm
 from kp_assets.science.simulator.study import SESSIONS, TASKS, plan_study
@@ -143,6 +148,26 @@ def test_planted_relations_explain_30_to_60_percent(null):
         # no planted relation: correlations scatter around zero like sampling noise
         assert abs(np.mean(rs)) < 0.15
         assert np.mean(np.square(rs)) < 0.15
+
+
+@pytest.mark.parametrize("null", [False, True])
+def test_amygdala_vmpfc_loop_stays_stable(null):
+    """stabilise_loop: in every session the loop gain a12·a21 / σ1σ2 stays at or below
+    MAX_LOOP_GAIN with emotional faces off and on (their B modulations added)."""
+    gains = []
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        clinical = simulate_clinical(21, rng)
+        wide = simulate_parameters(clinical, null, rng).parameters.pivot_table(
+            index=["participant_id", "session"], columns="parameter", values="value")
+        a12, a21, b12, b21 = (wide[f"dcm.{name}"] for name in (
+            "A[vmpfc->amygdala]", "A[amygdala->vmpfc]", "B[emotional][vmpfc->amygdala]",
+            "B[emotional][amygdala->vmpfc]"))
+        decay = 0.25 * np.exp(wide["dcm.A[amygdala->amygdala]"] + wide["dcm.A[vmpfc->vmpfc]"])
+        gains.append(np.maximum(a12 * a21, (a12 + b12) * (a21 + b21)) / decay)
+    gains = pd.concat(gains)
+    assert gains.max() <= MAX_LOOP_GAIN + 1e-9
+    assert (gains > MAX_LOOP_GAIN - 1e-9).any()  # the guard did act on some draws
 
 
 def test_drug_interaction_is_steeper_on_ketamine():

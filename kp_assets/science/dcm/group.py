@@ -164,8 +164,7 @@ class GroupDCMResult:
 def default_prior(name: str) -> tuple[float, float]:
     """First-level prior (mean, variance) of a DCM parameter from its name (SPM12's)."""
     if name.startswith("A["):
-        source, target = name[2:-1].split("->")
-        return (0.0 if source == target else A_OFFDIAG_MEAN), A_VAR
+        return (0.0 if _is_self_connection(name) else A_OFFDIAG_MEAN), A_VAR
     if name.startswith("B["):
         return 0.0, B_VAR
     if name.startswith("C["):

@@ -274,10 +274,8 @@ def invert_dcm(
             F = float(L1 + L2 + L3)
         except np.linalg.LinAlgError:
             F = -np.inf
-        if not np.isfinite(F):
-            if k == 1:
-                raise ValueError("the free energy is not finite at the prior mean")
-            F = -np.inf
+        if not np.isfinite(F) and k == 1:
+            raise ValueError("the free energy is not finite at the prior mean")
 
         if np.isfinite(F) and (F > best["F"] or k < 3):
             best = {"p": p.copy(), "h": h.copy(), "F": F, "Cp": Cp}

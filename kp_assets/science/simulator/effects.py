@@ -194,11 +194,13 @@ def stabilise_loop(values: dict[str, np.ndarray]) -> None:
     planted (headline) values and their R² are untouched (the truth table holds the
     adjusted values):
 
-    - the amygdala→vmPFC connection stays excitatory with emotional faces on
-      (A[amygdala->vmpfc] is raised to −B[emotional][amygdala->vmpfc] if needed): a strongly
-      negative forward drive pushes vmPFC far below rest, where the balloon model fails;
-    - the loop gain stays below :data:`MAX_LOOP_GAIN` in both conditions, by lowering
-      A[amygdala->vmpfc] (without emotional faces) or B[emotional][vmpfc->amygdala] (with).
+    - first, A[amygdala->vmpfc] is raised to −B[emotional][amygdala->vmpfc] if needed, so the
+      forward connection stays excitatory with emotional faces on: a strongly negative
+      forward drive pushes vmPFC far below rest, where the balloon model fails;
+    - then the loop gain is held at or below :data:`MAX_LOOP_GAIN` in both conditions, by
+      lowering A[amygdala->vmpfc] (without emotional faces; this can undo the first rule
+      when the feedback is excitatory, in ≈ 0.6 % of sessions) or
+      B[emotional][vmpfc->amygdala] (with).
     """
     limit = MAX_LOOP_GAIN * 0.25 * np.exp(values["dcm.A[amygdala->amygdala]"]
                                           + values["dcm.A[vmpfc->vmpfc]"])

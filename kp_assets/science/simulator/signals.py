@@ -34,7 +34,8 @@ REST_FLUCTUATION_SD = 1.5  # % signal, region level
 # three sources — these fluctuations, the neural drive below (through the DCM) and, in
 # vmPFC, the PPI fluctuation — so each is kept modest: together with the ≈0.45 % noise left
 # in a cleaned 4 mm ROI mean they leave ≈0.6 % (amygdala) and ≈1.1 % (vmPFC) of signal
-# that no task model explains, against task responses of ≈0.7 % and ≈0.6 % SD.
+# that no task model explains, against DCM task responses of ≈1.2 % and ≈1.1 % SD (median
+# over sessions with the faces drive of effects.BASELINE).
 # (First version: 0.3 % and 0.02 Hz.)
 TASK_FLUCTUATION_SD = 0.2
 NEURAL_NOISE_SD = 0.01  # Hz, endogenous drive to the DCM regions (smoothed over 1 s)
