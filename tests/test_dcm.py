@@ -1,9 +1,7 @@
 """DCM for fMRI: parity with SPM12's own inversions, validation, and parameter recovery."""
 
-import json
 import sys
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,17 +22,13 @@ from kp_assets.science.dcm import (
     unpack,
 )
 from kp_assets.science.dcm.integrate import FD_STEP, bilinear_operators
+from tests.spm12 import spm12_fixture
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spm12_dcm"
 CASES = ["dev_2region_fwdmod", "dev_2region_bothmod", "dev_3region_chain"]
 
 
-@cache
 def _fixture(name: str) -> dict:
-    path = FIXTURES / f"{name}.json"
-    if not path.exists():
-        pytest.skip(f"SPM12 fixture missing: {path}")
-    return json.loads(path.read_text())
+    return spm12_fixture("spm12_dcm", name)
 
 
 def _spec(fx: dict) -> DCMSpec:

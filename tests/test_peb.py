@@ -1,8 +1,6 @@
 """Group-level DCM: Bayesian model reduction, PEB (parity with SPM12) and the study designs."""
 
-import json
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,8 +20,8 @@ from kp_assets.science.dcm import (
 from kp_assets.science.dcm.group import contrast_posterior
 from kp_assets.science.dcm.peb import _data, _terms, precision_components
 from kp_assets.science.dcm.reduction import all_subsets, free_energy_change
+from tests.spm12 import spm12_fixture
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spm12_peb"
 # SPM12 removed A(1,1)×covariate (vec index 6) in its first greedy round; exact reduction of
 # SPM's own second-level posterior keeps it (see test_spm_search_divergence_is_not_ours).
 # SPM's result is what removing all eight first-round candidates gives (final space 1, 2, 4, 8);
@@ -34,12 +32,8 @@ SPM_DIVERGENT = 6
 SPM_FIRST_ROUND = [0, 3, 5, 6, 7, 9, 10, 11]  # the eight candidates SPM removed
 
 
-@cache
 def _fixture() -> dict:
-    path = FIXTURES / "dev_peb_12subjects.json"
-    if not path.exists():
-        pytest.skip(f"SPM12 PEB fixture missing: {path}")
-    return json.loads(path.read_text())
+    return spm12_fixture("spm12_peb", "dev_peb_12subjects")
 
 
 @cache

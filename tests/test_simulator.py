@@ -20,8 +20,8 @@ from kp_assets.science.simulator.effects import (
 from kp_assets.science.simulator.images import mni_grid
 from kp_assets.science.simulator.neural import integrate_dcm
 from kp_assets.science.simulator.study import SESSIONS, TASKS, plan_study
+from tests.spm12 import spm12_fixture
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spm12_dcm"
 TRUTH = Path("derivatives") / "simulation-truth"
 
 
@@ -185,7 +185,7 @@ def test_drug_interaction_is_steeper_on_ketamine():
 def test_forward_model_matches_spm12_prediction(case):
     """Integrating SPM's posterior parameters reproduces SPM's predicted BOLD (the simulator
     integrates the nonlinear system, SPM its bilinear approximation, so not to the digit)."""
-    fixture = json.loads((FIXTURES / f"{case}.json").read_text())
+    fixture = spm12_fixture("spm12_dcm", case)
     spm = fixture["spm"]
     params = DCMParameters(np.array(spm["Ep_A"]), np.array(spm["Ep_B"]), np.array(spm["Ep_C"]),
                            np.array(spm["Ep_transit"]), spm["Ep_decay"], spm["Ep_epsilon"])
