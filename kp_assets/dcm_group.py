@@ -25,7 +25,7 @@ from kp_resources.warehouse import Warehouse
     ins={"dcm_fits": dg.AssetIn(), "dcm_parameters": dg.AssetIn(), "clinical": dg.AssetIn()},
     group_name="dcm",
     kinds={"pandas", "parquet"},
-    code_version="dcm_group_effects-2",
+    code_version="dcm_group_effects-3",
     automation_condition=GROUP_REFRESH,
     description="Group DCM effects (long): analysis (longitudinal change / baseline), "
                 "covariate (mean, CAPS-5 improvement, arm, improvement × arm, and the "

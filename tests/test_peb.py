@@ -22,14 +22,8 @@ from kp_assets.science.dcm.peb import _data, _terms, precision_components
 from kp_assets.science.dcm.reduction import all_subsets, free_energy_change
 from tests.spm12 import spm12_fixture
 
-# SPM12 removed A(1,1)×covariate (vec index 6) in its first greedy round; exact reduction of
-# SPM's own second-level posterior keeps it (see test_spm_search_divergence_is_not_ours).
-# SPM's result is what removing all eight first-round candidates gives (final space 1, 2, 4, 8);
-# the flat-prior best model of that round removes seven and keeps 6 by 0.54 nats. Rules that
-# would remove all eight (a prior uniform over model size, a threshold on the round's Pp, joint
-# removal of the candidates) reproduce SPM to 1e-4 but none is documented for spm_dcm_bmr_all.
-SPM_DIVERGENT = 6
-SPM_FIRST_ROUND = [0, 3, 5, 6, 7, 9, 10, 11]  # the eight candidates SPM removed
+# SPM's first greedy round: the eight effects whose single removal costs least evidence
+SPM_FIRST_ROUND = [0, 3, 5, 6, 7, 9, 10, 11]
 
 
 def _fixture() -> dict:
@@ -72,62 +66,35 @@ def test_peb_matches_spm12():
     assert peb.Ep[2, 1] < 0 and peb.Ep[4, 1] < 0
 
 
-def test_reduction_pp_matches_spm12_except_its_first_round_choice():
+def test_reduction_and_averaging_match_spm12():
     fx, red = _fixture(), reduce_peb(_peb())
-    spm_Pp = np.array(fx["bma"]["Pp"])
-    Pp = red.Pp.ravel(order="F")
-    others = np.arange(Pp.size) != SPM_DIVERGENT
-    np.testing.assert_allclose(Pp[others], spm_Pp[others], rtol=0, atol=0.05)
-    # averaged means agree except where keeping effect 6 moves its correlated neighbour 8
-    agree = others & (np.arange(Pp.size) != 8)
-    spm_Ep = np.array(fx["bma"]["Ep"])
-    np.testing.assert_allclose(red.Ep.ravel(order="F")[agree], spm_Ep[agree], atol=0.02)
+    np.testing.assert_allclose(red.Pp.ravel(order="F"), fx["bma"]["Pp"], rtol=0, atol=0.05)
+    np.testing.assert_allclose(red.Ep.ravel(order="F"), fx["bma"]["Ep"], rtol=0, atol=0.02)
+    # SPM's final model space: effects 1, 2, 4, 8 free, the other eight switched off
+    assert np.flatnonzero(~red.search.removed).tolist() == [1, 2, 4, 8]
 
 
-@pytest.mark.xfail(strict=True, reason="SPM12's greedy search drops A(1,1)×covariate with all "
-                   "eight first-round candidates; the evidence-maximising (flat prior) best "
-                   "model of that round keeps it (Pp ≈ 0.66); no documented rule found that "
-                   "removes it")
-def test_reduction_pp_matches_spm12_everywhere():
-    Pp = reduce_peb(_peb()).Pp.ravel(order="F")
-    np.testing.assert_allclose(Pp, np.array(_fixture()["bma"]["Pp"]), rtol=0, atol=0.05)
-
-
-def test_reduction_of_spm_posterior_reproduces_spm_final_model_space():
-    # SPM's last model space: effects 1, 2, 4, 8 free, the rest switched off; scored from
-    # SPM's own PEB posterior under our second-level prior, the posterior odds agree
-    fx, peb = _fixture(), _peb()
-    qE = np.array(fx["peb"]["Ep"]).ravel(order="F")
-    qC = np.array(fx["peb"]["Cp"])
-    keep = np.array([1, 2, 4, 8])
-    models = np.zeros((16, 12), bool)
-    models[:, keep] = all_subsets(4)
-    avg = compare_models(peb.prior_mean.ravel(order="F"), peb.prior_cov, qE, qC, models,
-                         off_mean=np.zeros(12))
-    spm_Pp = np.array(fx["bma"]["Pp"])
-    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731
-    np.testing.assert_allclose(logit(avg.Pp[[2, 4, 8]]), logit(spm_Pp[[2, 4, 8]]), atol=0.03)
-    np.testing.assert_allclose(avg.Ep[8], fx["bma"]["Ep"][8], atol=1e-4)
-
-
-def test_spm_search_divergence_is_not_ours():
-    # given SPM's own posterior, switching effect 6 off costs evidence whatever else is off
-    fx, peb = _fixture(), _peb()
-    qE = np.array(fx["peb"]["Ep"]).ravel(order="F")
-    qC = np.array(fx["peb"]["Cp"])
-    off = np.array([0, 3, 5, 7, 9, 10, 11])
-    models = np.ones((2, 12), bool)
-    models[:, off] = False
-    models[1, SPM_DIVERGENT] = False
-    avg = compare_models(peb.prior_mean.ravel(order="F"), peb.prior_cov, qE, qC, models,
-                         off_mean=np.zeros(12))
-    assert avg.dF[0] > avg.dF[1] + 0.3
-    # and 6 is among the eight first-round candidates (least evidence lost by removing one
-    # parameter alone), which are exactly the eight SPM switched off
+def test_joint_removal_is_what_switches_effect_6_off():
+    # SPM's greedy round first tries switching all eight candidates off together; that gains
+    # more than one nat per candidate, so they go at once -- although the best model of the
+    # round's 256 subsets keeps effect 6 (A(1,1) x covariate). Without the joint step the
+    # search would keep it, and its Pp would be ~0.66 against SPM's 0.
+    peb = _peb()
+    pE, pC = peb.prior_mean.ravel(order="F"), peb.prior_cov
+    qE, qC = peb.Ep.ravel(order="F"), peb.Cp
+    off = np.zeros(12)
     single = ~np.eye(12, dtype=bool)
-    dF1 = compare_models(peb.prior_mean.ravel(order="F"), peb.prior_cov, qE, qC, single,
-                         off_mean=np.zeros(12)).dF
-    assert sorted(np.argsort(-dF1)[:8].tolist()) == SPM_FIRST_ROUND
+    dF1 = compare_models(pE, pC, qE, qC, single, off_mean=off).dF
+    pool = np.sort(np.argsort(-dF1)[:8])
+    assert pool.tolist() == SPM_FIRST_ROUND
+    joint = np.ones((2, 12), bool)
+    joint[0, pool] = False
+    dF_joint = compare_models(pE, pC, qE, qC, joint, off_mean=off).dF
+    assert dF_joint[0] - dF_joint[1] > 8
+    subsets = np.ones((256, 12), bool)
+    subsets[:, pool] = all_subsets(8)
+    best = compare_models(pE, pC, qE, qC, subsets, off_mean=off).best
+    assert best[6] and not best[pool[pool != 6]].any()
 
 
 # --- Bayesian model reduction against brute force ----------------------------------------------
@@ -255,6 +222,36 @@ def test_greedy_search_prunes_null_parameters():
     keep = np.ones(n, bool)
     keep[1] = False
     assert search_reduced_models(pE, pC, qE, qC, candidates=keep).Pp[1] == 1.0
+
+
+def _shrunk_posterior(n_null: int, ratio: float, effects=(2.0, -1.5, 1.8, 2.5)):
+    """Unit-variance priors; the data shrink n_null parameters to 0 (posterior variance
+    prior/ratio) and pin the others at clear non-zero values."""
+    n = n_null + len(effects)
+    qE = np.r_[np.zeros(n_null), effects]
+    qC = np.diag(np.r_[np.full(n_null, 1.0 / ratio), np.full(len(effects), 0.01)])
+    return np.zeros(n), np.eye(n), qE, qC
+
+
+def test_greedy_round_removes_a_plainly_redundant_pool_at_once():
+    # 36 null + 4 real parameters. Switching one null parameter off gains ½ln(100) = 2.3
+    # nats, more than the one nat per parameter the joint step asks, so every round removes
+    # its pool together: pools of max(n/4, 8) = 10, 8, 8, 8 (40, 30, 22, 14 candidates), then
+    # the last 6 are scored exhaustively.
+    search = search_reduced_models(*_shrunk_posterior(36, 100.0))
+    assert search.rounds == 5
+    assert search.n_models == (40 + 2) + (30 + 2) + (22 + 2) + (14 + 2) + 2**6
+    np.testing.assert_allclose(search.Pp[36:], 1.0)
+    assert search.Pp[:36].max() < 0.5
+
+
+def test_greedy_round_scores_subsets_when_the_joint_gain_is_small():
+    # ½ln(2) = 0.35 nats per null parameter: the pool gains less than a nat per parameter,
+    # so each round scores all 2^8 subsets of its 8 least costly candidates
+    search = search_reduced_models(*_shrunk_posterior(12, 2.0))
+    assert search.rounds == 2
+    assert search.n_models == (16 + 2 + 256) + 2**8
+    np.testing.assert_allclose(search.Pp[12:], 1.0)
 
 
 # --- PEB internals ------------------------------------------------------------------------------

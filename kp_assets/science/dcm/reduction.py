@@ -21,15 +21,24 @@ variance) is handled exactly rather than through a large surrogate precision. Pa
 fixed under the full prior (zero prior variance) are carried at their prior mean; a reduced
 prior cannot free them.
 
-The search over reduced models follows the logic of SPM's ``spm_dcm_bmr_all`` (Friston et
-al. 2016): every subset of the candidate parameters is scored when there are at most
-``max_exhaustive`` of them; otherwise the ``max_exhaustive`` parameters whose single removal
-costs least evidence are scored exhaustively, the best model's absent parameters are removed
-for good, and the search repeats until the best model removes nothing (or the last search was
-exhaustive). Bayesian model averaging and the posterior probability that each parameter is
-present are taken over the last model space scored, under a flat prior over models. A
-switched-off parameter is fixed at its prior mean by default, or at a given value
-(``off_mean``; a PEB's group effects are switched off to zero, as SPM does).
+The search over reduced models follows SPM12's ``spm_dcm_bmr_all`` (Friston et al. 2016;
+the rules as SPM12 r7771 applies them): every subset of the candidate parameters is scored
+when there are at most ``max_exhaustive`` of them. Otherwise each round
+
+1. ranks the remaining candidates by the evidence lost when each alone is switched off and
+   takes a pool of the max(n/4, ``max_exhaustive``) least costly;
+2. compares the current model with the model that switches the whole pool off: when that
+   raises the evidence by more than one nat per parameter of the pool, the pool is removed
+   together (a shortcut that spares 2^8 evaluations when the pool is plainly redundant);
+3. otherwise scores every subset of the ``max_exhaustive`` least costly and removes the
+   best model's absent parameters,
+
+and the search repeats until a round removes nothing (or the last search was exhaustive).
+Step 2 can remove a parameter that the best model of step 3 would keep: the joint gain
+counts, not each parameter's own. Bayesian model averaging and the posterior probability
+that each parameter is present are taken over the last model space scored, under a flat
+prior over models. A switched-off parameter is fixed at its prior mean by default, or at a
+given value (``off_mean``; a PEB's group effects are switched off to zero, as SPM does).
 """
 
 from __future__ import annotations
@@ -381,8 +390,10 @@ def search_reduced_models(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np
     candidates : (n,) bool, parameters that may be switched off (default: every parameter
         free under the full prior). The others stay present in every model.
     max_exhaustive : with at most this many candidates every subset is scored (2^k
-        models); otherwise a greedy search scores subsets of the ``max_exhaustive``
-        candidates whose single removal costs least evidence, round by round.
+        models); otherwise a greedy search, round by round: the pool of the
+        max(n/4, ``max_exhaustive``) candidates whose single removal costs least evidence
+        is removed together when that gains more than one nat per pooled parameter, else
+        every subset of the ``max_exhaustive`` least costly is scored (module docstring).
     off_mean : (n,) value of a switched-off parameter (default: its prior mean).
 
     Returns
@@ -406,15 +417,23 @@ def search_reduced_models(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np
     rounds = n_models = 0
     while True:
         idx = np.flatnonzero(candidates & present)
-        exhaustive = idx.size <= max_exhaustive
-        if not exhaustive:
+        pool_size = max(idx.size // 4, max_exhaustive)
+        exhaustive = idx.size <= pool_size
+        if exhaustive:
+            models = _subspace_models(present, idx)
+        else:
             # proxy: evidence of removing each candidate alone; keep the least costly
             single = np.repeat(present[None], idx.size, axis=0)
             single[np.arange(idx.size), idx] = False
             dF_single = _score_switch_offs(full, single, off)[0]
             n_models += idx.size
-            idx = np.sort(idx[np.argsort(-dF_single, kind="stable")[:max_exhaustive]])
-        models = _subspace_models(present, idx)
+            pool = idx[np.argsort(-dF_single, kind="stable")[:pool_size]]
+            models = np.repeat(present[None], 2, axis=0)  # the pool switched off, and kept
+            models[0, pool] = False
+            dF_joint = _score_switch_offs(full, models, off)[0]
+            if dF_joint[0] - dF_joint[1] <= pool_size:
+                n_models += 2
+                models = _subspace_models(present, np.sort(pool[:max_exhaustive]))
         average = _average(full, models, off)
         n_models += models.shape[0]
         rounds += 1
