@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed
 # server sets DAGSTER_HOME to its own instance folder (README, "Instance")
 export DAGSTER_HOME ?= $(CURDIR)
 export KP_DAGSTER_STORAGE ?= $(CURDIR)/.dagster
+# `make test` runs on this many worker processes; tests that share a simulated study run on
+# one worker (the xdist_group marks in tests/)
+TEST_WORKERS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
@@ -26,7 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -202,6 +202,33 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     return study, warehouse
 
 
+SHARED_STUDIES = ("recovery_study", "null_study")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (``make test``), run every test of one of the
+    expensive session studies on the same worker, so each study is simulated and
+    materialized once."""
+    for item in items:
+        for name in SHARED_STUDIES:
+            if name in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(name))
+                break
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail, before building its study, a test that xdist did not group (xdist tags a
+    grouped test's id with @group; a pytest it does not work with leaves the id alone)."""
+    if (getattr(item.config.option, "loadgroup", False)  # an xdist worker under loadgroup
+            and item.get_closest_marker("xdist_group") and "@" not in item.nodeid):
+        pytest.fail("pytest-xdist ignored this test's xdist_group: this pytest and "
+                    "pytest-xdist do not work together (pytest-xdist issue 1386), and each "
+                    "shared study would be built on every worker; install the versions "
+                    "pyproject.toml allows", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def recovery_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(study folder, warehouse) of the simulated 21-participant study, fully materialized."""
