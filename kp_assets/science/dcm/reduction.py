@@ -420,22 +420,22 @@ def search_reduced_models(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np
         pool_size = max(idx.size // 4, max_exhaustive)
         exhaustive = idx.size <= pool_size
         if exhaustive:
-            models = _subspace_models(present, idx)
+            average = _average(full, _subspace_models(present, idx), off)
+            n_models += average.models.shape[0]
         else:
             # proxy: evidence of removing each candidate alone; keep the least costly
             single = np.repeat(present[None], idx.size, axis=0)
             single[np.arange(idx.size), idx] = False
             dF_single = _score_switch_offs(full, single, off)[0]
-            n_models += idx.size
             pool = idx[np.argsort(-dF_single, kind="stable")[:pool_size]]
-            models = np.repeat(present[None], 2, axis=0)  # the pool switched off, and kept
-            models[0, pool] = False
-            dF_joint = _score_switch_offs(full, models, off)[0]
-            if dF_joint[0] - dF_joint[1] <= pool_size:
-                n_models += 2
-                models = _subspace_models(present, np.sort(pool[:max_exhaustive]))
-        average = _average(full, models, off)
-        n_models += models.shape[0]
+            both = np.repeat(present[None], 2, axis=0)  # the pool switched off, and kept
+            both[0, pool] = False
+            average = _average(full, both, off)
+            n_models += idx.size + 2
+            if average.dF[0] - average.dF[1] <= pool_size:  # not plainly redundant
+                subsets = _subspace_models(present, np.sort(pool[:max_exhaustive]))
+                average = _average(full, subsets, off)
+                n_models += subsets.shape[0]
         rounds += 1
         best = average.best
         if exhaustive or np.array_equal(best, present):
