@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install demo test lint ui ui-dask bench clean
+.PHONY: install system-packages demo test lint ui ui-dask bench clean
 
 install: $(STAMP)
 
@@ -27,7 +27,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kp demo
 
-test: $(STAMP)
+# the Debian packages the tests use (PostgreSQL, Chromium): installed with apt-get as root,
+# otherwise a stop with the command to run; nothing to do when they are there
+system-packages:
+	.ci/system-packages
+
+test: system-packages $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 

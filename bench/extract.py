@@ -23,7 +23,6 @@ Confounds are parsed afresh in every timed call (``load_run_confounds`` memoises
 import argparse
 import json
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -74,12 +73,13 @@ def bench_run(out: Path) -> tuple[Path, Path]:
         return bold, mask
     from kp_assets.science.simulator import simulate_study
 
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     print(f"simulating the benchmark run into {out} (once) ...", flush=True)
-    # only the rest run is used; the task runs are kept at the simulator's minimum length
+    # only the rest run is used; the task runs are kept at the simulator's minimum length.
+    # overwrite replaces only a study kp simulated (a run interrupted before `done`)
     simulate_study(out / "study", participants=1, voxel_size=2.0,
-                   volumes={"faces": 16, "conflict": 16, "rest": VOLUMES}, jobs=1)
+                   volumes={"faces": 16, "conflict": 16, "rest": VOLUMES}, jobs=1,
+                   overwrite=True)
     image = nib.load(bold)
     data = np.asarray(image.dataobj, dtype=np.float32)  # applies the int16 scale factor
     header = image.header.copy()

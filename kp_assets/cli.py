@@ -33,33 +33,66 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from kp_assets.science.simulator import simulate_study
 
     start = time.perf_counter()
-    out = simulate_study(
-        args.out, participants=args.participants, seed=args.seed, voxel_size=args.voxel_size,
-        volumes=args.volumes, tr=args.tr, null=args.null, progress=not args.quiet,
-        jobs=args.jobs, overwrite=args.overwrite,
-    )
+    try:
+        out = simulate_study(
+            args.out, participants=args.participants, seed=args.seed,
+            voxel_size=args.voxel_size, volumes=args.volumes, tr=args.tr, null=args.null,
+            progress=not args.quiet, jobs=args.jobs, overwrite=args.overwrite,
+        )
+    except FileExistsError as e:  # a folder kp may not replace: the message names it
+        print(f"kp simulate: {e}", file=sys.stderr)
+        return 2
     print(f"simulated {args.participants} participants into {out} "
           f"in {time.perf_counter() - start:.1f} s (truth: {out}/derivatives/simulation-truth)")
     return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from kp_resources.warehouse import format_result, list_tables, query
+    from kp_resources.warehouse import currency_notes, format_result, list_tables, query
 
     root = Path(args.warehouse) if args.warehouse else warehouse_dir()
     if not list_tables(root):
         print(f"kp sql: no tables in warehouse {root} (run `make demo` first)", file=sys.stderr)
         return 2
     try:
-        result = query(root, args.query)
+        result = query(root, args.query, status=True)
     except Exception as e:  # DuckDB's own message says what is wrong with the SQL
         print(f"kp sql: {e}", file=sys.stderr)
         return 1
     print(format_result(result, args.format))
+    for note in currency_notes(root):  # on stderr: csv/json output stays machine-readable
+        print(f"kp sql: note: {note}", file=sys.stderr)
     return 0
 
 
+def demo_study_problem(study: Path) -> str | None:
+    """Why ``kp demo`` must not simulate its study into ``study``, or None.
+
+    A folder with a ``dataset_description.json`` is a study to use as it is. Otherwise the demo
+    simulates one, which it may do only where nothing of a user's can be lost: a folder that
+    does not exist, an empty one, or one holding a study kp simulated before (replaced).
+    """
+    if (study / "dataset_description.json").exists():
+        return None
+    from kp_assets.science.simulator import simulation_target_problem
+
+    problem = simulation_target_problem(study, overwrite=True)
+    if problem is None:
+        return None
+    return (f"{study}: neither a BIDS study (no dataset_description.json) nor a folder kp may "
+            f"simulate the demo study into: it {problem}. Nothing was changed. Point "
+            "KP_STUDY_DIR at a BIDS study folder (with dataset_description.json), or at a new or "
+            "empty folder for the simulated demo study")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    study, warehouse = study_dir(), warehouse_dir()
+    # before anything else: a folder that is not kp's to fill stops the demo untouched
+    problem = demo_study_problem(study)
+    if problem:
+        print(f"kp demo: {problem}", file=sys.stderr)
+        return 2
+
     _use_repo_instance()
     from kp_resources.instance import InstanceConfigError, load_instance
 
@@ -72,13 +105,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from kp_assets.materialize import materialize_study
     from kp_resources.warehouse import format_result, list_tables, query
 
-    study, warehouse = study_dir(), warehouse_dir()
     if not (study / "dataset_description.json").exists():
         print(f"simulating the default study ({args.participants} participants) into {study}")
         from kp_assets.science.simulator import simulate_study
 
-        simulate_study(study, participants=args.participants, progress=True,
-                       overwrite=study.exists())
+        try:  # replaces only a study kp simulated (see demo_study_problem)
+            simulate_study(study, participants=args.participants, progress=True, overwrite=True)
+        except FileExistsError as e:  # the folder changed since the check above
+            print(f"kp demo: {e}", file=sys.stderr)
+            return 2
     else:
         print(f"using the study in {study}")
     print(f"materializing assets into {warehouse}")
@@ -153,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--null", action="store_true",
                      help="plant no relation between imaging change and improvement")
     sim.add_argument("--jobs", type=int, default=None, help="worker processes (default ≤ 2)")
-    sim.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    sim.add_argument("--overwrite", action="store_true",
+                     help="replace a study kp simulated before (never any other folder)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
 
@@ -164,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     sql = sub.add_parser("sql", help="run SQL on the warehouse (one view per table, plus "
-                                     "'provenance')")
+                                     "'provenance', 'table_status' and, unfiltered, "
+                                     "'all_rows.<participant table>')")
     sql.add_argument("query", help='e.g. "SELECT * FROM scans LIMIT 5"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.add_argument("--warehouse", default=None,

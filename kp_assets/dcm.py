@@ -28,7 +28,7 @@ from kp_assets.partitions import participants
 from kp_assets.science.dcm import DCMResult, DCMSpec, invert_many, parameter_table, priors
 from kp_assets.science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
 from kp_assets.science.roi_plots import markdown_image
-from kp_assets.task_runs import run_model_inputs
+from kp_assets.task_runs import event_requirements, run_model_inputs
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_io import markdown_table
@@ -63,7 +63,8 @@ def run_data(scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels,
     if not np.array_equal(raw.index.to_numpy(), np.arange(n_volumes)):
         raise StudyDataError(scan["bold_path"], f"DCM of {label}: roi_timeseries has "
                                                 f"{len(raw)} of {n_volumes} volumes")
-    shared = run_model_inputs(scan, roi_timeseries, cleaning)
+    # the events are checked as scans checked them, the DCM inputs' trial types included
+    shared = run_model_inputs(scan, roi_timeseries, cleaning, event_requirements(models))
     inputs = models.input_trial_types()
     # ``from None``: the run reports the innermost cause, which must be the error with the file
     try:

@@ -1,5 +1,6 @@
 """``dcm_group_effects``: group-level DCM — parametric empirical Bayes with model reduction —
-over every participant's first-level fits (DESIGN §5 "Group DCM").
+over the first-level fits of every current participant (``participant_status``; the others
+are listed as excluded, analysis ``all``) (DESIGN §5 "Group DCM").
 
 Unpartitioned; the science is :func:`kp_assets.science.dcm.group.group_dcm`, the designs are
 the ``dcm_group`` resource. A participant whose first-level fit did not converge is left out
@@ -12,6 +13,7 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
+from kp_assets.participant_status import current_participants, not_current
 from kp_assets.science.dcm.findings import dcm_findings
 from kp_assets.science.dcm.group import group_dcm
 from kp_assets.science.dcm.group_plots import effects_png
@@ -22,7 +24,8 @@ from kp_resources.warehouse import Warehouse
 
 
 @dg.asset(
-    ins={"dcm_fits": dg.AssetIn(), "dcm_parameters": dg.AssetIn(), "clinical": dg.AssetIn()},
+    ins={"dcm_fits": dg.AssetIn(), "dcm_parameters": dg.AssetIn(), "clinical": dg.AssetIn(),
+         "participant_status": dg.AssetIn()},
     group_name="dcm",
     kinds={"pandas", "parquet"},
     code_version="dcm_group_effects-3",
@@ -35,7 +38,13 @@ from kp_resources.warehouse import Warehouse
 )
 def dcm_group_effects(context: dg.AssetExecutionContext, dcm_fits: pd.DataFrame,
                       dcm_parameters: pd.DataFrame, clinical: pd.DataFrame,
-                      dcm_group: DCMGroupDesign, warehouse: Warehouse) -> pd.DataFrame:
+                      participant_status: pd.DataFrame, dcm_group: DCMGroupDesign,
+                      warehouse: Warehouse) -> pd.DataFrame:
+    current = current_participants(participant_status)
+    dcm_fits = dcm_fits[dcm_fits["participant_id"].isin(current)] if len(dcm_fits) else dcm_fits
+    dcm_parameters = (dcm_parameters[dcm_parameters["participant_id"].isin(current)]
+                      if len(dcm_parameters) else dcm_parameters)
+    left_out = not_current(participant_status).assign(analysis="all")
     try:
         result = group_dcm(dcm_fits, dcm_parameters, clinical, dcm_group.config())
     except ValueError as err:
@@ -45,7 +54,9 @@ def dcm_group_effects(context: dg.AssetExecutionContext, dcm_fits: pd.DataFrame,
                 context.log.warning(f"previous {table} moved aside: {moved}")
         raise dg.Failure(description=f"group DCM not estimated: {err}") from err
 
-    effects, excluded = result.effects, result.excluded
+    effects = result.effects
+    excluded = pd.concat([left_out[result.excluded.columns], result.excluded],
+                         ignore_index=True) if len(left_out) else result.excluded
     findings = dcm_findings(effects)
     metadata = {
         "design": dg.MetadataValue.json(dcm_group.model_dump()),

@@ -15,6 +15,7 @@ from kp_assets.dcm import dcm_first_level
 from kp_assets.dcm_group import dcm_group_effects
 from kp_assets.enet import enet_models
 from kp_assets.paper_table import paper_table
+from kp_assets.participant_status import participant_status
 from kp_assets.partitions import participants
 from kp_assets.rest_connectivity import rest_connectivity
 from kp_assets.roi_activation import roi_activation
@@ -34,9 +35,8 @@ from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 
 ASSETS = [scans, clinical, roi_signals, roi_activation, task_connectivity, rest_connectivity,
-          session_features, change_scores, dcm_first_level, dcm_group_effects, enet_models,
-          paper_table,
-          warehouse_catalog]
+          session_features, change_scores, dcm_first_level, participant_status,
+          dcm_group_effects, enet_models, paper_table, warehouse_catalog]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
 participant_job = dg.define_asset_job("participant_assets", selection=PARTICIPANT_ASSETS)

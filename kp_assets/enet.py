@@ -1,7 +1,8 @@
 """The elastic-net prediction tables (DESIGN §5 "Prediction"): ``enet_summary``,
 ``enet_coefficients``, ``enet_predictions``, ``enet_cv_curve`` and ``enet_exclusions``.
 
-One unpartitioned multi-asset over every participant's ``change_scores`` and ``clinical``;
+One unpartitioned multi-asset over the ``change_scores`` of every current participant
+(``participant_status``: the others are listed in ``enet_exclusions``) and ``clinical``;
 the science is :mod:`kp_assets.science.prediction`, the model variants and settings are the
 ``prediction`` resource (:class:`~kp_resources.prediction_models.PredictionModels`).
 
@@ -16,6 +17,7 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
+from kp_assets.participant_status import current_participants, not_current
 from kp_assets.science.prediction import (
     TABLES,
     fit_all,
@@ -37,8 +39,9 @@ DESCRIPTIONS = {
     "enet_predictions": "Model × participant: observed improvement, LOO prediction at the "
                         "selected grid point, nested-LOO prediction.",
     "enet_cv_curve": "Model × grid point (mixing ratio × penalty): LOO mean squared error.",
-    "enet_exclusions": "Model × participant left out of a model, with the reason (missing "
-                       "outcome, covariate, arm or feature — never imputed).",
+    "enet_exclusions": "Model × participant left out of a model, with the reason (not "
+                       "current — see participant_status —, missing outcome, covariate, arm "
+                       "or feature — never imputed).",
 }
 
 
@@ -63,7 +66,8 @@ def _figures(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, dg.Metadata
     outs={name: dg.AssetOut(kinds={"pandas", "parquet"}, code_version=f"{name}-1",
                             description=DESCRIPTIONS[name], automation_condition=GROUP_REFRESH)
           for name in TABLES},
-    ins={"change_scores": dg.AssetIn(), "clinical": dg.AssetIn()},
+    ins={"change_scores": dg.AssetIn(), "clinical": dg.AssetIn(),
+         "participant_status": dg.AssetIn()},
     group_name="prediction",
     check_specs=[dg.AssetCheckSpec(
         "enet_participants_check", asset="enet_summary",
@@ -72,9 +76,14 @@ def _figures(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, dg.Metadata
                     "retracted).")],
 )
 def enet_models(context: dg.AssetExecutionContext, change_scores: pd.DataFrame,
-                clinical: pd.DataFrame, prediction: PredictionModels, warehouse: Warehouse):
-    """Fit every configured variant: LOO grid selection, refit, nested LOO, permutation test
-    and bootstrap selection frequencies."""
+                clinical: pd.DataFrame, participant_status: pd.DataFrame,
+                prediction: PredictionModels, warehouse: Warehouse):
+    """Fit every configured variant on the current participants: LOO grid selection, refit,
+    nested LOO, permutation test and bootstrap selection frequencies."""
+    left_out = not_current(participant_status)
+    if len(change_scores):
+        change_scores = change_scores[change_scores["participant_id"].isin(
+            current_participants(participant_status))]
     n = participants_with_both_sessions(change_scores)
     enough = n >= prediction.min_participants
     summary = (f"{n} participants with both sessions (change scores), "
@@ -100,7 +109,7 @@ def enet_models(context: dg.AssetExecutionContext, change_scores: pd.DataFrame,
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for i, variant in enumerate(variants, 1):
         start = time.perf_counter()
-        tables = fit_all(change_scores, clinical, [variant], settings)
+        tables = fit_all(change_scores, clinical, [variant], settings, left_out)
         status = tables["enet_summary"]["status"].iloc[0]
         context.log.info(f"[{i}/{len(variants)}] {variant.name}: {status} "
                          f"({time.perf_counter() - start:.1f} s)")

@@ -7,7 +7,7 @@ own process), then the group job and the catalog job.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -15,8 +15,9 @@ from typing import Any
 import dagster as dg
 
 from kp_assets.definitions import build_definitions
+from kp_assets.participant_status import innermost_message
 from kp_assets.partitions import participants
-from kp_resources.study import discover_invalid, discover_participants
+from kp_resources.study import discover_study
 
 
 def first_error(result: dg.ExecuteInProcessResult) -> str:
@@ -30,10 +31,8 @@ def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
     messages = []
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
-            error = event.step_failure_data.error
-            while error.cause is not None:
-                error = error.cause
-            messages.append(f"{event.step_key}: {error.message.strip()}")
+            messages.append(f"{event.step_key}: "
+                            f"{innermost_message(event.step_failure_data.error)}")
     return messages
 
 
@@ -77,24 +76,33 @@ def materialize_study(
     run_config: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
     jobs: int | None = None,
+    only: Sequence[str] | None = None,
     **resources: dg.ConfigurableResource,
 ) -> dict[str, str]:
     """Materialize all assets; returns ``{participant or job name: error}`` of the failures.
 
+    ``sub-*`` entries that are not participant folders (:func:`discover_study`: bad names,
+    links that loop or leave the study, unreadable folders) are logged with the reason and
+    skipped; they are not failures.
+
+    ``only``: run the participant job for these participants only (those in the study), then the
+    group assets as always; default every participant folder.
     ``jobs``: participants processed at once (default: up to 2, one per core). Worker
     processes record their runs in ``instance`` when it is persistent; an ephemeral instance
     cannot be shared, so each worker then uses its own. ``resources`` override the defaults.
     """
-    for name in discover_invalid(study):
-        log(f"  skipped folder {name!r}: not a valid participant label")
-    ids = discover_participants(study)
+    ids, skipped = discover_study(study)
+    for name, reason in skipped.items():  # never a partition: someone has to fix it
+        log(f"  skipped {name!r} ({Path(study) / name}): {reason}")
     known = set(instance.get_dynamic_partitions(participants.name))
     new = [pid for pid in ids if pid not in known]
     if new:
         instance.add_dynamic_partitions(participants.name, new)
 
+    if only is not None:
+        ids = [pid for pid in ids if pid in set(only)]
     ref = None if instance.is_ephemeral else instance.get_ref()
-    workers = max(1, min(jobs or os.cpu_count() or 1, 2, len(ids)))
+    workers = max(1, min(jobs or os.cpu_count() or 1, 2, len(ids) or 1))
     failed: dict[str, str] = {}
 
     def report(done: int, pid: str, error: str | None) -> None:

@@ -6,7 +6,7 @@ import pandas as pd
 from kp_assets.partitions import participants
 from kp_assets.science.rest_fc import pair_correlations
 from kp_assets.science.roi_plots import connectivity_matrix_png, markdown_image
-from kp_assets.task_runs import run_signals
+from kp_assets.task_runs import empty_table, run_signals
 from kp_resources.parquet_io import inherit_provenance
 
 
@@ -32,6 +32,10 @@ def rest_connectivity(context: dg.AssetExecutionContext,
         title = f"{context.partition_key} ses-{session} rest: Pearson r"
         plots[f"matrix_{session}"] = dg.MetadataValue.md(markdown_image(
             connectivity_matrix_png(ordered.corr(), title, vmax=1.0), title))
+    if not tables:  # no rest run was acquired: no resting features, and nothing to fail on
+        context.log.warning(f"{context.partition_key}: no rest run in roi_timeseries, so no "
+                            "resting connectivity")
+        tables.append(empty_table(session=str, roi_a=str, roi_b=str, r=float, z=float))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
     context.add_output_metadata(plots)
     columns = ["participant_id", "session", "roi_a", "roi_b", "r", "z"]

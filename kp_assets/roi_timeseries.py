@@ -10,6 +10,7 @@ their raw value and get ``signal`` NaN and ``scrubbed`` true.
 
 import json
 from functools import lru_cache
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -22,15 +23,24 @@ from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.parquet_io import markdown_table
 from kp_resources.quality import QualityThresholds, check_result
 from kp_resources.roi_set import RoiSet
-from kp_resources.study import StudyDataError, read_nifti, validate_participant_label
+from kp_resources.study import (
+    CHANGED_SINCE_SCANS,
+    StudyDataError,
+    check_unchanged,
+    read_nifti,
+    read_sidecar,
+    validate_participant_label,
+)
 from kp_resources.warehouse import Warehouse
 
 
-def slice_time_ref(sidecar_path: str, tr: float) -> float:
+def slice_time_ref(sidecar_path: str, tr: float, sha256: str | None = None) -> float:
     """Reference time of each volume as a fraction of TR: fMRIPrep's ``StartTime`` after
-    slice-timing correction, else 0 (start of the volume)."""
-    with open(sidecar_path) as f:
-        sidecar = json.load(f)
+    slice-timing correction, else 0 (start of the volume). Given the sidecar's ``sha256`` in
+    the scans inventory, a sidecar changed since (its StartTime unchecked) is refused."""
+    sidecar, sha = read_sidecar(Path(sidecar_path))
+    if sha256 is not None and sha != sha256:
+        raise StudyDataError(sidecar_path, CHANGED_SINCE_SCANS)
     if sidecar.get("SliceTimingCorrected") and "StartTime" in sidecar:
         return float(sidecar["StartTime"]) / tr
     return 0.0
@@ -50,9 +60,13 @@ def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     image = read_nifti(run["bold_path"])
     if image.sha256 != run["sha256"]:
-        raise StudyDataError(run["bold_path"], "file changed since the scans inventory "
-                                               "(rematerialize scans for this participant)")
+        raise StudyDataError(run["bold_path"], CHANGED_SINCE_SCANS)
     mask = read_nifti(run["mask_path"])
+    # the checks of scans hold only for the files it read: a mask or confounds file replaced
+    # since (another grid, fewer rows) would fail inside numpy without naming the file
+    if mask.sha256 != run["mask_sha256"]:
+        raise StudyDataError(run["mask_path"], CHANGED_SINCE_SCANS)
+    check_unchanged(run["confounds_path"], run["confounds_sha256"], "confounds file")
     try:
         rois = roi_set.voxels(image.affine, image.shape[:3])
     except ValueError as e:
@@ -81,7 +95,8 @@ def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
     cleaned = clean_roi_signals(extraction.signals[usable], confounds, kept, run["tr"])
 
     n_volumes = int(run["n_volumes"])
-    times = (np.arange(n_volumes) + slice_time_ref(run["sidecar_path"], run["tr"])) * run["tr"]
+    reference = slice_time_ref(run["sidecar_path"], run["tr"], run["sidecar_sha256"])
+    times = (np.arange(n_volumes) + reference) * run["tr"]
     raw = extraction.signals[usable].rename_axis("volume").reset_index().melt(
         id_vars="volume", var_name="roi", value_name="raw")
     signal = cleaned.reset_index().melt(id_vars="volume", var_name="roi", value_name="signal")

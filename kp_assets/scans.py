@@ -4,9 +4,21 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_resources.parquet_io import markdown_table
+from kp_assets.task_runs import event_requirements
+from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.dcm_models import DCMModels
+from kp_resources.parquet_io import SOURCE_FINGERPRINT_ATTR, markdown_table
 from kp_resources.quality import QualityThresholds, check_result
-from kp_resources.study import StudyDataError, StudyFolder, validate_participant_label, validate_run
+from kp_resources.study import (
+    SESSIONS,
+    StudyDataError,
+    StudyFolder,
+    check_one_run_per_task,
+    session_label_problem,
+    split_sessions,
+    validate_participant_label,
+    validate_run,
+)
 from kp_resources.warehouse import Warehouse
 
 CHECKS = [
@@ -43,20 +55,41 @@ def _run_checks(context: dg.AssetExecutionContext, df: pd.DataFrame, root: str,
     partitions_def=participants,
     group_name="ingest",
     kinds={"pandas", "parquet"},
-    code_version="scans-1",
+    code_version="scans-2",
     check_specs=CHECKS,
     description=(
         "One row per BOLD run of the participant: files, sha256, volumes, TR, voxel grid, "
-        "framewise displacement (mm) and tSNR. Every run is validated before anything is written."
+        "framewise displacement (mm) and tSNR. Every run is validated before anything is written "
+        "(against the cleaning strategy and what the task models need of the events); runs of "
+        "sessions other than pre/post are left out with a warning."
     ),
 )
 def scans(context: dg.AssetExecutionContext, study: StudyFolder, warehouse: Warehouse,
-          quality: QualityThresholds):
+          quality: QualityThresholds, cleaning: ConfoundCleaning, dcm_models: DCMModels):
     # The key reaches file paths below, so it is validated before anything else.
     pid = validate_participant_label(context.partition_key)
-    runs = study.runs(pid)
-    if not runs:
+    # taken before any file is read: a change while reading makes the inventory out of date
+    fingerprint = study.fingerprint(pid)
+    found = study.runs(pid)
+    if not found:
         raise StudyDataError(study.path / pid, "no preprocessed BOLD runs (*_desc-preproc_bold)")
+    # A session the analysis does not know (ses-baseline) is most likely misnamed: its runs are
+    # left out, loudly, and the participant goes on with the sessions it has. Nothing to go
+    # on with fails.
+    runs, left_out = split_sessions(found)
+    for label, skipped in left_out.items():
+        context.log.warning(
+            f"{pid}: {skipped[0].bold_path.parent.parent}: {session_label_problem(label)}; its "
+            f"{len(skipped)} run(s) are left out of the inventory (rename the folder and its "
+            "files to include them)")
+    if not runs:
+        label, skipped = next(iter(left_out.items()))
+        raise StudyDataError(skipped[0].bold_path.parent.parent,
+                             f"no runs in the sessions the analysis uses "
+                             f"({', '.join('ses-' + s for s in SESSIONS)}): "
+                             f"{session_label_problem(label)}")
+    check_one_run_per_task(runs)
+    strategy, needs = cleaning.strategy(), event_requirements(dcm_models)
 
     # Validate every run before returning, so a bad file fails the whole partition and the
     # warehouse never holds a partial inventory; all problems are logged, the first is raised.
@@ -64,7 +97,7 @@ def scans(context: dg.AssetExecutionContext, study: StudyFolder, warehouse: Ware
     for i, run in enumerate(runs, start=1):
         label = f"ses-{run.session} task-{run.task} run-{run.run}"
         try:
-            info = validate_run(run)
+            info = validate_run(run, strategy, needs)
         except StudyDataError as e:
             context.log.error(f"{pid} {label}: {e}")
             errors.append(e)
@@ -83,10 +116,12 @@ def scans(context: dg.AssetExecutionContext, study: StudyFolder, warehouse: Ware
     df = pd.DataFrame.from_records([info.record() for info in infos])
     df["n_events"] = df["n_events"].astype("Int64")  # missing for rest, not a float NaN
     df.attrs["source_sha256"] = {p: s for info in infos for p, s in info.sha256.items()}
+    df.attrs[SOURCE_FINGERPRINT_ATTR] = fingerprint
     yield dg.Output(df, metadata={
         "sessions": ", ".join(df["session"].unique()),  # runs come pre first
         "n_runs": len(df),
         "max_mean_fd_mm": float(df["mean_fd"].max()),
         "min_tsnr": float(df["tsnr"].min()),
+        "left_out_sessions": ", ".join(f"ses-{s}" for s in left_out) or "none",
     })
     yield from _run_checks(context, df, warehouse.root, quality)

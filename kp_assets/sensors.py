@@ -16,10 +16,14 @@ rule applies when a known participant changes (the post session arriving): the r
 requested once the change is complete and settled. Waiting participants are logged at every
 tick with what they lack.
 
-Errors: a participant whose folder cannot be read this tick (it vanished mid-listing, a
-permission error) is logged and keeps its previous cursor state; a study folder that cannot be
-listed fails the tick (the error is logged and shown on the tick in the UI) and Dagster retries
-at the next tick with the cursor of the last successful one, so nothing is lost or repeated.
+Errors: a ``sub-*`` entry that is not a participant folder (a bad name, a file, a symbolic
+link loop, a link out of the study folder, a folder that cannot be read or vanished; see
+:func:`kp_resources.study.discover_study`) is logged as a warning with its path and reason at
+every tick and skipped; one that was a participant keeps its cursor state, as does a
+participant whose files cannot be read this tick (a permission error, a link loop inside its
+folder: logged naming the path). Neither stops the tick. A study folder that cannot be listed
+fails the tick (the error is logged and shown on the tick in the UI) and Dagster retries at the
+next tick with the cursor of the last successful one, so nothing is lost or repeated.
 """
 
 import json
@@ -34,6 +38,7 @@ from kp_resources.study import (
     StudyFolder,
     find_runs,
     participant_dir,
+    session_folders,
 )
 
 # Every participant-partitioned asset from ``scans`` down (roi_timeseries, ..., change_scores,
@@ -52,9 +57,10 @@ _SHOWN_MISSING = 3
 
 def missing_files(root: str | Path, pid: str) -> list[str]:
     """What participant ``pid`` still lacks under the completeness rule (paths relative to its
-    folder; an empty list means complete). See the module docstring."""
+    folder; an empty list means complete). See the module docstring. A ``ses-*`` entry that is
+    a symbolic link loop or cannot be read raises :class:`StudyDataError` naming it."""
     base = participant_dir(root, pid)
-    sessions = sorted(p.name for p in base.glob("ses-*") if p.is_dir())
+    sessions = session_folders(root, pid)  # a loop or unreadable ses-* raises, naming it
     if not sessions:
         return ["ses-*/ (no session folder yet)"]
     try:
@@ -122,8 +128,7 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     seen, pending = _parse_cursor(context)
 
     try:
-        pids = study.participants()
-        invalid = study.invalid_participant_folders()
+        pids, skipped = study.discover()
     except Exception as e:
         # the whole study is unreachable (not mounted, renamed, no permission): fail the tick;
         # Dagster keeps the last cursor and evaluates again at the next tick
@@ -132,14 +137,16 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
             "at the next one with the same cursor.")
         raise
 
-    for name in invalid:
-        # Never a partition key and never joined onto a path: someone has to rename it.
-        context.log.warning(
-            f"skipping folder {name!r}: not a valid participant label (sub-<letters/digits>)"
-        )
-
     next_seen: dict[str, str] = {}
     next_pending: dict[str, str] = {}
+    for name, reason in skipped.items():
+        # Never a partition key and never read further: someone has to fix it. One that was a
+        # participant (now unreadable, a broken link...) keeps its state until it is back.
+        context.log.warning(f"skipping {name!r} ({study.path / name}): {reason}")
+        if name in seen:
+            next_seen[name] = seen[name]
+        if name in pending:
+            next_pending[name] = pending[name]
     ready: dict[str, str] = {}
     waiting: list[str] = []
     settling: list[str] = []
@@ -176,7 +183,7 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     if settling:
         context.log.info(
             f"complete, requested at the next tick if unchanged: {', '.join(settling)}")
-    gone = sorted(set(seen) - set(pids))
+    gone = sorted(set(seen) - set(pids) - set(skipped))
     if gone:
         # Their partitions and tables stay: deleting data is a human decision.
         context.log.warning(f"participant folder(s) disappeared: {', '.join(gone)}")

@@ -28,7 +28,8 @@ def feature_table(activation: pd.DataFrame, connectivity: pd.DataFrame,
     task_contrasts = {(task, name) for task, contrasts in CONTRASTS.items() for name in contrasts}
     is_condition = [(t, c) not in task_contrasts
                     for t, c in zip(connectivity["task"], connectivity["contrast"], strict=True)]
-    connectivity = connectivity[is_condition]
+    # a Series, not a list: an empty list would select columns (none), not rows
+    connectivity = connectivity[pd.Series(is_condition, index=connectivity.index, dtype=bool)]
     parts = [
         activation.assign(
             feature=activation["task"] + ".activation." + activation["roi"] + "."

@@ -6,7 +6,7 @@ import pandas as pd
 from kp_assets.partitions import participants
 from kp_assets.science.activation import CONTRASTS
 from kp_assets.science.gppi import fit_gppi
-from kp_assets.task_runs import task_runs
+from kp_assets.task_runs import empty_table, task_runs
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.parquet_io import inherit_provenance
 
@@ -27,6 +27,11 @@ def task_connectivity(context: dg.AssetExecutionContext, scans: pd.DataFrame,
                          run.n_volumes, run.tr, run.slice_time_ref, CONTRASTS[run.task])
         tables.append(table.assign(session=run.session, task=run.task))
         context.log.info(f"gPPI ses-{run.session} task-{run.task}: {len(table)} betas")
+    if not tables:  # no task run was acquired: no task features, and nothing to fail on
+        context.log.warning(f"{context.partition_key}: no faces or conflict run in scans, so "
+                            "no task_connectivity")
+        tables.append(empty_table(session=str, task=str, seed=str, target=str, contrast=str,
+                                  beta=float, se=float, t=float))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
     columns = ["participant_id", "session", "task", "seed", "target", "contrast", "beta", "se",
                "t"]

@@ -5,7 +5,9 @@
 that are cleaned exactly like the signals.
 """
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,9 +15,37 @@ import pandas as pd
 from kp_assets.science.activation import clean_design, task_conditions, task_design
 from kp_assets.science.roi_signals import load_run_confounds
 from kp_resources.cleaning import ConfoundCleaning
-from kp_resources.study import StudyDataError, validate_events
+from kp_resources.dcm_models import DCMModels
+from kp_resources.study import (
+    CHANGED_SINCE_SCANS,
+    EventRequirements,
+    StudyDataError,
+    default_event_requirements,
+    read_events,
+)
 
 EVENT_TASKS = ("faces", "conflict")
+
+
+def event_requirements(dcm_models: DCMModels | None = None) -> dict[str, EventRequirements]:
+    """Task → what its models need from every events file: the task contrasts
+    (:func:`kp_resources.study.default_event_requirements`) and, for the DCM's task, the
+    trial types of the ``dcm_models`` inputs. ``scans`` checks these, and the models check
+    the same again when they read the events, so both agree."""
+    needs = default_event_requirements()
+    if dcm_models is None:
+        return needs
+    inputs = dcm_models.input_trial_types()
+    trial_types = tuple(dict.fromkeys(t for types in inputs.values() for t in types))
+    who = f"the DCM inputs {', '.join(inputs)}"
+    task = dcm_models.task
+    if task in needs:
+        base = needs[task]
+        needs[task] = replace(base, required=tuple(dict.fromkeys(base.required + trial_types)),
+                              needed_by=f"{base.needed_by} and {who}")
+    else:
+        needs[task] = EventRequirements(required=trial_types, needed_by=who)
+    return needs
 
 
 @dataclass
@@ -34,6 +64,12 @@ class TaskRun:
     n_volumes: int
     tr: float
     slice_time_ref: float
+
+
+def empty_table(**dtypes: type) -> pd.DataFrame:
+    """A table without rows whose columns have the given types (so its Parquet schema matches
+    the participants that have rows)."""
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in dtypes.items()})
 
 
 def run_signals(roi_timeseries: pd.DataFrame, session: str, task: str) -> pd.DataFrame:
@@ -56,9 +92,12 @@ class RunModelInputs:
 
 
 def run_model_inputs(scan: pd.Series, roi_timeseries: pd.DataFrame,
-                     cleaning: ConfoundCleaning) -> RunModelInputs:
+                     cleaning: ConfoundCleaning,
+                     requirements: Mapping[str, EventRequirements] | None = None
+                     ) -> RunModelInputs:
     """Load a task run's confounds and events, checking that the cleaning settings still
-    give the volumes ``roi_timeseries`` kept."""
+    give the volumes ``roi_timeseries`` kept and validating the events as ``scans`` did
+    (``requirements``: see :func:`event_requirements`; default: the task contrasts')."""
     rows = roi_timeseries[(roi_timeseries["session"] == scan["session"])
                           & (roi_timeseries["task"] == scan["task"])
                           & (roi_timeseries["run"] == scan["run"])]
@@ -66,8 +105,14 @@ def run_model_inputs(scan: pd.Series, roi_timeseries: pd.DataFrame,
     if not np.array_equal(kept, np.sort(rows.loc[~rows["scrubbed"], "volume"].unique())):
         raise StudyDataError(scan["confounds_path"], "kept volumes differ from "
                              "roi_timeseries (cleaning settings changed: rematerialize it)")
-    events = pd.read_csv(scan["events_path"], sep="\t", na_values="n/a")
-    validate_events(events, scan["events_path"])
+    if pd.isna(scan["events_path"]):
+        raise StudyDataError(scan["bold_path"], f"task run '{scan['task']}' has no events file "
+                                                "in the scans inventory")
+    needs = event_requirements() if requirements is None else requirements
+    events, sha = read_events(Path(scan["events_path"]), needs.get(scan["task"]),
+                              int(scan["n_volumes"]), float(scan["tr"]))
+    if sha != scan["events_sha256"]:
+        raise StudyDataError(scan["events_path"], CHANGED_SINCE_SCANS)
     return RunModelInputs(confounds, kept, events,
                           float(rows["time_s"].min()) / float(scan["tr"]))
 

@@ -14,10 +14,13 @@ the ``provenance`` view.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
 import re
+import socket
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -54,6 +57,17 @@ STAMPED_PACKAGES = (
 
 #: ``df.attrs`` key where assets put ``{source file path: sha256}`` of the files they read.
 SOURCE_SHA256_ATTR = "source_sha256"
+
+#: ``df.attrs`` key where ``scans`` puts the participant folder's fingerprint as it was read
+#: (:func:`kp_resources.study.participant_fingerprint`), written as ``kp.source_fingerprint``.
+SOURCE_FINGERPRINT_ATTR = "source_fingerprint"
+
+#: Footer key: a fresh id of every file written, so a reader can tell which write it saw.
+WRITE_ID_KEY = "kp.write_id"
+#: Footer key: ``{upstream table: {"files": n, "digest": …}}`` of the files the step read,
+#: the digest over their write ids (:func:`inputs_digest`). Comparing it with the upstream
+#: files present now tells whether a table was computed from the current ones.
+INPUTS_KEY = "kp.inputs"
 
 #: Input metadata key understood by Dagster's UPathIOManager (and honoured here).
 ALLOW_MISSING_PARTITIONS = "allow_missing_partitions"
@@ -124,6 +138,63 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+# ``.<name>.tmp-<uuid>-<pid>-<host>[.wal]``: the writer's pid and host in the name let the
+# next writer tell a temporary left by a killed process from one still being written.
+_TEMPORARY = re.compile(
+    r"^\.(?P<name>.+)\.tmp-(?P<uuid>[0-9a-f]{32})(?:-(?P<pid>[0-9]+)-(?P<host>.+?))?"
+    r"(?:\.wal)?$"
+)
+# A temporary of the older format (no pid) this much older than now is a leftover.
+_LEGACY_TEMPORARY_AGE_S = 3600.0
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden temporary name beside ``path`` that carries this process's pid and host."""
+    owner = f"{os.getpid()}-{socket.gethostname()}"
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}-{owner}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_dead_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries in ``folder`` that a killed writer left; return them.
+
+    A temporary belongs to a dead writer when its name carries a pid of this host that no
+    longer runs (or, for names without a pid, when it is over an hour old). Temporaries of
+    live writers and every other file are left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        if match["pid"] is None:
+            try:
+                dead = time.time() - entry.stat().st_mtime > _LEGACY_TEMPORARY_AGE_S
+            except OSError:
+                continue
+        else:
+            dead = match["host"] == host and not _pid_alive(int(match["pid"]))
+        if dead:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
 def _frame_to_table(df: pd.DataFrame) -> pa.Table:
     # A named index carries data (e.g. set_index("participant_id")): keep it as columns.
     # An unnamed index is just row numbers: drop it so DuckDB sees no __index_level_0__.
@@ -137,11 +208,13 @@ def write_parquet_atomic(
 ) -> Path:
     """Write ``df`` to the Parquet file ``path`` atomically, with ``kv`` as footer metadata.
 
-    The frame is written to ``.<name>.tmp-<uuid>`` in the same folder (a dot-file, so globs
-    such as ``**/*.parquet`` never see it), flushed and fsynced, then renamed over ``path``
-    with ``os.replace`` and the folder is fsynced. If anything fails the temp file is removed
-    and any previous file at ``path`` is left untouched. ``kv`` values must be strings; they
-    are merged into the Arrow schema metadata next to pandas' own. Returns the final path.
+    The frame is written to a temporary dot-file in the same folder (:func:`temporary_path`:
+    globs such as ``**/*.parquet`` never see it), flushed and fsynced, then renamed over
+    ``path`` with ``os.replace`` and the folder is fsynced. If anything fails the temp file is
+    removed and any previous file at ``path`` is left untouched; temporaries that a killed
+    writer left in the folder are removed first (:func:`remove_dead_temporaries`). ``kv``
+    values must be strings; they are merged into the Arrow schema metadata next to pandas'
+    own, with a fresh :data:`WRITE_ID_KEY` unless ``kv`` has one. Returns the final path.
     """
     path = Path(path)
     bad = {
@@ -153,11 +226,13 @@ def write_parquet_atomic(
         raise TypeError(f"footer metadata keys and values must be str, got {bad}")
     table = _frame_to_table(df)
     metadata = dict(table.schema.metadata or {})
-    metadata.update({k.encode(): v.encode() for k, v in kv.items()})
+    metadata.update({k.encode(): v.encode()
+                     for k, v in ({WRITE_ID_KEY: uuid.uuid4().hex} | kv).items()})
     table = table.replace_schema_metadata(metadata)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    remove_dead_temporaries(path.parent)
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as fh:
             pq.write_table(table, fh)
@@ -195,6 +270,21 @@ def retract_table(root: str | os.PathLike[str], table: str, reason: str) -> Path
     (target / "RETRACTED.txt").write_text(reason + "\n", encoding="utf-8")
     fsync_path(base)
     return target
+
+
+def inputs_digest(write_ids: list[str]) -> dict[str, object]:
+    """``{"files": n, "digest": 16 hex}`` over a set of write ids (order does not matter)."""
+    digest = hashlib.sha256("\n".join(sorted(write_ids)).encode()).hexdigest()[:16]
+    return {"files": len(write_ids), "digest": digest}
+
+
+def file_write_id(path: str | os.PathLike[str], kv: Mapping[str, str]) -> str:
+    """The write id of a warehouse file; files written before write ids existed are
+    identified by their path, size and modification time instead."""
+    if WRITE_ID_KEY in kv:
+        return kv[WRITE_ID_KEY]
+    st = os.stat(path)
+    return f"legacy:{os.fspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def read_parquet_kv(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -255,6 +345,15 @@ def _input_data_versions(context: dg.OutputContext) -> dict[str, str]:
     return versions
 
 
+def _step_key(context: dg.InputContext | dg.OutputContext) -> str | None:
+    """The key of the step an input is loaded for or an output written by; None outside a
+    run (e.g. ``build_input_context``)."""
+    try:
+        return context.step_context.step.key
+    except Exception:
+        return None
+
+
 def _code_version(context: dg.OutputContext) -> str:
     try:
         return context.asset_spec.code_version or ""
@@ -285,6 +384,12 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
     """
 
     extension = PARQUET_SUFFIX
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # {(run id, step key): {upstream table: [write ids]}}: what each step read, stamped
+        # into the footers of the files it writes (INPUTS_KEY)
+        self._reads: dict[tuple[str, str], dict[str, list[str]]] = {}
 
     # --- paths -------------------------------------------------------------------------------
 
@@ -320,8 +425,12 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
         """The ``kp.*`` key-value metadata stamped into the file for this output."""
         partition = context.asset_partition_key if context.has_asset_partitions else ""
         source_sha256 = df.attrs.get(SOURCE_SHA256_ATTR, {}) or {}
+        reads = self._reads.get((context.run_id, _step_key(context)), {})
         inherited = {f"kp.{name}": json.dumps(df.attrs[name], sort_keys=True)
                      for name in PROVENANCE_ATTRS if name in df.attrs}
+        fingerprint = df.attrs.get(SOURCE_FINGERPRINT_ATTR)
+        if fingerprint:
+            inherited["kp.source_fingerprint"] = str(fingerprint)
         return inherited | {
             "kp.asset_key": context.asset_key.to_user_string(),
             "kp.partition": partition,
@@ -333,6 +442,8 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
             ),
             "kp.package_versions": json.dumps(package_versions(), sort_keys=True),
             "kp.written_at": datetime.now(UTC).isoformat(),
+            INPUTS_KEY: json.dumps({table: inputs_digest(ids) for table, ids in reads.items()},
+                                   sort_keys=True),
         }
 
     def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
@@ -350,12 +461,24 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         # Read the file alone (not the folder) so no hive column is added on the way in.
-        df = pq.read_table(os.fspath(path)).to_pandas()
+        table = pq.read_table(os.fspath(path))
+        kv = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
+              if k.startswith(b"kp.")}
+        self._record_read(context, file_write_id(os.fspath(path), kv))
+        df = table.to_pandas()
         # pyarrow restores df.attrs; drop the upstream's source hashes so a downstream file
         # only records the sources its own asset read (upstream lineage is in
         # kp.input_data_versions and the upstream file's own footer).
         df.attrs.pop(SOURCE_SHA256_ATTR, None)
+        df.attrs.pop(SOURCE_FINGERPRINT_ATTR, None)
         return df
+
+    def _record_read(self, context: dg.InputContext, write_id: str) -> None:
+        step = _step_key(context)
+        if step is None or not context.has_asset_key:
+            return  # a bare input context outside a run: nothing will be written from it
+        reads = self._reads.setdefault((context.step_context.run_id, step), {})
+        reads.setdefault(context.asset_key.path[-1], []).append(write_id)
 
     def load_partitions(self, context: dg.InputContext) -> pd.DataFrame:
         """Load the requested upstream partitions as one DataFrame (see class docstring)."""

@@ -4,7 +4,11 @@ Plain functions (no Dagster needed) plus a thin ``Warehouse`` resource:
 
 - ``list_tables(root)``: the tables present (sub-folders holding at least one visible Parquet).
 - ``connect(root)``: a DuckDB connection with one view per table and a ``provenance`` view
-  over the ``kp.*`` footer metadata written by ``kp_resources.parquet_io``.
+  over the ``kp.*`` footer metadata written by ``kp_resources.parquet_io``. The views of
+  participant tables show only participants whose ``participant_status`` is current (once
+  that table exists); every row, current or not, stays queryable as ``all_rows.<table>``.
+  With ``status=True`` a ``table_status`` table says which tables were computed from the
+  files now present (:func:`kp_resources.lineage.table_status`).
 - ``query(root, sql)`` / ``format_result(df, fmt)``: what ``kp sql`` runs.
 - ``build_catalog(root)``: the ``<root>/kp.duckdb`` catalog file with the same views, so the
   DuckDB CLI, notebooks and BI tools can open the warehouse read-only.
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from pathlib import Path
 from typing import Literal
 
@@ -25,15 +28,25 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from kp_resources.lineage import CURRENT, table_status
 from kp_resources.parquet_io import (
+    PARTITION_COLUMN,
     TABLE_NAME_RE,
     fsync_path,
+    remove_dead_temporaries,
     retract_table,
+    temporary_path,
     validate_table_name,
 )
 
 CATALOG_FILE = "kp.duckdb"
 PROVENANCE_VIEW = "provenance"
+PARTICIPANT_STATUS = "participant_status"
+TABLE_STATUS = "table_status"
+#: Schema with the unfiltered views of the participant tables (every participant's rows).
+ALL_ROWS = "all_rows"
+# tables whose rows are not results computed from other tables (no lineage to judge)
+_NO_LINEAGE = ("checks",)
 OutputFormat = Literal["table", "csv", "json"]
 
 
@@ -79,19 +92,47 @@ def list_tables(root: str | os.PathLike[str]) -> list[str]:
     )
 
 
+def participant_tables(root: str | os.PathLike[str]) -> list[str]:
+    """The tables with participant partitions (``<table>/participant=<id>/``)."""
+    base = _root(root)
+    prefix = f"{PARTITION_COLUMN}="
+    found = []
+    for table in list_tables(base):
+        with os.scandir(base / table) as entries:
+            if any(e.name.startswith(prefix) and e.is_dir() for e in entries):
+                found.append(table)
+    return found
+
+
 def _table_glob(base: Path, table: str) -> str:
     return _sql_string(str(base / validate_table_name(table) / "**" / "*.parquet"))
 
 
 def view_statements(root: str | os.PathLike[str]) -> list[str]:
-    """The ``CREATE OR REPLACE VIEW`` statements for every table plus ``provenance``."""
+    """The ``CREATE`` statements for every table's view plus ``provenance``.
+
+    A participant table's view keeps the participants whose ``participant_status`` is
+    ``current`` when that table exists; ``all_rows.<table>`` keeps everyone.
+    """
     base = _root(root)
     tables = list_tables(base)
-    statements = [
-        f"CREATE OR REPLACE VIEW {_ident(t)} AS SELECT * FROM read_parquet("
-        f"{_table_glob(base, t)}, hive_partitioning = true, union_by_name = true)"
-        for t in tables
-    ]
+    partitioned = set(participant_tables(base))
+
+    def source(t: str) -> str:
+        return (f"SELECT * FROM read_parquet({_table_glob(base, t)}, hive_partitioning = true, "
+                "union_by_name = true)")
+
+    statements = [f"CREATE OR REPLACE VIEW {_ident(t)} AS {source(t)}"
+                  for t in tables if t not in partitioned]
+    if partitioned:
+        statements.append(f"CREATE SCHEMA IF NOT EXISTS {ALL_ROWS}")
+    for t in sorted(partitioned):
+        statements.append(f"CREATE OR REPLACE VIEW {ALL_ROWS}.{_ident(t)} AS {source(t)}")
+        current = (f" WHERE {PARTITION_COLUMN} IN (SELECT participant_id FROM "
+                   f"{_ident(PARTICIPANT_STATUS)} WHERE status = {_sql_string(CURRENT)})"
+                   if PARTICIPANT_STATUS in tables else "")
+        statements.append(f"CREATE OR REPLACE VIEW {_ident(t)} AS SELECT * FROM "
+                          f"{ALL_ROWS}.{_ident(t)}{current}")
     # One branch per table so the "table" column comes from a validated name, not path parsing.
     branches = [
         f'SELECT file_name, {_sql_string(t)} AS "table", '
@@ -110,27 +151,58 @@ def view_statements(root: str | os.PathLike[str]) -> list[str]:
     return statements
 
 
-def connect(root: str | os.PathLike[str], database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def warehouse_table_status(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """:func:`kp_resources.lineage.table_status` of every table of the warehouse."""
+    return table_status(_root(root), [t for t in list_tables(root) if t not in _NO_LINEAGE])
+
+
+def connect(root: str | os.PathLike[str], database: str = ":memory:",
+            status: bool = False) -> duckdb.DuckDBPyConnection:
     """Open DuckDB on ``database`` with one view per warehouse table and a ``provenance`` view.
 
     Table views read ``<root>/<table>/**/*.parquet`` with hive partitioning (so partitioned
-    tables gain a ``participant`` column next to ``participant_id``). ``provenance`` has
+    tables gain a ``participant`` column next to ``participant_id``; see
+    :func:`view_statements` for the current-participant filter). ``provenance`` has
     VARCHAR columns file_name, table, key, value — one row per footer key of every file.
+    ``status``: also a ``table_status`` table (:func:`warehouse_table_status`, as of now).
     """
     con = duckdb.connect(database)
     try:
         for statement in view_statements(root):
             con.execute(statement)
+        if status:
+            frame = warehouse_table_status(root)  # noqa: F841 (read by name below)
+            con.execute(f"CREATE OR REPLACE TABLE {TABLE_STATUS} AS SELECT * FROM frame")
     except BaseException:
         con.close()
         raise
     return con
 
 
-def query(root: str | os.PathLike[str], sql: str) -> pd.DataFrame:
-    """Run ``sql`` against the warehouse views (in-memory DuckDB) and return a DataFrame."""
-    with connect(root) as con:
+def query(root: str | os.PathLike[str], sql: str, status: bool = False) -> pd.DataFrame:
+    """Run ``sql`` against the warehouse views (in-memory DuckDB) and return a DataFrame;
+    ``status`` as for :func:`connect`."""
+    with connect(root, status=status) as con:
         return con.execute(sql).df()
+
+
+def currency_notes(root: str | os.PathLike[str]) -> list[str]:
+    """What a reader of the views should know: participants hidden because they are not
+    current, and tables computed from inputs that have changed since."""
+    notes = []
+    if PARTICIPANT_STATUS in list_tables(root):
+        status = query(root, f"SELECT participant_id, status FROM {_ident(PARTICIPANT_STATUS)} "
+                             f"WHERE status <> {_sql_string(CURRENT)} ORDER BY participant_id")
+        if len(status):
+            shown = ", ".join(f"{p} ({s})" for p, s in status.head(5).itertuples(index=False))
+            more = f" and {len(status) - 5} more" if len(status) > 5 else ""
+            notes.append(f"{len(status)} participant(s) not current, hidden from the "
+                         f"participant tables: {shown}{more} — SELECT * FROM "
+                         f"{PARTICIPANT_STATUS}; every row: {ALL_ROWS}.<table>")
+    stale = warehouse_table_status(root)
+    for row in stale[~stale["current"] & ~stale["partitioned"]].itertuples(index=False):
+        notes.append(f"{row.table} is out of date: {row.reason}")
+    return notes
 
 
 def format_result(df: pd.DataFrame, fmt: OutputFormat = "table") -> str:
@@ -146,19 +218,32 @@ def format_result(df: pd.DataFrame, fmt: OutputFormat = "table") -> str:
     raise ValueError(f"unknown output format {fmt!r}: expected 'table', 'csv' or 'json'")
 
 
+def sweep_dead_temporaries(root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries killed writers left anywhere in the warehouse (see
+    :func:`kp_resources.parquet_io.remove_dead_temporaries`); return them."""
+    removed = []
+    for dirpath, dirnames, _ in os.walk(_root(root)):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        removed += remove_dead_temporaries(dirpath)
+    return removed
+
+
 def build_catalog(root: str | os.PathLike[str]) -> Path:
     """(Re)build ``<root>/kp.duckdb`` holding the warehouse views; return its path.
 
     The database is built under a temporary dot-name in the same folder and moved into place
-    with ``os.replace``, so readers see either the old or the new catalog, never a partial one.
+    with ``os.replace``, so readers see either the old or the new catalog, never a partial one;
+    temporaries left anywhere in the warehouse by killed writers are removed first. The
+    catalog's ``table_status`` is as of its build.
     """
     base = _root(root)
     base.mkdir(parents=True, exist_ok=True)
+    sweep_dead_temporaries(base)
     target = base / CATALOG_FILE
-    tmp = base / f".{CATALOG_FILE}.tmp-{uuid.uuid4().hex}"
+    tmp = temporary_path(target)
     wal = tmp.with_name(tmp.name + ".wal")
     try:
-        con = connect(base, database=str(tmp))
+        con = connect(base, database=str(tmp), status=True)
         try:
             con.execute("CHECKPOINT")
         finally:

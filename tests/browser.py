@@ -36,7 +36,7 @@ class Browser:
         chromium = find_chromium()
         if chromium is None:
             raise RuntimeError("Chromium not found: install Debian's 'chromium' package "
-                               "(bash .ci/run does: apt-get install chromium)")
+                               "(make test does, with .ci/system-packages)")
         self._profile = Path(tempfile.mkdtemp(prefix="kp-chromium-"))
         self._process = subprocess.Popen(
             [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -1,6 +1,9 @@
 """Shared fixtures: one tiny simulated study per test session, copied by tests that damage it."""
 
+import errno
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -9,13 +12,31 @@ import pytest
 TINY_STUDY = {"participants": 3, "seed": 0, "voxel_size": 8.0, "volumes": 24}
 
 
+# The simulator's designs need longer runs than the tiny study's 48 s to hold every condition
+# the task contrasts need (a 20 s block of each face kind, every conflict trial sequence cC,
+# cI, iC, iI), which scans requires of each events file: the tiny study gets short designs
+# that do (its images are untouched; only the scans tests read it).
+TINY_EVENTS = {
+    "faces": {"onset": [4.0, 26.0], "duration": [16.0, 16.0],
+              "trial_type": ["emotional", "neutral"]},
+    "conflict": {"onset": [4.0, 7.0, 10.0, 13.0, 16.0, 19.0, 22.0], "duration": [1.0] * 7,
+                 "trial_type": ["congruent", "congruent", "incongruent", "incongruent",
+                                "congruent", "incongruent", "congruent"]},
+}
+
+
 @pytest.fixture(scope="session")
 def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean simulated study, shared by the whole session: never modify it."""
+    import pandas as pd
+
     from kp_assets.science.simulator import simulate_study
 
-    out = tmp_path_factory.mktemp("shared") / "study"
-    return Path(simulate_study(out, **TINY_STUDY))
+    out = Path(simulate_study(tmp_path_factory.mktemp("shared") / "study", **TINY_STUDY))
+    for task, design in TINY_EVENTS.items():
+        for path in out.glob(f"sub-*/ses-*/func/*_task-{task}_events.tsv"):
+            pd.DataFrame(design).to_csv(path, sep="\t", index=False, float_format="%.3f")
+    return out
 
 
 @pytest.fixture(scope="session")
@@ -148,6 +169,159 @@ def remove_confounds(root: Path, pid: str) -> tuple[Path, str]:
     return path, "confounds file is missing"
 
 
+def _edit_tsv(path: Path, edit) -> None:
+    """Rewrite a TSV as ``edit(table)`` returns it, every other cell kept as the text it was."""
+    import pandas as pd
+
+    edit(pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)).to_csv(
+        path, sep="\t", index=False)
+
+
+def _set_cell(index: int, column: str, text: str):
+    """An edit for :func:`_edit_tsv` setting ``column`` to ``text`` in the row at 0-based
+    ``index`` (the file's row ``index + 1`` in the error messages)."""
+
+    def edit(table):
+        table.loc[index, column] = text
+        return table
+
+    return edit
+
+
+def confounds_missing_column(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid).confounds_path
+    _edit_tsv(path, lambda t: t.drop(columns="white_matter"))
+    return path, "missing column(s) white_matter, which the confound cleaning needs"
+
+
+def confounds_text_value(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid, task="rest").confounds_path
+    _edit_tsv(path, _set_cell(4, "trans_y", "0.1mm"))  # row 5
+    return path, "row 5: trans_y is '0.1mm', not a number"
+
+
+def confounds_nan_in_motion(root: Path, pid: str) -> tuple[Path, str]:
+    # n/a in the middle of a motion column (fMRIPrep writes it only in derivatives' first row)
+    path = _run(root, pid, task="conflict").confounds_path
+    _edit_tsv(path, _set_cell(9, "rot_x", "n/a"))
+    return path, "row 10: rot_x is n/a"
+
+
+def confounds_inf(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid).confounds_path
+    _edit_tsv(path, _set_cell(6, "csf", "inf"))
+    return path, "row 7: csf is 'inf': infinite values"
+
+
+def confounds_fd_not_number(root: Path, pid: str) -> tuple[Path, str]:
+    # scrubbing compares FD with its threshold: text there failed inside nilearn
+    path = _run(root, pid).confounds_path
+    _edit_tsv(path, _set_cell(3, "framewise_displacement", "high"))
+    return path, "row 4: framewise_displacement is 'high', not a number"
+
+
+def _rewrite_bold_float(path: Path, edit) -> None:
+    """Save the run as float32 after ``edit(data, brain)`` (data: (x, y, z, t) in physical
+    units, brain: boolean mask of the run's brain mask)."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(path)
+    data = img.get_fdata(dtype=np.float32)
+    brain = nib.load(str(path).replace("desc-preproc_bold", "desc-brain_mask")).get_fdata() > 0
+    edit(data, brain)
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, img.affine, header), path)
+
+
+def bold_all_zero(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid, task="rest").bold_path
+    _rewrite_bold_float(path, lambda data, brain: data.fill(0.0))
+    return path, "the BOLD image is all zero inside the brain mask"
+
+
+def bold_all_nan(root: Path, pid: str) -> tuple[Path, str]:
+    import numpy as np
+
+    path = _run(root, pid).bold_path
+    _rewrite_bold_float(path, lambda data, brain: data.fill(np.nan))
+    return path, "every voxel inside the brain mask is NaN/inf in every volume"
+
+
+def bold_zero_volume(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid).bold_path
+    _rewrite_bold_float(path, lambda data, brain: data[..., 12].fill(0.0))
+    return path, "volume 12 (numbered from 0) is all zero inside the brain mask"
+
+
+def bold_nan_volumes(root: Path, pid: str) -> tuple[Path, str]:
+    import numpy as np
+
+    def edit(data, brain):
+        x, y, z = np.nonzero(brain)
+        for volume, voxels in ((3, range(0, 6)), (4, range(6, 12)), (5, range(12, 17))):
+            for v in voxels:
+                data[x[v], y[v], z[v], volume] = np.inf if v == 0 else np.nan
+
+    path = _run(root, pid, task="conflict", session="post").bold_path
+    _rewrite_bold_float(path, edit)
+    return path, "17 non-finite voxel values (NaN/inf) inside the brain mask in volume(s) 3–5"
+
+
+def unreadable_bold(root: Path, pid: str) -> tuple[Path, str]:
+    # an intact file the pipeline may not read: was reported as "corrupt or truncated"
+    path = _run(root, pid).bold_path
+    path.chmod(0)
+    return path, "permission denied: cannot read the image"
+
+
+def unreadable_events(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid, task="conflict").events_path
+    path.chmod(0)
+    return path, "permission denied: cannot read the events file"
+
+
+def events_misspelt_trial_type(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid, task="conflict").events_path
+    _edit_tsv(path, _set_cell(1, "trial_type", "Congruent"))
+    return path, ("row 2: trial_type 'Congruent' is not one of congruent, incongruent; "
+                  "did you mean 'congruent'?")
+
+
+def events_missing_condition(root: Path, pid: str) -> tuple[Path, str]:
+    path = _run(root, pid).events_path
+    _edit_tsv(path, lambda t: t[t["trial_type"] != "neutral"])
+    return path, "no neutral trials: the faces contrast(s) emotional_vs_neutral"
+
+
+def _run_end_s(run) -> float:
+    import nibabel as nib
+
+    header = nib.load(run.bold_path).header
+    return header.get_data_shape()[3] * float(header.get_zooms()[3])
+
+
+def onset_past_run_end(root: Path, pid: str) -> tuple[Path, str]:
+    # an event 2 s after the last volume was never shown during the scan
+    run = _run(root, pid)
+    end = _run_end_s(run)
+    _edit_tsv(run.events_path, _set_cell(1, "onset", f"{end + 2:.3f}"))
+    return run.events_path, f"row 2: onset {end + 2:g} s is not within the run: the run ends " \
+                            f"at {end:g} s"
+
+
+def event_ends_after_run(root: Path, pid: str) -> tuple[Path, str]:
+    import pandas as pd
+
+    run = _run(root, pid)
+    end = _run_end_s(run)
+    onset = float(pd.read_csv(run.events_path, sep="\t")["onset"].iloc[1])
+    _edit_tsv(run.events_path, _set_cell(1, "duration", f"{end - onset + 6:.3f}"))
+    return run.events_path, f"row 2: the event ends at {end + 6:g} s (onset {onset:g} s + " \
+                            f"duration {end - onset + 6:g} s), after the run"
+
+
 DAMAGES = {
     f.__name__: f
     for f in (
@@ -163,13 +337,52 @@ DAMAGES = {
         confounds_short,
         remove_sidecar,
         remove_confounds,
+        confounds_missing_column,
+        confounds_text_value,
+        confounds_nan_in_motion,
+        confounds_inf,
+        confounds_fd_not_number,
+        bold_all_zero,
+        bold_all_nan,
+        bold_zero_volume,
+        bold_nan_volumes,
+        unreadable_bold,
+        unreadable_events,
+        events_misspelt_trial_type,
+        events_missing_condition,
+        onset_past_run_end,
+        event_ends_after_run,
     )
 }
 
 
+def _open_as_permissions_say(real_open):
+    """``open`` refusing, like the kernel does for anyone but root, to read a file whose mode
+    grants no read permission (the tests run as root, where chmod does not stop reads)."""
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and ("r" in mode or "+" in mode):
+            try:
+                st = os.stat(file)
+            except OSError:
+                st = None
+            if st is not None and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o444:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    return guarded_open
+
+
 @pytest.fixture
-def damages() -> dict:
-    """``{name: damage(root, pid) -> (path, problem phrase)}``; see the functions above."""
+def damages(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """``{name: damage(root, pid) -> (path, problem phrase)}``; see the functions above.
+
+    While a test uses them, a file made unreadable (mode 0) cannot be opened even as root.
+    """
+    import builtins
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(builtins, "open", _open_as_permissions_say(builtins.open))
     return DAMAGES
 
 
@@ -202,7 +415,7 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     return study, warehouse
 
 
-SHARED_STUDIES = ("recovery_study", "null_study")
+SHARED_STUDIES = ("recovery_study", "null_study", "corpus")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks

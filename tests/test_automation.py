@@ -14,8 +14,9 @@ from kp_resources.roi_set import RoiSet
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import query
 
-GROUP = {"clinical", "enet_summary", "enet_coefficients", "enet_predictions", "enet_cv_curve",
-         "enet_exclusions", "dcm_group_effects", "paper_table", "warehouse_catalog"}
+GROUP = {"clinical", "participant_status", "enet_summary", "enet_coefficients",
+         "enet_predictions", "enet_cv_curve", "enet_exclusions", "dcm_group_effects",
+         "paper_table", "warehouse_catalog"}
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 

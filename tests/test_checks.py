@@ -7,6 +7,8 @@ import pandas as pd
 from kp_assets.clinical import clinical, clinical_completeness_check
 from kp_assets.partitions import participants
 from kp_assets.scans import scans
+from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.quality import QualityThresholds
 from kp_resources.study import StudyFolder
@@ -16,7 +18,8 @@ from kp_resources.warehouse import Warehouse, query
 def _resources(study, warehouse, **thresholds):
     return {"study": StudyFolder(root=str(study)), "warehouse": Warehouse(root=str(warehouse)),
             "io_manager": ParquetIOManager(root=str(warehouse)),
-            "quality": QualityThresholds(**thresholds)}
+            "quality": QualityThresholds(**thresholds), "cleaning": ConfoundCleaning(),
+            "dcm_models": DCMModels()}
 
 
 def test_failing_run_checks_are_recorded_and_block_nothing(study_root, tmp_path):

@@ -1,6 +1,8 @@
 """``kp simulate``, the demo's materialization and ``kp sql`` end to end on a tiny study."""
 
 import json
+from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import pandas as pd
@@ -8,12 +10,25 @@ import pytest
 
 from kp_assets.cli import main
 from kp_assets.materialize import materialize_study
+from kp_assets.partitions import participants
 from kp_resources.study import sha256_file
+from tests.bad_entries import BAD_ENTRIES, bad_entries
+
+
+class DemoRun(NamedTuple):
+    study: Path
+    warehouse: Path
+    failed: dict[str, str]
+    bad_file: Path
+    log: list[str]
+    partitions: list[str]
 
 
 @pytest.fixture(scope="module")
-def demo_warehouse(tmp_path_factory, small_study):
-    """The small study with sub-02's faces run truncated, materialized like ``kp demo``."""
+def demo_warehouse(tmp_path_factory, small_study) -> DemoRun:
+    """The small study with sub-02's faces run truncated and three bad ``sub-*`` entries (a
+    symbolic link loop, a link out of the study, an unreadable folder), materialized like
+    ``kp demo``."""
     import shutil
 
     from tests.conftest import truncate_bold
@@ -22,13 +37,16 @@ def demo_warehouse(tmp_path_factory, small_study):
     study = shutil.copytree(small_study, base / "study")
     bad_file, _ = truncate_bold(study, "sub-02")
     warehouse = base / "warehouse"
-    failed = materialize_study(study, warehouse, dg.DagsterInstance.ephemeral(),
-                               log=lambda _: None)
-    return study, warehouse, failed, bad_file
+    instance = dg.DagsterInstance.ephemeral()
+    log: list[str] = []
+    with bad_entries(study, base / "outside"):
+        failed = materialize_study(study, warehouse, instance, log=log.append)
+    return DemoRun(study, warehouse, failed, bad_file, log,
+                   instance.get_dynamic_partitions(participants.name))
 
 
 def test_one_bad_participant_fails_alone(demo_warehouse):
-    _, warehouse, failed, bad_file = demo_warehouse
+    _, warehouse, failed, bad_file, *_ = demo_warehouse
     # sub-02 fails alone; with it, two participants remain: too few for the models
     assert list(failed) == ["group_assets", "sub-02"]
     assert "2 participants with both sessions" in failed["group_assets"]
@@ -39,8 +57,21 @@ def test_one_bad_participant_fails_alone(demo_warehouse):
     assert (warehouse / "kp.duckdb").exists()
 
 
+def test_bad_entries_are_skipped_and_the_others_processed(demo_warehouse):
+    """The same run as above: each bad ``sub-*`` entry is logged with its path and reason, is
+    no partition and no failure; sub-01 and sub-03 are processed."""
+    demo = demo_warehouse
+    for name, reason in BAD_ENTRIES.items():
+        prefix = f"  skipped {name!r} ({demo.study / name}): "
+        assert any(line.startswith(prefix) and reason in line for line in demo.log), name
+    assert demo.partitions == ["sub-01", "sub-02", "sub-03"]
+    assert not set(BAD_ENTRIES) & set(demo.failed)
+    assert sorted(line.split()[1] for line in demo.log if line.endswith(" ok")) == [
+        "sub-01", "sub-03"]
+
+
 def test_kp_sql_formats(demo_warehouse, capsys):
-    _, warehouse, _, _ = demo_warehouse
+    warehouse = demo_warehouse.warehouse
     sql = "SELECT participant_id, count(*) AS runs FROM scans GROUP BY 1 ORDER BY 1"
     assert main(["sql", sql, "--warehouse", str(warehouse), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == [
@@ -52,7 +83,7 @@ def test_kp_sql_formats(demo_warehouse, capsys):
 
 
 def test_provenance_is_queryable_through_kp_sql(demo_warehouse, capsys):
-    study, warehouse, _, _ = demo_warehouse
+    warehouse = demo_warehouse.warehouse
     sql = ("SELECT key, value FROM provenance WHERE \"table\" = 'scans' "
            "AND file_name LIKE '%sub-01%' ORDER BY key")
     assert main(["sql", sql, "--warehouse", str(warehouse), "--format", "json"]) == 0
@@ -67,7 +98,7 @@ def test_provenance_is_queryable_through_kp_sql(demo_warehouse, capsys):
 
 
 def test_kp_sql_errors(demo_warehouse, tmp_path, capsys):
-    _, warehouse, _, _ = demo_warehouse
+    warehouse = demo_warehouse.warehouse
     assert main(["sql", "SELECT nope FROM scans", "--warehouse", str(warehouse)]) == 1
     assert "nope" in capsys.readouterr().err
     assert main(["sql", "SELECT 1", "--warehouse", str(tmp_path / "empty")]) == 2

@@ -218,7 +218,8 @@ def test_input_never_on_fails_naming_the_problem(small_study, tmp_path):
     assert not result.success
     message = first_error(result)
     assert str(run.events_path) in message
-    assert "never switched on" in message and "'emotional'" in message
+    # caught by scans, which checks the DCM inputs' trial types before anything is written
+    assert "no emotional trials" in message and "the DCM inputs faces, emotional" in message
 
 
 def test_iteration_limit_gives_unconverged_rows_and_a_failed_check(small_study, small_warehouse,

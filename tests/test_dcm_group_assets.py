@@ -15,22 +15,21 @@ from kp_assets.science.dcm.group import simulate_first_level
 from kp_resources.dcm_models import DCMGroupDesign
 from kp_resources.parquet_io import RETRACTED_DIR, ParquetIOManager
 from kp_resources.warehouse import Warehouse, list_tables, query
+from tests.seeded_warehouse import write_status, write_table
 
 ASSETS = [dg.AssetSpec("dcm_fits", partitions_def=participants),
           dg.AssetSpec("dcm_parameters", partitions_def=participants),
-          dg.AssetSpec("clinical"), dcm_group_effects]
+          dg.AssetSpec("clinical"), dg.AssetSpec("participant_status"), dcm_group_effects]
 
 
 def _seed(root: Path, fits: pd.DataFrame, parameters: pd.DataFrame,
-          clinical: pd.DataFrame) -> list[str]:
-    for name, table in (("dcm_fits", fits), ("dcm_parameters", parameters)):
-        for pid, rows in table.groupby("participant_id"):
-            folder = root / name / f"participant={pid}"
-            folder.mkdir(parents=True, exist_ok=True)
-            rows.to_parquet(folder / "part-0.parquet", index=False)
-    (root / "clinical").mkdir(parents=True, exist_ok=True)
-    clinical.to_parquet(root / "clinical" / "part-0.parquet", index=False)
-    return sorted(fits.participant_id.unique())
+          clinical: pd.DataFrame, not_current: dict[str, str] | None = None) -> list[str]:
+    write_table(root, "dcm_fits", fits, partitioned=True)
+    write_table(root, "dcm_parameters", parameters, partitioned=True)
+    write_table(root, "clinical", clinical, partitioned=False)
+    pids = sorted(fits.participant_id.unique())
+    write_status(root, pids, not_current)
+    return pids
 
 
 def _materialize(root: Path, pids: list[str]) -> dg.ExecuteInProcessResult:
@@ -89,6 +88,19 @@ def test_findings_take_their_effect_and_say_why_when_missing():
     assert first.estimate == -0.2 and first.pp == 0.97 and "−" in first.note
     assert np.isnan(table.loc[DCM_FINDINGS[2].key, "estimate"])
     assert "no baseline effect" in table.loc[DCM_FINDINGS[2].key, "note"]
+
+
+def test_participants_not_current_are_left_out_and_listed(synthetic, tmp_path):
+    root = tmp_path / "warehouse"
+    fits, parameters, clinical = simulate_first_level(16, seed=2)
+    pids = _seed(root, fits, parameters, clinical, not_current={"sub-01": "stale"})
+    result = _materialize(root, pids)
+    assert result.success, first_error(result)
+    counts = query(root, "SELECT analysis, max(n_participants) AS n FROM dcm_group_effects "
+                         "GROUP BY analysis").set_index("analysis").n
+    assert counts.to_dict() == {"longitudinal": 15, "baseline": 15}
+    (materialization,) = result.asset_materializations_for_node("dcm_group_effects")
+    assert "stale: seeded" in materialization.metadata["excluded"].value
 
 
 def test_too_few_participants_fail_with_both_counts_and_retract(synthetic, tmp_path):

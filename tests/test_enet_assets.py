@@ -14,23 +14,23 @@ from kp_assets.science.prediction.synthetic import synthetic_study
 from kp_resources.parquet_io import RETRACTED_DIR, ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.warehouse import Warehouse, list_tables, query
+from tests.seeded_warehouse import write_status, write_table
 
 # the upstream tables as external assets: written by _seed_warehouse, loaded by the IO manager
 ASSETS = [dg.AssetSpec("change_scores", partitions_def=participants), dg.AssetSpec("clinical"),
-          dg.AssetSpec("dcm_group_effects"), enet_models, paper_table]
+          dg.AssetSpec("participant_status"), dg.AssetSpec("dcm_group_effects"), enet_models,
+          paper_table]
 FAST = {"n_permutations": 19, "n_bootstraps": 20, "n_alphas": 20, "workers": 1}
 ENET_TABLES = {"enet_summary", "enet_coefficients", "enet_predictions", "enet_cv_curve",
                "enet_exclusions"}
 
 
-def _seed_warehouse(root: Path, change: pd.DataFrame, clinical: pd.DataFrame) -> None:
+def _seed_warehouse(root: Path, change: pd.DataFrame, clinical: pd.DataFrame,
+                    not_current: dict[str, str] | None = None) -> None:
     """Write upstream tables the way the IO manager lays them out."""
-    for pid, rows in change.groupby("participant_id"):
-        folder = root / "change_scores" / f"participant={pid}"
-        folder.mkdir(parents=True, exist_ok=True)
-        rows.to_parquet(folder / "part-0.parquet", index=False)
-    (root / "clinical").mkdir(parents=True, exist_ok=True)
-    clinical.to_parquet(root / "clinical" / "part-0.parquet", index=False)
+    write_table(root, "change_scores", change, partitioned=True)
+    write_table(root, "clinical", clinical, partitioned=False)
+    write_status(root, sorted(change.participant_id.unique()), not_current)
 
 
 def _materialize(root: Path, pids: list[str], **settings) -> dg.ExecuteInProcessResult:
@@ -135,6 +135,24 @@ def test_a_model_per_task_is_one_line_of_configuration(tmp_path):
     assert coefs.term.str.startswith("faces.").all()
     paper = query(root, "SELECT finding, note FROM paper_table")
     assert paper.note.str.contains("not in results").sum() == 5
+
+
+def test_a_participant_not_current_is_left_out_with_its_status(tmp_path):
+    root = tmp_path / "warehouse"
+    change, clinical = synthetic_study(21, 40, seed=4)
+    _seed_warehouse(root, change, clinical, not_current={"sub-05": "failed",
+                                                         "sub-09": "withdrawn"})
+    result = _materialize(root, sorted(change.participant_id.unique()), nested=False,
+                          variants=[{"name": "main"}])
+    assert result.success
+    summary = query(root, "SELECT * FROM enet_summary").iloc[0]
+    assert summary.n_participants == 19 and summary.n_excluded == 2
+    predicted = set(query(root, "SELECT participant_id FROM enet_predictions").participant_id)
+    assert len(predicted) == 19 and not {"sub-05", "sub-09"} & predicted
+    excluded = query(root, "SELECT participant_id, reason FROM enet_exclusions "
+                           "ORDER BY participant_id")
+    assert excluded.values.tolist() == [["sub-05", "failed: seeded"],
+                                        ["sub-09", "withdrawn: seeded"]]
 
 
 def test_prediction_resource_rejects_duplicate_names():

@@ -133,7 +133,7 @@ def _postgres_bindir() -> Path:
         if (folder / "initdb").exists() and (folder / "pg_ctl").exists():
             return folder
     pytest.fail("PostgreSQL server programs (initdb, pg_ctl) not found: install Debian's "
-                "'postgresql' package (bash .ci/run does: apt-get install postgresql)")
+                "'postgresql' package (make test does, with .ci/system-packages)")
 
 
 @pytest.fixture(scope="module")

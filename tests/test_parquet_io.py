@@ -245,7 +245,10 @@ def test_write_parquet_atomic_roundtrip_and_kv(tmp_path):
     path = tmp_path / "t" / "part-0.parquet"
     write_parquet_atomic(pd.DataFrame({"a": [1, 2]}), path, {"kp.asset_key": "t"})
     assert pd.read_parquet(path)["a"].tolist() == [1, 2]
-    assert read_parquet_kv(path) == {"kp.asset_key": "t"}
+    kv = read_parquet_kv(path)
+    assert kv.pop("kp.write_id") != read_parquet_kv(write_parquet_atomic(
+        pd.DataFrame({"a": [1]}), path, {}))["kp.write_id"]  # a fresh id per write
+    assert kv == {"kp.asset_key": "t"}
     assert "pandas" in {k.decode() for k in pq.read_schema(path).metadata}
     with pytest.raises(TypeError):
         write_parquet_atomic(pd.DataFrame({"a": [1]}), path, {"kp.x": 1})  # type: ignore[dict-item]
@@ -265,7 +268,7 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         write_parquet_atomic(pd.DataFrame({"a": [9]}), path, {"kp.run_id": "new"})
 
     assert path.read_bytes() == before
-    assert read_parquet_kv(path) == {"kp.run_id": "old"}
+    assert read_parquet_kv(path)["kp.run_id"] == "old"
     assert sorted(p.name for p in path.parent.iterdir()) == ["part-0.parquet"]
 
 
@@ -304,3 +307,94 @@ def test_non_dataframe_output_rejected(root, instance):
     )
     assert not result.success
     assert not root.exists() or _visible_files(root) == []
+
+
+# --- lineage: what each file was computed from ------------------------------------------------
+
+
+def test_footers_record_write_ids_and_what_each_step_read(root, instance):
+    from kp_resources.lineage import read_footers, stale_inputs
+
+    _materialize_participant(root, instance, "sub-01")
+    _materialize_participant(root, instance, "sub-02")
+    dg.materialize(ALL_ASSETS, selection=[group_summary], instance=instance,
+                   resources=_resources(root))
+    footers = read_footers(root, ["scans", "features", "group_summary"])
+    ids = {f.write_id for files in footers.values() for f in files.values()}
+    assert len(ids) == 5  # every write has its own id
+    feature = footers["features"]["sub-01"]
+    assert json.loads(feature.kv["kp.inputs"]) == {
+        "scans": parquet_io.inputs_digest([footers["scans"]["sub-01"].write_id])}
+    group = footers["group_summary"][""]
+    assert json.loads(group.kv["kp.inputs"])["features"]["files"] == 2
+    assert all(stale_inputs(f, footers) == [] for files in footers.values()
+               for f in files.values())
+
+    # sub-02's scans rewritten alone: its features and the group table are now stale
+    dg.materialize([scans], partition_key="sub-02", instance=instance,
+                   resources=_resources(root))
+    footers = read_footers(root, ["scans", "features", "group_summary"])
+    assert stale_inputs(footers["features"]["sub-02"], footers) == ["scans"]
+    assert stale_inputs(footers["features"]["sub-01"], footers) == []
+    assert stale_inputs(footers["group_summary"][""], footers) == []  # features unchanged
+    _materialize_participant(root, instance, "sub-02")
+    footers = read_footers(root, ["scans", "features", "group_summary"])
+    assert stale_inputs(footers["features"]["sub-02"], footers) == []
+    assert stale_inputs(footers["group_summary"][""], footers) == ["features"]
+
+
+def test_table_status_view_and_note_name_a_stale_group_table(root, instance):
+    from kp_resources.warehouse import currency_notes, query
+
+    _materialize_participant(root, instance, "sub-01")
+    dg.materialize(ALL_ASSETS, selection=[group_summary], instance=instance,
+                   resources=_resources(root))
+    status = query(root, "SELECT * FROM table_status ORDER BY \"table\"", status=True)
+    assert status["current"].all(), status
+    assert currency_notes(root) == []
+    _materialize_participant(root, instance, "sub-01")  # a refresh killed after this step
+    status = query(root, "SELECT * FROM table_status WHERE NOT current", status=True)
+    assert status["table"].tolist() == ["group_summary"]
+    assert "features" in status["reason"].iloc[0]
+    assert currency_notes(root) == [f"group_summary is out of date: {status['reason'].iloc[0]}"]
+
+
+# --- temporaries of killed writers ------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_next_write_removes_temporaries_of_dead_writers_only(tmp_path):
+    import os
+    import socket
+
+    folder = tmp_path / "t" / "participant=sub-01"
+    folder.mkdir(parents=True)
+    host = socket.gethostname()
+    dead = folder / f".part-0.parquet.tmp-{'a' * 32}-{_dead_pid()}-{host}"
+    live = folder / f".part-0.parquet.tmp-{'b' * 32}-{os.getpid()}-{host}"
+    other_host = folder / f".part-0.parquet.tmp-{'c' * 32}-{_dead_pid()}-elsewhere"
+    fresh_legacy = folder / ".part-0.parquet.tmp-" f"{'d' * 32}"
+    old_legacy = folder / ".part-0.parquet.tmp-" f"{'e' * 32}"
+    user_file = folder / "notes.txt"
+    for path in (dead, live, other_host, fresh_legacy, old_legacy, user_file):
+        path.write_bytes(b"x")
+    os.utime(old_legacy, (1, 1))
+    write_parquet_atomic(pd.DataFrame({"a": [1]}), folder / "part-0.parquet", {})
+    left = sorted(p.name for p in folder.iterdir())
+    assert left == sorted([live.name, other_host.name, fresh_legacy.name, "notes.txt",
+                           "part-0.parquet"])
+
+
+def test_temporary_names_carry_pid_and_are_hidden(tmp_path):
+    import os
+
+    name = parquet_io.temporary_path(tmp_path / "part-0.parquet").name
+    assert name.startswith(".part-0.parquet.tmp-") and f"-{os.getpid()}-" in name

@@ -221,7 +221,7 @@ def test_greedy_search_prunes_null_parameters():
     # candidates restrict the search; the others stay present
     keep = np.ones(n, bool)
     keep[1] = False
-    assert search_reduced_models(pE, pC, qE, qC, candidates=keep).Pp[1] == 1.0
+    assert search_reduced_models(pE, pC, qE, qC, candidates=keep).Pp[1] == pytest.approx(1.0)
 
 
 def _shrunk_posterior(n_null: int, ratio: float, effects=(2.0, -1.5, 1.8, 2.5)):

@@ -22,6 +22,7 @@ from kp_assets.sensors import (
     new_participant_sensor,
 )
 from kp_resources.study import StudyFolder, discover_participants, participant_fingerprint
+from tests.bad_entries import bad_entries
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +151,8 @@ def test_invalid_folders_are_skipped(instance, study_copy, capfd):
     assert bad not in added(result) and bad not in requested(result)
     assert bad not in result.cursor
     assert added(result) == discover_participants(study_copy)
-    assert "skipping folder 'sub-01;DROP'" in capfd.readouterr().err
+    assert f"skipping 'sub-01;DROP' ({study_copy / bad}): not a valid participant label" in (
+        capfd.readouterr().err)
 
 
 def test_folder_without_runs_waits(instance, study_copy):
@@ -275,6 +277,39 @@ def test_unreadable_participant_keeps_its_state_and_the_others_go_on(instance, s
     # readable again: its change is picked up as usual
     fourth = settle(instance, study_copy, third.cursor)
     assert list(requested(fourth)) == ["sub-02"]
+
+
+def test_bad_entries_and_a_loop_inside_a_participant_never_stop_the_tick(instance, study_copy,
+                                                                         tmp_path, capfd):
+    loop = study_copy / "sub-02" / "ses-pre" / "func" / "up"
+    loop.symlink_to("..", target_is_directory=True)  # a loop inside one participant's folder
+    with bad_entries(study_copy, tmp_path / "outside") as bad:
+        result = settle(instance, study_copy)
+        assert added(result) == ["sub-01", "sub-03"]
+        assert list(requested(result)) == ["sub-01", "sub-03"]
+        assert sorted(seen(result)) == ["sub-01", "sub-03"]
+        lines = capfd.readouterr().err.splitlines()
+        for name, reason in bad.items():
+            logged = [line for line in lines
+                      if f"skipping {name!r} ({study_copy / name}): " in line]
+            assert logged and all(reason in line for line in logged), (name, logged)
+        assert any(f"cannot read participant folder sub-02 this tick ({loop}: a symbolic link "
+                   "loop" in line for line in lines)
+        # fixed: it is picked up like any participant
+        loop.unlink()
+        assert list(requested(settle(instance, study_copy, result.cursor))) == ["sub-02"]
+
+
+def test_a_participant_that_becomes_a_skipped_entry_keeps_its_state(instance, study_copy,
+                                                                    tmp_path, capfd):
+    first = settle(instance, study_copy)
+    (study_copy / "sub-01").rename(tmp_path / "sub-01")
+    (study_copy / "sub-01").symlink_to(tmp_path / "unmounted", target_is_directory=True)
+    second = tick(instance, study_copy, first.cursor)  # a broken link: skipped, not gone
+    assert seen(second) == seen(first) and requested(second) == {}
+    err = capfd.readouterr().err
+    assert "skipping 'sub-01'" in err and "a broken symbolic link" in err
+    assert "disappeared" not in err
 
 
 # --- definition and the daemon ----------------------------------------------------------------

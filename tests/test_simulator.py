@@ -1,6 +1,7 @@
 """The study simulator: determinism, file validity, realism and the planted effects."""
 
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -89,7 +90,8 @@ def test_study_tables(study_root):
 
 
 def test_refuses_to_overwrite_a_study(study_root):
-    with pytest.raises(FileExistsError, match="not empty"):
+    # a study kp simulated is replaced only when asked (tests/test_user_files.py: never others)
+    with pytest.raises(FileExistsError, match=re.escape(f"{study_root}: holds a study kp s")):
         simulate_study(study_root, participants=1, voxel_size=8.0, volumes=24)
 
 

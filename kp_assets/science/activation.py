@@ -23,7 +23,7 @@ conflict ``regulation`` = iI − cI (conflict adaptation, Etkin et al. 2006) and
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import pandas as pd
@@ -62,6 +62,38 @@ def task_conditions(events: pd.DataFrame, task: str) -> pd.DataFrame:
         labels = list(kind)
     return pd.DataFrame({"onset": onset, "duration": duration,
                          "trial_type": np.array(labels, dtype=object)})
+
+
+def _condition_labels(events: pd.DataFrame, task: str) -> list[str]:
+    return list(task_conditions(events, task)["trial_type"])
+
+
+def contrast_event_rules() -> dict[str, dict]:
+    """What each task's contrasts need from every events file of the task, as keyword
+    arguments of ``kp_resources.study.EventRequirements`` (plain data: no Dagster here).
+
+    faces: the trial types named in its contrasts (others are modelled as conditions of
+    their own). conflict: only congruent/incongruent, both of them, and every trial
+    sequence (cC, cI, iC, iI) the contrasts weigh must occur.
+    """
+    rules = {}
+    for task, contrasts in CONTRASTS.items():
+        conditions = sorted({c for weights in contrasts.values() for c in weights})
+        names = ", ".join(contrasts)
+        if task == "conflict":
+            letters = {ch.lower() for c in conditions for ch in c}
+            rules[task] = {
+                "required": tuple(k for k, s in CONGRUENCY.items() if s in letters),
+                "allowed": tuple(CONGRUENCY),
+                "needed_by": f"the conflict contrasts {names} (conditions: previous trial's "
+                             "congruency c/i, then the trial's own C/I)",
+                "conditions": partial(_condition_labels, task=task),
+                "required_conditions": tuple(conditions),
+            }
+        else:
+            rules[task] = {"required": tuple(conditions), "allowed": None,
+                           "needed_by": f"the {task} contrast(s) {names}"}
+    return rules
 
 
 def frame_times(n_volumes: int, tr: float, slice_time_ref: float = 0.0) -> np.ndarray:

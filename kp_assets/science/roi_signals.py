@@ -54,6 +54,37 @@ class CleaningStrategy:
     def describe(self) -> dict:
         return asdict(self)
 
+    def confound_columns(self) -> dict[str, str]:
+        """Column → the setting that needs it, for every fMRIPrep confounds column that
+        ``load_confounds`` reads by name for this strategy (the ``cosine*`` columns of
+        ``high_pass`` are found by name pattern instead, see :data:`HIGH_PASS_PATTERN`).
+
+        Raises ValueError for a ``motion`` or ``wm_csf`` that load_confounds does not know.
+        """
+        columns = {}
+        for setting, model, bases in (("motion", self.motion, MOTION_PARAMETERS),
+                                      ("wm_csf", self.wm_csf, ("white_matter", "csf"))):
+            if model not in EXPANSIONS:
+                raise ValueError(f"CleaningStrategy: {setting} must be one of "
+                                 f"{', '.join(EXPANSIONS)}, got {model!r}")
+            for base in bases:
+                for suffix in ("", *EXPANSIONS[model]):
+                    columns[f"{base}_{suffix}" if suffix else base] = f"{setting}={model!r}"
+        # scrubbing thresholds both columns (load_confounds reads them unconditionally)
+        columns["framewise_displacement"] = f"scrubbing (FD > {self.fd_threshold:g} mm)"
+        columns["std_dvars"] = f"scrubbing (std DVARS > {self.std_dvars_threshold:g})"
+        return columns
+
+
+MOTION_PARAMETERS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+# fMRIPrep's expansions of a confound that each load_confounds model adds to the base column
+EXPANSIONS = {"basic": (), "derivatives": ("derivative1",), "power2": ("power2",),
+              "full": ("derivative1", "power2", "derivative1_power2")}
+# load_confounds takes every column whose name contains these (high-pass DCT regressors,
+# and fMRIPrep's non-steady-state volume indicators, which it always reads)
+HIGH_PASS_PATTERN = "cosine"
+NON_STEADY_STATE_PATTERN = "non_steady_state"
+
 
 def lattice_sphere(affine: np.ndarray, centre_mm: np.ndarray, radius_mm: float) -> np.ndarray:
     """Voxel coordinates (k, 3), not clipped to any image, of the lattice of ``affine`` whose
@@ -173,14 +204,19 @@ def extract_roi_means(
 def load_run_confounds(bold_path: Path | str, strategy: CleaningStrategy
                        ) -> tuple[pd.DataFrame, np.ndarray]:
     """Confounds and the indices of kept volumes for a run, from nilearn's load_confounds
-    (it finds ``*_desc-confounds_timeseries.tsv`` beside the fMRIPrep BOLD file)."""
+    (it finds ``*_desc-confounds_timeseries.tsv`` beside the fMRIPrep BOLD file).
+
+    The file is checked first (:func:`kp_resources.study.validate_confounds_file`), so a
+    missing, unreadable or damaged file raises ``StudyDataError`` naming it, the column and
+    the row, never a library error.
+    """
     path = Path(bold_path)
     stem = path.name.split("_space-")[0]
     tsv = path.with_name(f"{stem}_desc-confounds_timeseries.tsv")
     stat = tsv.stat() if tsv.exists() else None
     # every model of a run needs the same confounds; nilearn's parser is slow, so memoise on
     # the file's identity (path, size, mtime) and hand out copies
-    key = (str(path), strategy, stat and (stat.st_size, stat.st_mtime_ns))
+    key = (str(path), str(tsv), strategy, stat and (stat.st_size, stat.st_mtime_ns))
     confounds, kept = _load_confounds_cached(key)
     return confounds.copy(), kept.copy()
 
@@ -189,8 +225,15 @@ def load_run_confounds(bold_path: Path | str, strategy: CleaningStrategy
 def _load_confounds_cached(key: tuple) -> tuple[pd.DataFrame, np.ndarray]:
     from nilearn.interfaces.fmriprep import load_confounds
 
-    path, strategy, _ = key
-    confounds, sample_mask = load_confounds(path, **strategy.nilearn_arguments())
+    # imported here: kp_resources.study imports this module (and Dagster)
+    from kp_resources.study import StudyDataError, validate_confounds_file
+
+    path, tsv, strategy, _ = key
+    validate_confounds_file(Path(tsv), strategy)
+    try:
+        confounds, sample_mask = load_confounds(path, **strategy.nilearn_arguments())
+    except ValueError as e:  # nilearn's own refusals of a file (a second confounds file, …)
+        raise StudyDataError(tsv, f"nilearn load_confounds cannot use it: {e}") from e
     kept = np.arange(len(confounds)) if sample_mask is None else np.asarray(sample_mask)
     return confounds, kept
 

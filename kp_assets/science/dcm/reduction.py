@@ -335,7 +335,9 @@ def _average(full: _FullModel, present: np.ndarray, off_mean: np.ndarray) -> Mod
     dev = Ep - mean
     cov = np.einsum("m,mij->ij", w, Cp) + np.einsum("m,mi,mj->ij", w, dev, dev)
     return ModelAverage(models=present, dF=dF, posterior=w, Ep=mean, Cp=(cov + cov.T) / 2.0,
-                        Pp=w @ present.astype(float), best=present[int(np.argmax(dF))].copy())
+                        # a sum of model probabilities: rounding must not take it past 1
+                        Pp=np.clip(w @ present.astype(float), 0.0, 1.0),
+                        best=present[int(np.argmax(dF))].copy())
 
 
 def compare_models(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray,

@@ -74,9 +74,12 @@ def fit_variant(
     clinical: pd.DataFrame,
     variant: ModelVariant,
     settings: EnetSettings | None = None,
+    left_out: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Fit one variant and evaluate it; returns ``{table name: DataFrame}`` (see module doc).
 
+    ``left_out`` (participant_id, reason): participants the caller removed from
+    ``change_scores`` beforehand (e.g. not current); they are listed among the exclusions.
     Raises ValueError when the design cannot be built (e.g. fewer than
     ``settings.min_participants`` complete participants; the message states the count).
     """
@@ -84,6 +87,10 @@ def fit_variant(
     start = time.perf_counter()
     X_df, y_s, report = design_matrix(change_scores, clinical, variant,
                                       settings.min_participants)
+    excluded = report.excluded
+    if left_out is not None and len(left_out):  # their reason, not "no change scores"
+        excluded = pd.concat([left_out[["participant_id", "reason"]], excluded[
+            ~excluded["participant_id"].isin(left_out["participant_id"])]], ignore_index=True)
     X, y = X_df.to_numpy(dtype=float), y_s.to_numpy(dtype=float)
     grid = dict(l1_ratios=settings.l1_ratios, n_alphas=settings.n_alphas, eps=settings.eps)
 
@@ -106,7 +113,7 @@ def fit_variant(
         "status": "ok",
         "outcome": variant.outcome,
         "n_participants": len(y),
-        "n_excluded": len(report.excluded),
+        "n_excluded": len(excluded),
         "n_features": len(terms),
         "n_selected": int(np.count_nonzero(model.beta_std)),
         "l1_ratio": sel.l1_ratio,
@@ -150,7 +157,7 @@ def fit_variant(
         "loo_mse": sel.loo_mse.ravel(),
         "selected": selected.ravel(),
     })
-    exclusions = report.excluded.assign(model=name)[COLUMNS["enet_exclusions"]]
+    exclusions = excluded.assign(model=name)[COLUMNS["enet_exclusions"]]
     return {
         "enet_summary": summary,
         "enet_coefficients": coefficients,
@@ -165,8 +172,10 @@ def fit_all(
     clinical: pd.DataFrame,
     variants: Iterable[ModelVariant] = DEFAULT_VARIANTS,
     settings: EnetSettings | None = None,
+    left_out: pd.DataFrame | None = None,
 ) -> dict[str, pd.DataFrame]:
-    """:func:`fit_variant` for every variant, tables concatenated (``model`` column).
+    """:func:`fit_variant` for every variant, tables concatenated (``model`` column);
+    ``left_out`` as for :func:`fit_variant`.
 
     A variant whose design cannot be built (too few participants, no matching feature …)
     does not stop the others: it gets a summary row with ``status`` = the reason and no
@@ -175,7 +184,7 @@ def fit_all(
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for variant in variants:
         try:
-            tables = fit_variant(change_scores, clinical, variant, settings)
+            tables = fit_variant(change_scores, clinical, variant, settings, left_out)
         except ValueError as err:
             row = {c: np.nan for c in SUMMARY_COLUMNS}
             row.update(model=variant.name, status=f"not fitted: {err}", outcome=variant.outcome)

@@ -231,11 +231,14 @@ def _exclusion_reason(
         return f"arm {row.get('arm')!r} not in {', '.join(variant.arms)}"
     if variant.interaction_with_arm and row.get("arm") not in ARM_CODES:
         return f"arm {row.get('arm')!r} is not ketamine or midazolam"
+    # a score rejected where it entered (out of its instrument's range) says so
+    rejected = row.get("clinical_problems")
+    why = f" ({rejected})" if isinstance(rejected, str) and rejected else ""
     if pd.isna(row[variant.outcome]):
-        return f"missing {variant.outcome}"
+        return f"missing {variant.outcome}{why}"
     for cov in variant.covariates:
         if pd.isna(row[cov]):
-            return f"missing covariate {cov}"
+            return f"missing covariate {cov}{why}"
     if pid not in wide.index:
         return "no change scores"
     values = wide.loc[pid, features]

@@ -1,5 +1,12 @@
 """Study simulator with planted ground truth (DESIGN §6). No Dagster here."""
 
-from kp_assets.science.simulator.study import SimulationOptions, simulate_study
+from kp_assets.science.simulator.study import (
+    SIMULATION_MARKER,
+    SimulationOptions,
+    is_simulated_study,
+    simulate_study,
+    simulation_target_problem,
+)
 
-__all__ = ["SimulationOptions", "simulate_study"]
+__all__ = ["SIMULATION_MARKER", "SimulationOptions", "is_simulated_study", "simulate_study",
+           "simulation_target_problem"]

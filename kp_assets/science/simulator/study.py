@@ -14,13 +14,21 @@ Layout (fMRIPrep derivatives in MNI space, one run per task)::
 
 The study is written into a hidden sibling folder and renamed into place at the end, so an
 interrupted simulation never leaves a half study where the pipeline would look for one.
+
+Every simulated study holds the marker file ``<out>/.kp-simulated`` (:data:`SIMULATION_MARKER`).
+It is what lets kp replace a folder: :func:`simulate_study` writes into a folder that does not
+exist or is empty, replaces one that holds the marker only when asked to (``overwrite``), and
+refuses any other folder whatever ``overwrite`` says, so a user's files are never deleted,
+replaced or written into. Deleting the marker protects a simulated study from being replaced.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -60,6 +68,13 @@ SPACE = "MNI152NLin2009cAsym"
 PLANTING_RADIUS_MM = 7.0  # regions are planted in spheres of this radius around the centres
 INT16_MAX = 32000  # leave headroom below 32767 when scaling to int16
 QUANTUM = 1.0  # intensity step of the stored int16 (noise sd is ≈ 12 units)
+# The file that marks a folder as written by this simulator (see the module docstring).
+SIMULATION_MARKER = ".kp-simulated"
+_MARKER_TEXT = (
+    "This folder was written by `kp simulate` (kp_assets/science/simulator). kp may delete and\n"
+    "replace it (`kp demo`, `kp simulate --overwrite`); delete this file to keep kp from ever\n"
+    "replacing it.\n"
+)
 
 
 @dataclass(frozen=True)
@@ -288,6 +303,71 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
     (truth / "simulation.json").write_text(json.dumps(description, indent=2, sort_keys=True))
 
 
+def is_simulated_study(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder this simulator wrote: it holds :data:`SIMULATION_MARKER` as a
+    regular file (a link to a marker elsewhere does not count)."""
+    try:
+        return os.path.isdir(path) and stat.S_ISREG(
+            os.lstat(Path(path) / SIMULATION_MARKER).st_mode)
+    except OSError:
+        return False
+
+
+def simulation_target_problem(out_dir: str | os.PathLike, overwrite: bool = False) -> str | None:
+    """Why :func:`simulate_study` would refuse to write ``out_dir``, or None if it may.
+
+    It may when the folder does not exist or is empty, or, with ``overwrite``, when it holds a
+    study this simulator wrote (:func:`is_simulated_study`); never when it holds anything else.
+    """
+    out = Path(out_dir).resolve()
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return "exists and is not a folder"
+    try:
+        with os.scandir(out) as entries:
+            empty = next(entries, None) is None
+    except OSError as e:
+        return f"cannot be listed ({e.strerror})"
+    if empty:
+        return None
+    if is_simulated_study(out):
+        return None if overwrite else "holds a study kp simulated (overwrite replaces it)"
+    return (f"is not empty and kp did not simulate it (no {SIMULATION_MARKER} file), so kp never "
+            "deletes, replaces or writes into it")
+
+
+def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished ``staging`` folder to ``out`` under the rules of
+    :func:`simulation_target_problem`, checked again: ``out`` may have changed meanwhile."""
+    problem = simulation_target_problem(out, overwrite)
+    if problem:
+        raise FileExistsError(f"{out}: {problem}")
+    if not is_simulated_study(out):
+        # absent or empty: rename(2) replaces only an empty folder, so a file that arrived
+        # during the simulation makes it fail instead of being lost
+        try:
+            os.rename(staging, out)
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise FileExistsError(
+                    f"{out}: files appeared in the folder during the simulation; it was left as "
+                    "it is") from e
+            raise OSError(e.errno, f"{out}: cannot move the simulated study into place "
+                                   f"({e.strerror}); a mount point cannot be replaced: simulate "
+                                   "into a new folder inside it") from e
+        return
+    # a previous simulation: set aside first, so the new study appears in one rename
+    old = out.with_name(f".{out.name}.replaced-{os.urandom(4).hex()}")
+    os.rename(out, old)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old)
+
+
 def simulate_study(
     out_dir: str | os.PathLike,
     *,
@@ -306,11 +386,15 @@ def simulate_study(
     ``volumes``: per-task volume counts, one count for every task, or None for the
     defaults (faces 200, conflict 150, rest 140). ``jobs``: worker processes (default: up
     to 2, one per core).
-    Refuses to write into an existing non-empty folder unless ``overwrite``.
+
+    ``out_dir`` must not exist or be an empty folder; ``overwrite`` also allows a folder holding
+    a study this simulator wrote (the :data:`SIMULATION_MARKER` file), which is replaced. Any
+    other folder raises ``FileExistsError`` naming it, before anything is written.
     """
     out = Path(out_dir).resolve()
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: folder exists and is not empty (use overwrite)")
+    problem = simulation_target_problem(out, overwrite)
+    if problem:
+        raise FileExistsError(f"{out}: {problem}")
     per_task = dict(DEFAULT_VOLUMES)
     if isinstance(volumes, int):
         per_task = dict.fromkeys(TASKS, volumes)
@@ -319,10 +403,12 @@ def simulate_study(
     options = SimulationOptions(participants, seed, float(voxel_size), per_task, float(tr),
                                 null)
     planted, participant_jobs = plan_study(options)
-    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh name (mkdir fails on an existing one): nothing is ever cleared to make room
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}-{os.urandom(4).hex()}")
+    staging.mkdir()
     try:
+        (staging / SIMULATION_MARKER).write_text(_MARKER_TEXT)
         _write_tables(staging, planted, options)
         workers = min(jobs or os.cpu_count() or 1, 2, len(participant_jobs))
         bar = tqdm(total=len(participant_jobs), desc="simulating participants", unit="participant",
@@ -339,9 +425,7 @@ def simulate_study(
                 _write_participant(job, staging, options)
                 bar.update()
         bar.close()
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
+        _move_into_place(staging, out, overwrite)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # ours; gone already once moved into place
     return out
