@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from kp_assets.science.balloon import DCMParameters
-from kp_assets.science.dcm import DCMSpec, invert_dcm, invert_many, pack
-from kp_assets.science.simulator.design import faces_events
-from kp_assets.science.simulator.effects import BASELINE
-from kp_assets.science.simulator.neural import integrate_dcm
-from kp_assets.science.simulator.signals import dcm_parameters, faces_inputs, neural_noise
+from kp_science.balloon import DCMParameters
+from kp_science.dcm import DCMSpec, invert_dcm, invert_many, pack
+from kp_science.simulator.design import faces_events
+from kp_science.simulator.effects import BASELINE
+from kp_science.simulator.neural import integrate_dcm
+from kp_science.simulator.signals import dcm_parameters, faces_inputs, neural_noise
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spm12_dcm"
 CASES = ["dev_2region_fwdmod", "dev_2region_bothmod", "dev_3region_chain"]

@@ -2,7 +2,7 @@
 
 The tests check one simulated study (seed 11, image path); this measures the same pipeline
 over several seeds on the region-level path (the study's ROI signals plus the residual ROI
-noise measured on the image path, see ``kp_assets.science.simulator.roi_level``):
+noise measured on the image path, see ``kp_science.simulator.roi_level``):
 
 1. first level — every faces run inverted with the default model as the ``dcm_fits`` asset
    does; Spearman ρ of estimate vs planted value over the 42 participant-sessions for
@@ -24,14 +24,14 @@ from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
 from kp_assets.dcm import fit_row, parameter_rows
-from kp_assets.science.dcm import invert_many
-from kp_assets.science.dcm.findings import DCM_FINDINGS, dcm_findings
-from kp_assets.science.dcm.group import group_dcm
-from kp_assets.science.dcm.run_data import prepare_run, run_inputs
-from kp_assets.science.simulator.images import cosine_regressors
-from kp_assets.science.simulator.roi_level import simulate_roi_study
 from kp_resources.dcm_models import DCMModels
-from kp_resources.study import with_improvements
+from kp_science.dcm import invert_many
+from kp_science.dcm.findings import DCM_FINDINGS, dcm_findings
+from kp_science.dcm.group import group_dcm
+from kp_science.dcm.run_data import prepare_run, run_inputs
+from kp_science.simulator.images import cosine_regressors
+from kp_science.simulator.roi_level import simulate_roi_study
+from kp_science.study.clinical import with_improvements
 
 RECOVERED = ("B[emotional][amygdala->vmpfc]", "A[vmpfc->amygdala]")
 

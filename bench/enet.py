@@ -8,7 +8,7 @@
    the same grid and folds (tol 1e-12) — target ≥ 20× faster with identical results
    (same selected grid point, every fold's coefficients within 1e-6).
 
-Simulated data: ``kp_assets.science.prediction.synthetic.synthetic_study`` — 21
+Simulated data: ``kp_science.prediction.synthetic.synthetic_study`` — 21
 participants, 100 change scores, 11 ketamine / 10 midazolam, MADRS improvement correlated
 with CAPS-5 improvement; three effects planted (vmPFC→amygdala faces gPPI in both arms,
 stronger on ketamine; dACC conflict regulation and vmPFC–insula rest FC on ketamine).
@@ -17,7 +17,7 @@ The permutation test's cost depends on the data: it stops refitting a permutatio
 points once they cannot beat the observed LOO error, and a permutation once one mixing
 ratio beats it, so it solves roughly 5–10 % of the full 10⁷ fits per variant with a clear
 effect (default strength 0.9: every variant significant) and about 20 % on a null study
-(--strength 0); see :mod:`kp_assets.science.prediction.evaluation`.
+(--strength 0); see :mod:`kp_science.prediction.evaluation`.
 
 The solver is compiled by numba on first use (about half a minute of CPU, once per machine:
 the machine code is cached on disk). The benchmark first loads (or compiles) it on a tiny
@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from kp_assets.science.prediction import (
+from kp_science.prediction import (
     DEFAULT_VARIANTS,
     EnetSettings,
     design_matrix,
@@ -43,7 +43,7 @@ from kp_assets.science.prediction import (
     loo_select_sklearn,
     paper_table,
 )
-from kp_assets.science.prediction.synthetic import synthetic_study
+from kp_science.prediction.synthetic import synthetic_study
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ process, best of 3 interleaved rounds after a warm-up round:
 Targets: ours/nibabel ≤ 1.3 and a peak memory increase of (b), measured in a fresh process,
 ≤ 1.5× the uncompressed run (97·115·97·300·4 bytes). Also measures (b) with stdlib zlib in
 place of ISA-L
-(both patch ``kp_resources.study`` in this process only), and where the time of (b) goes.
+(both patch ``kp_science.study.nifti`` in this process only), and where the time of (b) goes.
 Confounds are parsed afresh in every timed call (``load_run_confounds`` memoises them).
 
     .venv/bin/python bench/extract.py [--out bench/out/extract] [--repeats 3]
@@ -37,16 +37,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from kp_assets.science import roi_signals  # noqa: E402
-from kp_assets.science.roi_signals import (  # noqa: E402
+from kp_resources.roi_set import RoiSet  # noqa: E402
+from kp_science import roi_signals  # noqa: E402
+from kp_science.roi_signals import (  # noqa: E402
     CleaningStrategy,
     clean_roi_signals,
     extract_roi_means,
     load_run_confounds,
 )
-from kp_resources import study as study_module  # noqa: E402
-from kp_resources.roi_set import RoiSet  # noqa: E402
-from kp_resources.study import read_nifti  # noqa: E402
+from kp_science.study import nifti as study_module  # noqa: E402
+from kp_science.study.nifti import read_nifti  # noqa: E402
 
 SHAPE = (97, 115, 97)
 VOLUMES = 300
@@ -71,7 +71,7 @@ def bench_run(out: Path) -> tuple[Path, Path]:
     done = out / "float32.done"
     if done.exists() and bold.exists():
         return bold, mask
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     out.mkdir(parents=True, exist_ok=True)
     print(f"simulating the benchmark run into {out} (once) ...", flush=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kp_assets.science.dcm import estimate_peb, group_dcm, reduce_peb, simulate_first_level
+from kp_science.dcm import estimate_peb, group_dcm, reduce_peb, simulate_first_level
 
 FIXTURE = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spm12_peb"
            / "dev_peb_12subjects.json")

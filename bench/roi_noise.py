@@ -1,6 +1,6 @@
 """Measure the noise left in a cleaned ROI mean by the image path, for the region-level path.
 
-``kp_assets.science.simulator.roi_level`` simulates studies as ROI means plus AR(1) noise
+``kp_science.simulator.roi_level`` simulates studies as ROI means plus AR(1) noise
 (``ROI_NOISE_SD``, ``ROI_NOISE_AR1``). This script measures what those should be: it writes
 a small study at the default voxel size, runs the pipeline's own extraction and cleaning
 (``roi_timeseries``) on every run, cleans the planted region signal of the same run the same
@@ -19,11 +19,14 @@ import numpy as np
 import pandas as pd
 
 from kp_assets.roi_timeseries import _run_tables
-from kp_assets.science.roi_signals import clean_roi_signals, load_run_confounds
-from kp_assets.science.rois import ROI_NAMES
-from kp_assets.science.simulator import simulate_study
-from kp_assets.science.simulator.roi_level import BASELINE, ROI_NOISE_AR1, ROI_NOISE_SD
-from kp_assets.science.simulator.study import (
+from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.roi_set import RoiSet
+from kp_resources.study import StudyFolder
+from kp_science.roi_signals import clean_roi_signals, load_run_confounds
+from kp_science.rois import ROI_NAMES
+from kp_science.simulator import simulate_study
+from kp_science.simulator.roi_level import BASELINE, ROI_NOISE_AR1, ROI_NOISE_SD
+from kp_science.simulator.study import (
     DEFAULT_VOLUMES,
     SESSIONS,
     SimulationOptions,
@@ -31,9 +34,7 @@ from kp_assets.science.simulator.study import (
     region_signals,
     run_rng,
 )
-from kp_resources.cleaning import ConfoundCleaning
-from kp_resources.roi_set import RoiSet
-from kp_resources.study import StudyFolder, validate_run
+from kp_science.study.validate import validate_run
 
 
 def residuals(study: Path, options: SimulationOptions) -> list[np.ndarray]:

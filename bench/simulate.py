@@ -20,7 +20,7 @@ from pathlib import Path
 import nibabel as nib
 from isal import igzip
 
-from kp_assets.science.simulator import is_simulated_study, simulate_study
+from kp_science.simulator import is_simulated_study, simulate_study
 
 
 def folder_size(path: Path) -> int:

@@ -30,7 +30,7 @@ def _use_repo_instance() -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     start = time.perf_counter()
     try:
@@ -74,7 +74,7 @@ def demo_study_problem(study: Path) -> str | None:
     """
     if (study / "dataset_description.json").exists():
         return None
-    from kp_assets.science.simulator import simulation_target_problem
+    from kp_science.simulator import simulation_target_problem
 
     problem = simulation_target_problem(study, overwrite=True)
     if problem is None:
@@ -107,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not (study / "dataset_description.json").exists():
         print(f"simulating the default study ({args.participants} participants) into {study}")
-        from kp_assets.science.simulator import simulate_study
+        from kp_science.simulator import simulate_study
 
         try:  # replaces only a study kp simulated (see demo_study_problem)
             simulate_study(study, participants=args.participants, progress=True, overwrite=True)

@@ -5,8 +5,9 @@ import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
 from kp_resources.quality import check_result
-from kp_resources.study import StudyFolder, discover_participants
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
+from kp_science.study.layout import discover_participants
 
 
 @dg.asset(

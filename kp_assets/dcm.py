@@ -2,13 +2,13 @@
 
 For every session of the participant, the faces run's amygdala and vmPFC signals (the
 ``dcm_models`` resource names the task, regions, inputs and the model space) are fitted with
-every model by the SPM12-equivalent estimator of :mod:`kp_assets.science.dcm`:
+every model by the SPM12-equivalent estimator of :mod:`kp_science.dcm`:
 
 - data: every volume's raw ROI mean from ``roi_timeseries`` as percent signal change; a DCM
   needs an unbroken series, so scrubbed volumes are not dropped but each gets a spike column
   in the confounds X0, next to a constant and the run's fMRIPrep confounds (the ``cleaning``
   resource's strategy, the same as ``roi_timeseries``). See
-  :mod:`kp_assets.science.dcm.run_data`;
+  :mod:`kp_science.dcm.run_data`;
 - inputs: boxcars from the events (default: faces = emotional + neutral blocks, emotional =
   emotional blocks); TR from ``scans``; slice delay = the run's slice-timing reference
   (``time_s`` of volume 0) — TR/2 for fMRIPrep's slice-timing-corrected runs, as SPM assumes.
@@ -25,16 +25,17 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from kp_assets.partitions import participants
-from kp_assets.science.dcm import DCMResult, DCMSpec, invert_many, parameter_table, priors
-from kp_assets.science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
-from kp_assets.science.roi_plots import markdown_image
 from kp_assets.task_runs import event_requirements, run_model_inputs
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_io import markdown_table
 from kp_resources.quality import check_result
-from kp_resources.study import StudyDataError, validate_participant_label
 from kp_resources.warehouse import Warehouse
+from kp_science.dcm import DCMResult, DCMSpec, invert_many, parameter_table, priors
+from kp_science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
+from kp_science.roi_plots import markdown_image
+from kp_science.study.errors import StudyDataError
+from kp_science.study.layout import validate_participant_label
 
 FIT_COLUMNS = ["participant_id", "session", "task", "run", "model", "free_energy",
                "explained_variance", "n_iter", "converged", "seconds", "message", "n_scans",

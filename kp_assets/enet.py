@@ -3,7 +3,7 @@
 
 One unpartitioned multi-asset over the ``change_scores`` of every current participant
 (``participant_status``: the others are listed in ``enet_exclusions``) and ``clinical``;
-the science is :mod:`kp_assets.science.prediction`, the model variants and settings are the
+the science is :mod:`kp_science.prediction`, the model variants and settings are the
 ``prediction`` resource (:class:`~kp_resources.prediction_models.PredictionModels`).
 
 With fewer participants with both sessions than ``min_participants`` the step fails with
@@ -18,18 +18,18 @@ import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
 from kp_assets.participant_status import current_participants, not_current
-from kp_assets.science.prediction import (
+from kp_resources.parquet_io import inherit_provenance, markdown_table
+from kp_resources.prediction_models import PredictionModels
+from kp_resources.quality import check_result
+from kp_resources.warehouse import Warehouse
+from kp_science.prediction import (
     TABLES,
     fit_all,
     plot_coefficients,
     plot_cv_curve,
     plot_observed_vs_predicted,
 )
-from kp_assets.science.roi_plots import markdown_image
-from kp_resources.parquet_io import inherit_provenance, markdown_table
-from kp_resources.prediction_models import PredictionModels
-from kp_resources.quality import check_result
-from kp_resources.warehouse import Warehouse
+from kp_science.roi_plots import markdown_image
 
 DESCRIPTIONS = {
     "enet_summary": "One row per model variant: status, participants, selected grid point, "

@@ -17,7 +17,7 @@ import dagster as dg
 from kp_assets.definitions import build_definitions
 from kp_assets.participant_status import innermost_message
 from kp_assets.partitions import participants
-from kp_resources.study import discover_study
+from kp_science.study.layout import discover_study
 
 
 def first_error(result: dg.ExecuteInProcessResult) -> str:

@@ -1,7 +1,7 @@
 """``paper_table``: the paper's headline findings (DESIGN §1) beside this project's estimates.
 
 One row per finding, computed from the elastic-net tables and the group DCM effects by
-:func:`kp_assets.science.prediction.paper_table`; a finding the data cannot give is NaN with
+:func:`kp_science.prediction.paper_table`; a finding the data cannot give is NaN with
 the reason in ``note``. The DCM rows carry ``pp``, the posterior probability that the effect
 is present.
 """
@@ -10,10 +10,10 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
-from kp_assets.science.dcm.findings import dcm_findings
-from kp_assets.science.prediction import paper_table as build_paper_table
 from kp_resources.parquet_io import markdown_table
 from kp_resources.warehouse import Warehouse
+from kp_science.dcm.findings import dcm_findings
+from kp_science.prediction import paper_table as build_paper_table
 
 
 @dg.asset(

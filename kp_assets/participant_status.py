@@ -19,8 +19,9 @@ from kp_assets.automation import GROUP_REFRESH
 from kp_resources.lineage import CURRENT
 from kp_resources.lineage import participant_status as status_table
 from kp_resources.parquet_io import markdown_table
-from kp_resources.study import StudyDataError, StudyFolder
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
+from kp_science.study.errors import StudyDataError
 
 #: Every participant-partitioned table, upstream first (``scans`` first).
 PARTICIPANT_TABLES = ("scans", "roi_timeseries", "roi_coverage", "roi_activation",

@@ -4,10 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.science.rest_fc import pair_correlations
-from kp_assets.science.roi_plots import connectivity_matrix_png, markdown_image
 from kp_assets.task_runs import empty_table, run_signals
 from kp_resources.parquet_io import inherit_provenance
+from kp_science.rest_fc import pair_correlations
+from kp_science.roi_plots import connectivity_matrix_png, markdown_image
 
 
 @dg.asset(
@@ -20,7 +20,7 @@ from kp_resources.parquet_io import inherit_provenance
 )
 def rest_connectivity(context: dg.AssetExecutionContext,
                       roi_timeseries: pd.DataFrame) -> pd.DataFrame:
-    from kp_assets.science.rois import ROI_NAMES
+    from kp_science.rois import ROI_NAMES
 
     tables, plots = [], {}
     for session in ("pre", "post"):

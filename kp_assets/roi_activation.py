@@ -4,10 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.science.activation import CONTRASTS, fit_roi_glm
 from kp_assets.task_runs import empty_table, task_runs
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.parquet_io import inherit_provenance
+from kp_science.activation import CONTRASTS, fit_roi_glm
 
 
 @dg.asset(

@@ -17,21 +17,18 @@ import numpy as np
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.science.roi_plots import markdown_image, roi_positions_png
-from kp_assets.science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.parquet_io import markdown_table
 from kp_resources.quality import QualityThresholds, check_result
 from kp_resources.roi_set import RoiSet
-from kp_resources.study import (
-    CHANGED_SINCE_SCANS,
-    StudyDataError,
-    check_unchanged,
-    read_nifti,
-    read_sidecar,
-    validate_participant_label,
-)
 from kp_resources.warehouse import Warehouse
+from kp_science.roi_plots import markdown_image, roi_positions_png
+from kp_science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
+from kp_science.study.errors import StudyDataError
+from kp_science.study.layout import validate_participant_label
+from kp_science.study.nifti import read_nifti
+from kp_science.study.reading import CHANGED_SINCE_SCANS, check_unchanged
+from kp_science.study.validate import read_sidecar
 
 
 def slice_time_ref(sidecar_path: str, tr: float, sha256: str | None = None) -> float:

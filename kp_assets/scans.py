@@ -9,17 +9,17 @@ from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_io import SOURCE_FINGERPRINT_ATTR, markdown_table
 from kp_resources.quality import QualityThresholds, check_result
-from kp_resources.study import (
-    SESSIONS,
-    StudyDataError,
-    StudyFolder,
+from kp_resources.study import StudyFolder
+from kp_resources.warehouse import Warehouse
+from kp_science.study.errors import StudyDataError
+from kp_science.study.layout import validate_participant_label
+from kp_science.study.validate import (
     check_one_run_per_task,
     session_label_problem,
     split_sessions,
-    validate_participant_label,
     validate_run,
 )
-from kp_resources.warehouse import Warehouse
+from kp_science.study.vocabulary import SESSIONS
 
 CHECKS = [
     dg.AssetCheckSpec("scans_motion_check", asset="scans",

@@ -7,7 +7,7 @@ A participant folder is picked up only when it is **complete and settled**:
   brain mask and confounds TSV, plus the events TSV for the task paradigms (faces, conflict).
   A session that is not there yet (post-treatment) is fine; a half-filled one is not;
 - settled: its fingerprint (names, sizes and modification times of its files; see
-  :func:`kp_resources.study.participant_fingerprint`) is the same at two consecutive ticks,
+  :func:`kp_science.study.layout.participant_fingerprint`) is the same at two consecutive ticks,
   i.e. nothing was written to it for one sensor interval (30 s).
 
 So a folder that is still being copied waits, whatever order the files arrive in, and so does
@@ -18,7 +18,7 @@ tick with what they lack.
 
 Errors: a ``sub-*`` entry that is not a participant folder (a bad name, a file, a symbolic
 link loop, a link out of the study folder, a folder that cannot be read or vanished; see
-:func:`kp_resources.study.discover_study`) is logged as a warning with its path and reason at
+:func:`kp_science.study.layout.discover_study`) is logged as a warning with its path and reason at
 every tick and skipped; one that was a participant keeps its cursor state, as does a
 participant whose files cannot be read this tick (a permission error, a link loop inside its
 folder: logged naming the path). Neither stops the tick. A study folder that cannot be listed
@@ -32,14 +32,10 @@ from pathlib import Path
 import dagster as dg
 
 from kp_assets.partitions import participants
-from kp_resources.study import (
-    EVENT_TASKS,
-    StudyDataError,
-    StudyFolder,
-    find_runs,
-    participant_dir,
-    session_folders,
-)
+from kp_resources.study import StudyFolder
+from kp_science.study.errors import StudyDataError
+from kp_science.study.layout import find_runs, participant_dir, session_folders
+from kp_science.study.vocabulary import EVENT_TASKS
 
 # Every participant-partitioned asset from ``scans`` down (roi_timeseries, ..., change_scores,
 # first-level DCM): ``participants`` is the project's only dynamic partitioning. Group assets

@@ -16,8 +16,8 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.science.activation import CONTRASTS
 from kp_resources.parquet_io import inherit_provenance
+from kp_science.activation import CONTRASTS
 
 COLUMNS = ["participant_id", "session", "feature", "family", "value"]
 

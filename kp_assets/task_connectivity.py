@@ -4,11 +4,11 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.science.activation import CONTRASTS
-from kp_assets.science.gppi import fit_gppi
 from kp_assets.task_runs import empty_table, task_runs
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.parquet_io import inherit_provenance
+from kp_science.activation import CONTRASTS
+from kp_science.gppi import fit_gppi
 
 
 @dg.asset(

@@ -12,24 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kp_assets.science.activation import clean_design, task_conditions, task_design
-from kp_assets.science.roi_signals import load_run_confounds
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
-from kp_resources.study import (
-    CHANGED_SINCE_SCANS,
-    EventRequirements,
-    StudyDataError,
-    default_event_requirements,
-    read_events,
-)
+from kp_science.activation import clean_design, task_conditions, task_design
+from kp_science.roi_signals import load_run_confounds
+from kp_science.study.errors import StudyDataError
+from kp_science.study.reading import CHANGED_SINCE_SCANS
+from kp_science.study.validate import EventRequirements, default_event_requirements, read_events
 
 EVENT_TASKS = ("faces", "conflict")
 
 
 def event_requirements(dcm_models: DCMModels | None = None) -> dict[str, EventRequirements]:
     """Task → what its models need from every events file: the task contrasts
-    (:func:`kp_resources.study.default_event_requirements`) and, for the DCM's task, the
+    (:func:`kp_science.study.validate.default_event_requirements`) and, for the DCM's task, the
     trial types of the ``dcm_models`` inputs. ``scans`` checks these, and the models check
     the same again when they read the events, so both agree."""
     needs = default_event_requirements()

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from kp_assets.science.roi_signals import CleaningStrategy
+from kp_science.roi_signals import CleaningStrategy
 
 
 class ConfoundCleaning(dg.ConfigurableResource):

@@ -118,7 +118,7 @@ class DCMModels(dg.ConfigurableResource):
 
 class DCMGroupDesign(dg.ConfigurableResource):
     """The group DCM analyses (``dcm_group_effects``; see
-    :mod:`kp_assets.science.dcm.group` for the designs).
+    :mod:`kp_science.dcm.group` for the designs).
 
     analyses: which of "longitudinal" (change post − pre, covariates mean, CAPS-5
     improvement, arm, improvement × arm) and "baseline" (pre-treatment parameters, same
@@ -146,7 +146,7 @@ class DCMGroupDesign(dg.ConfigurableResource):
 
     def config(self):
         """The design as the science code's ``GroupDCMConfig``."""
-        from kp_assets.science.dcm.group import GroupDCMConfig
+        from kp_science.dcm.group import GroupDCMConfig
 
         return GroupDCMConfig(
             model=self.model, analyses=tuple(self.analyses),

@@ -36,7 +36,7 @@ from kp_resources.parquet_io import (
     inputs_digest,
     read_parquet_kv,
 )
-from kp_resources.study import BIDS_LABEL, participant_fingerprint
+from kp_science.study.layout import BIDS_LABEL, participant_fingerprint
 
 CURRENT = "current"
 #: Statuses in the order they are tested; the first that applies is reported.

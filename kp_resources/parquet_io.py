@@ -59,7 +59,7 @@ STAMPED_PACKAGES = (
 SOURCE_SHA256_ATTR = "source_sha256"
 
 #: ``df.attrs`` key where ``scans`` puts the participant folder's fingerprint as it was read
-#: (:func:`kp_resources.study.participant_fingerprint`), written as ``kp.source_fingerprint``.
+#: (:func:`kp_science.study.layout.participant_fingerprint`), written as ``kp.source_fingerprint``.
 SOURCE_FINGERPRINT_ATTR = "source_fingerprint"
 
 #: Footer key: a fresh id of every file written, so a reader can tell which write it saw.

@@ -21,8 +21,8 @@ and at least 10 participants with both sessions.
 
 import dagster as dg
 
-from kp_assets.science.prediction.elastic_net import DEFAULT_L1_RATIOS, EnetSettings
-from kp_assets.science.prediction.variants import DEFAULT_VARIANTS, ModelVariant
+from kp_science.prediction.elastic_net import DEFAULT_L1_RATIOS, EnetSettings
+from kp_science.prediction.variants import DEFAULT_VARIANTS, ModelVariant
 
 
 class PredictionVariant(dg.Config):

@@ -1,7 +1,7 @@
 """The ROI set resource: which regions every ROI-based table is built from.
 
 Default: spheres of ``radius_mm`` at the literature MNI coordinates of
-:mod:`kp_assets.science.rois`. Optionally a user label atlas instead: a NIfTI label image
+:mod:`kp_science.rois`. Optionally a user label atlas instead: a NIfTI label image
 (``atlas_path``) and a TSV lookup table (``lookup_path``, columns ``index`` and ``name``) that
 maps labels to the six region names (several labels may make one region, e.g. left and
 right). The definition (coordinates and radius, or the atlas and lookup checksums; the coverage
@@ -19,8 +19,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from kp_assets.science.roi_signals import RoiVoxels, atlas_voxels, sphere_voxels
-from kp_assets.science.rois import ROI_CENTRES_MM, ROI_NAMES
+from kp_science.roi_signals import RoiVoxels, atlas_voxels, sphere_voxels
+from kp_science.rois import ROI_CENTRES_MM, ROI_NAMES
 
 # Keys of :meth:`RoiSet.definition` that say where a file is, not what it holds: left out of
 # the fingerprint so moving the atlas does not invalidate every table built from it.

@@ -30,7 +30,7 @@ def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean simulated study, shared by the whole session: never modify it."""
     import pandas as pd
 
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     out = Path(simulate_study(tmp_path_factory.mktemp("shared") / "study", **TINY_STUDY))
     for task, design in TINY_EVENTS.items():
@@ -43,7 +43,7 @@ def study_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three participants, 4 mm voxels, 60 volumes: the smallest study the ROI cleaning and
     the task models run on (never modify it: copy it)."""
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     return simulate_study(tmp_path_factory.mktemp("small") / "study", participants=3, seed=4,
                           voxel_size=4.0, volumes=60)
@@ -61,7 +61,7 @@ def study_copy(study_root: Path, tmp_path: Path) -> Path:
 
 
 def _run(root: Path, pid: str, task: str = "faces", session: str = "pre"):
-    from kp_resources.study import find_runs
+    from kp_science.study.layout import find_runs
 
     return next(r for r in find_runs(root, pid) if r.task == task and r.session == session)
 
@@ -402,8 +402,8 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     import dagster as dg
 
     from kp_assets.materialize import materialize_study
-    from kp_assets.science.simulator import simulate_study
     from kp_resources.prediction_models import PredictionModels
+    from kp_science.simulator import simulate_study
 
     study = simulate_study(base / "study", null=null, **(RECOVERY_STUDY | options))
     warehouse = base / "warehouse"

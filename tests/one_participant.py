@@ -9,7 +9,7 @@ PID = "sub-01"
 
 
 def one_participant_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     study = tmp_path_factory.getbasetemp() / "one-participant" / "study"
     if not (study / "dataset_description.json").exists():

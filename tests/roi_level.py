@@ -4,7 +4,7 @@ For the seed-level tests of the prediction models (issue 4), which need dozens o
 21-participant studies: :func:`change_scores` runs exactly the science functions the
 ``roi_timeseries`` → ``roi_activation`` / ``task_connectivity`` / ``rest_connectivity`` →
 ``session_features`` → ``change_scores`` assets run, from the cleaning step on, on the ROI
-means of :func:`kp_assets.science.simulator.roi_level.simulate_roi_study`.
+means of :func:`kp_science.simulator.roi_level.simulate_roi_study`.
 """
 
 from __future__ import annotations
@@ -14,20 +14,20 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from kp_assets.science.activation import (
+from kp_assets.session_features import change_table, feature_table
+from kp_science.activation import (
     CONTRASTS,
     clean_design,
     fit_roi_glm,
     task_conditions,
     task_design,
 )
-from kp_assets.science.gppi import fit_gppi
-from kp_assets.science.rest_fc import pair_correlations
-from kp_assets.science.roi_signals import clean_roi_signals
-from kp_assets.science.simulator.images import cosine_regressors
-from kp_assets.science.simulator.roi_level import RoiRun, RoiStudy, simulate_roi_study
-from kp_assets.session_features import change_table, feature_table
-from kp_resources.study import with_improvements
+from kp_science.gppi import fit_gppi
+from kp_science.rest_fc import pair_correlations
+from kp_science.roi_signals import clean_roi_signals
+from kp_science.simulator.images import cosine_regressors
+from kp_science.simulator.roi_level import RoiRun, RoiStudy, simulate_roi_study
+from kp_science.study.clinical import with_improvements
 
 SLICE_TIME_REF = 0.5  # the simulator's sidecars: slice-timing corrected to mid-TR
 

@@ -96,7 +96,7 @@ class Loop:
 
 @pytest.fixture(scope="module")
 def five_participant_study(tmp_path_factory) -> Path:
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     return simulate_study(tmp_path_factory.mktemp("arrivals") / "study", participants=5,
                           seed=4, voxel_size=8.0, volumes=60)

@@ -254,8 +254,8 @@ def _query(warehouse: Path, sql: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     from kp_assets.materialize import materialize_study
-    from kp_assets.science.simulator import simulate_study
     from kp_resources.prediction_models import PredictionModels
+    from kp_science.simulator import simulate_study
 
     base = tmp_path_factory.mktemp("corpus")
     n = len(CASES) + N_CONTROLS

@@ -11,7 +11,7 @@ import pytest
 from kp_assets.cli import main
 from kp_assets.materialize import materialize_study
 from kp_assets.partitions import participants
-from kp_resources.study import sha256_file
+from kp_science.study.reading import sha256_file
 from tests.bad_entries import BAD_ENTRIES, bad_entries
 
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from kp_assets.science.balloon import DCMParameters, state_derivative
-from kp_assets.science.dcm import (
+from kp_science.balloon import DCMParameters, state_derivative
+from kp_science.dcm import (
     DCMSpec,
     inputs_from_events,
     invert_dcm,
@@ -21,7 +21,7 @@ from kp_assets.science.dcm import (
     priors,
     unpack,
 )
-from kp_assets.science.dcm.integrate import FD_STEP, bilinear_operators
+from kp_science.dcm.integrate import FD_STEP, bilinear_operators
 from tests.spm12 import spm12_fixture
 
 CASES = ["dev_2region_fwdmod", "dev_2region_bothmod", "dev_3region_chain"]
@@ -218,7 +218,7 @@ def test_failed_linear_algebra_in_a_step_rejects_the_step(monkeypatch):
     """A trial step into an overflowing region once made the SVD of the free-energy
     determinant fail and crashed the partition; such a step is now scored as the worst point
     and rejected, and the fit goes on from the last accepted point."""
-    import kp_assets.science.dcm.invert as invert
+    import kp_science.dcm.invert as invert
 
     fx = _fixture("dev_2region_fwdmod")
     clean = _inverted("dev_2region_fwdmod")[1]
@@ -268,9 +268,9 @@ def test_invert_many_in_processes_matches_serial():
 
 
 def test_recovers_simulated_connectivity():
-    from kp_assets.science.simulator.design import faces_events
-    from kp_assets.science.simulator.neural import integrate_dcm
-    from kp_assets.science.simulator.signals import faces_inputs
+    from kp_science.simulator.design import faces_events
+    from kp_science.simulator.neural import integrate_dcm
+    from kp_science.simulator.signals import faces_inputs
 
     rng = np.random.default_rng(0)
     n_draws, n_volumes, tr, snr = 10, 200, 2.0, 2.0

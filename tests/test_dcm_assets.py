@@ -12,16 +12,16 @@ from scipy.stats import spearmanr
 
 from kp_assets.definitions import build_definitions
 from kp_assets.materialize import first_error
-from kp_assets.science.dcm.model import MICROTIME_BINS
-from kp_assets.science.dcm.run_data import (
+from kp_resources.dcm_models import DCMModel, DCMModels
+from kp_resources.warehouse import query
+from kp_science.dcm.model import MICROTIME_BINS
+from kp_science.dcm.run_data import (
     confound_basis,
     percent_signal,
     prepare_run,
     run_inputs,
 )
-from kp_resources.dcm_models import DCMModel, DCMModels
-from kp_resources.study import find_runs
-from kp_resources.warehouse import query
+from kp_science.study.layout import find_runs
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 FACES_INPUTS = {"faces": ["emotional", "neutral"], "emotional": ["emotional"]}
@@ -127,7 +127,7 @@ def test_dcm_models_resource_checks_its_masks():
 def small_study(tmp_path_factory) -> Path:
     """Two participants, 4 mm voxels, 80-volume faces runs (4 blocks: 2 emotional, 2 neutral);
     the other runs are only as long as the cleaning needs."""
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     return simulate_study(tmp_path_factory.mktemp("dcm") / "study", participants=2, seed=4,
                           voxel_size=4.0, volumes={"faces": 80, "conflict": 50, "rest": 50})

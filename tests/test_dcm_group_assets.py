@@ -10,11 +10,11 @@ import pytest
 from kp_assets.dcm_group import dcm_group_effects
 from kp_assets.materialize import first_error
 from kp_assets.partitions import participants
-from kp_assets.science.dcm.findings import DCM_FINDINGS, dcm_findings
-from kp_assets.science.dcm.group import simulate_first_level
 from kp_resources.dcm_models import DCMGroupDesign
 from kp_resources.parquet_io import RETRACTED_DIR, ParquetIOManager
 from kp_resources.warehouse import Warehouse, list_tables, query
+from kp_science.dcm.findings import DCM_FINDINGS, dcm_findings
+from kp_science.dcm.group import simulate_first_level
 from tests.seeded_warehouse import write_status, write_table
 
 ASSETS = [dg.AssetSpec("dcm_fits", partitions_def=participants),

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from kp_assets.sensors import missing_files
-from kp_resources.study import (
+from kp_resources.study import StudyFolder
+from kp_science.study.errors import StudyDataError
+from kp_science.study.layout import (
     INVALID_LABEL_REASON,
-    StudyDataError,
-    StudyFolder,
     discover_participants,
     discover_study,
     find_runs,

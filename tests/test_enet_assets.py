@@ -10,10 +10,10 @@ import pytest
 from kp_assets.enet import enet_models
 from kp_assets.paper_table import paper_table
 from kp_assets.partitions import participants
-from kp_assets.science.prediction.synthetic import synthetic_study
 from kp_resources.parquet_io import RETRACTED_DIR, ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.warehouse import Warehouse, list_tables, query
+from kp_science.prediction.synthetic import synthetic_study
 from tests.seeded_warehouse import write_status, write_table
 
 # the upstream tables as external assets: written by _seed_warehouse, loaded by the IO manager

@@ -5,19 +5,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kp_assets.science.activation import (
+from kp_assets.session_features import change_table, feature_table
+from kp_science.activation import (
     CONTRASTS,
     clean_design,
     fit_roi_glm,
     task_conditions,
     task_design,
 )
-from kp_assets.science.glm import fit_ar1_glm, t_contrasts
-from kp_assets.science.gppi import dct_basis, deconvolve, fit_gppi, microtime_hrf
-from kp_assets.science.rest_fc import pair_correlations
-from kp_assets.science.simulator.design import conflict_events, faces_events
-from kp_assets.science.simulator.images import cosine_regressors
-from kp_assets.session_features import change_table, feature_table
+from kp_science.glm import fit_ar1_glm, t_contrasts
+from kp_science.gppi import dct_basis, deconvolve, fit_gppi, microtime_hrf
+from kp_science.rest_fc import pair_correlations
+from kp_science.simulator.design import conflict_events, faces_events
+from kp_science.simulator.images import cosine_regressors
 
 TR, N = 2.0, 120
 
@@ -171,7 +171,7 @@ def _reference_gppi(signals, task_regressors, events, confounds, kept, n_volumes
     from nilearn.signal import clean
     from scipy.signal import fftconvolve
 
-    from kp_assets.science.gppi import RIDGE_GRID, _forward_operator, _ridge_operator
+    from kp_science.gppi import RIDGE_GRID, _forward_operator, _ridge_operator
 
     micro = n_volumes * 16
     names = sorted(events["trial_type"].unique())
@@ -250,7 +250,7 @@ def test_gppi_finds_a_planted_interaction():
     """Target = κ·HRF*(emotional·seed neural) + noise: only seed→target emotional is large."""
     from scipy.signal import fftconvolve
 
-    from kp_assets.science.gppi import condition_boxcars
+    from kp_science.gppi import condition_boxcars
 
     rng, conditions, confounds, kept, design = _run("faces", seed=3)
     hrf = microtime_hrf(TR)

@@ -90,7 +90,7 @@ def _temporaries(warehouse: Path) -> list[str]:
 
 
 def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path: Path):
-    from kp_assets.science.simulator import simulate_study
+    from kp_science.simulator import simulate_study
 
     study = Path(simulate_study(tmp_path / "study", participants=5, seed=2, voxel_size=8.0,
                                 volumes=60, progress=False))

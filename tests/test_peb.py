@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kp_assets.science.dcm import (
+from kp_science.dcm import (
     GroupDCMConfig,
     compare_models,
     empirical_posteriors,
@@ -17,9 +17,9 @@ from kp_assets.science.dcm import (
     search_reduced_models,
     simulate_first_level,
 )
-from kp_assets.science.dcm.group import contrast_posterior
-from kp_assets.science.dcm.peb import _data, _terms, precision_components
-from kp_assets.science.dcm.reduction import all_subsets, free_energy_change
+from kp_science.dcm.group import contrast_posterior
+from kp_science.dcm.peb import _data, _terms, precision_components
+from kp_science.dcm.reduction import all_subsets, free_energy_change
 from tests.spm12 import spm12_fixture
 
 # SPM's first greedy round: the eight effects whose single removal costs least evidence

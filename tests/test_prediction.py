@@ -7,7 +7,7 @@ import pytest
 from sklearn.linear_model import ElasticNet, enet_path
 from sklearn.preprocessing import StandardScaler
 
-from kp_assets.science.prediction import (
+from kp_science.prediction import (
     DEFAULT_VARIANTS,
     EnetSettings,
     ModelVariant,
@@ -26,8 +26,8 @@ from kp_assets.science.prediction import (
     plot_observed_vs_predicted,
     refit_selected,
 )
-from kp_assets.science.prediction.elastic_net import select_best
-from kp_assets.science.prediction.synthetic import PLANTED, synthetic_study
+from kp_science.prediction.elastic_net import select_best
+from kp_science.prediction.synthetic import PLANTED, synthetic_study
 
 SMALL = dict(l1_ratios=(0.3, 0.7, 1.0), n_alphas=12)
 VARIANTS = {v.name: v for v in DEFAULT_VARIANTS}
@@ -280,7 +280,7 @@ def test_pruned_permutation_test_decides_like_the_full_one(beta):
 
 
 def test_mixing_ratios_tried_from_the_outside_in():
-    from kp_assets.science.prediction.evaluation import _extremes_first
+    from kp_science.prediction.evaluation import _extremes_first
 
     rho = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
     assert rho[_extremes_first(rho)].tolist() == [1.0, 0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4,

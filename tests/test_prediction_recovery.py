@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from kp_assets.science.prediction import EnetSettings, ModelVariant, fit_variant
-from kp_assets.science.simulator.roi_level import simulate_roi_study
+from kp_science.prediction import EnetSettings, ModelVariant, fit_variant
+from kp_science.simulator.roi_level import simulate_roi_study
 from tests.roi_level import change_scores, many_studies
 
 GPPI = "faces.gppi.vmpfc->amygdala.emotional"

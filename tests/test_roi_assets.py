@@ -11,8 +11,8 @@ import pytest
 from kp_assets.definitions import build_definitions
 from kp_assets.materialize import first_error, materialize_study
 from kp_resources.roi_set import RoiSet
-from kp_resources.study import find_runs
 from kp_resources.warehouse import query
+from kp_science.study.layout import find_runs
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 

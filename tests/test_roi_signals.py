@@ -9,15 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kp_assets.science.roi_signals import (
+from kp_resources.roi_set import RoiSet
+from kp_science.roi_signals import (
     CleaningStrategy,
     clean_roi_signals,
     extract_roi_means,
     load_run_confounds,
     sphere_voxels,
 )
-from kp_resources.roi_set import RoiSet
-from kp_resources.study import find_runs, read_nifti
+from kp_science.study.layout import find_runs
+from kp_science.study.nifti import read_nifti
 
 EYE = np.eye(4)  # 1 mm voxels, voxel (i, j, k) at (i, j, k) mm
 SHAPE = (20, 20, 20)
@@ -281,7 +282,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_roi_plots_are_small_pngs():
-    from kp_assets.science.roi_plots import (
+    from kp_science.roi_plots import (
         connectivity_matrix_png,
         markdown_image,
         roi_positions_png,

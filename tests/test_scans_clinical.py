@@ -16,8 +16,10 @@ from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_io import ParquetIOManager, read_parquet_kv
 from kp_resources.quality import QualityThresholds
-from kp_resources.study import CLINICAL_COLUMNS, StudyFolder, discover_participants, find_runs
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
+from kp_science.study.clinical import CLINICAL_COLUMNS
+from kp_science.study.layout import discover_participants, find_runs
 
 SCANS_COLUMNS = [
     "participant_id",
@@ -279,9 +281,10 @@ def test_dcm_inputs_are_required_of_the_events(study_copy, tmp_path, instance):
 
 
 def test_models_check_the_events_as_scans_does(study_copy, tmp_path, instance, damages):
-    from kp_assets.science.roi_signals import load_run_confounds
     from kp_assets.task_runs import event_requirements, run_model_inputs
-    from kp_resources.study import StudyDataError, validate_run
+    from kp_science.roi_signals import load_run_confounds
+    from kp_science.study.errors import StudyDataError
+    from kp_science.study.validate import validate_run
 
     pid = discover_participants(study_copy)[0]
     warehouse = tmp_path / "wh"

@@ -21,7 +21,8 @@ from kp_assets.sensors import (
     missing_files,
     new_participant_sensor,
 )
-from kp_resources.study import StudyFolder, discover_participants, participant_fingerprint
+from kp_resources.study import StudyFolder
+from kp_science.study.layout import discover_participants, participant_fingerprint
 from tests.bad_entries import bad_entries
 
 

@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 from scipy.signal import detrend
 
-from kp_assets.science.balloon import DCMParameters
-from kp_assets.science.simulator import SimulationOptions, simulate_study
-from kp_assets.science.simulator.effects import (
+from kp_science.balloon import DCMParameters
+from kp_science.simulator import SimulationOptions, simulate_study
+from kp_science.simulator.effects import (
     HEADLINE_EFFECTS,
     MAX_LOOP_GAIN,
     simulate_clinical,
     simulate_parameters,
 )
-from kp_assets.science.simulator.images import mni_grid
-from kp_assets.science.simulator.neural import integrate_dcm
-from kp_assets.science.simulator.study import SESSIONS, TASKS, plan_study
+from kp_science.simulator.images import mni_grid
+from kp_science.simulator.neural import integrate_dcm
+from kp_science.simulator.study import SESSIONS, TASKS, plan_study
 from tests.spm12 import spm12_fixture
 
 TRUTH = Path("derivatives") / "simulation-truth"

@@ -12,30 +12,29 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kp_resources.study import (
+from kp_resources.study import StudyFolder
+from kp_science.study.clinical import CLINICAL_COLUMNS, load_clinical
+from kp_science.study.errors import StudyDataError
+from kp_science.study.layout import (
     BIDS_LABEL,
-    CLINICAL_COLUMNS,
-    DEFAULT_CLEANING,
     INVALID_LABEL_REASON,
-    StudyDataError,
-    StudyFolder,
-    check_one_run_per_task,
     discover_participants,
     discover_study,
-    fd_summary,
     find_runs,
-    framewise_displacement,
     has_bold_runs,
-    load_clinical,
     participant_fingerprint,
-    read_nifti,
+    validate_participant_label,
+)
+from kp_science.study.nifti import read_nifti
+from kp_science.study.qc import fd_summary, framewise_displacement, temporal_snr
+from kp_science.study.reading import sha256_file
+from kp_science.study.validate import (
+    DEFAULT_CLEANING,
+    check_one_run_per_task,
     session_label_problem,
-    sha256_file,
     split_sessions,
-    temporal_snr,
     validate_confounds,
     validate_events,
-    validate_participant_label,
     validate_run,
 )
 
@@ -278,7 +277,7 @@ def _tiny_confounds(study_root: Path) -> pd.DataFrame:
 def test_confound_columns_are_the_ones_nilearn_reads(study_root, motion, wm_csf):
     from nilearn.interfaces.fmriprep import load_confounds
 
-    from kp_assets.science.roi_signals import CleaningStrategy
+    from kp_science.roi_signals import CleaningStrategy
 
     run = find_runs(study_root, discover_participants(study_root)[0])[0]
     strategy = CleaningStrategy(motion=motion, wm_csf=wm_csf)
@@ -325,7 +324,7 @@ def test_confounds_na_only_where_fmriprep_writes_it(study_root):
 
 
 def test_cosine_columns_required_for_long_high_passed_runs(study_root):
-    from kp_assets.science.roi_signals import CleaningStrategy
+    from kp_science.roi_signals import CleaningStrategy
 
     table = _tiny_confounds(study_root)  # 24 volumes: no cosine columns
     assert not [c for c in table.columns if c.startswith("cosine")]
@@ -353,7 +352,7 @@ def test_permission_denied_is_said_as_such(study_copy, damages, kind):
 
 
 def test_events_near_misses_and_open_sets():
-    from kp_resources.study import EventRequirements
+    from kp_science.study.validate import EventRequirements
 
     path = Path("events.tsv")
     faces = EventRequirements(required=("emotional", "neutral"), needed_by="the faces models")
@@ -385,7 +384,7 @@ def test_events_near_misses_and_open_sets():
 
 
 def test_conflict_sequences_must_all_occur(study_root):
-    from kp_resources.study import default_event_requirements
+    from kp_science.study.validate import default_event_requirements
 
     conflict = default_event_requirements()["conflict"]
     path = Path("events.tsv")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from kp_assets import cli
-from kp_assets.science import simulator
-from kp_assets.science.simulator import SIMULATION_MARKER, is_simulated_study, simulate_study
-from kp_assets.science.simulator import study as simulator_study
+from kp_science import simulator
+from kp_science.simulator import SIMULATION_MARKER, is_simulated_study, simulate_study
+from kp_science.simulator import study as simulator_study
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"participants": 1, "voxel_size": 8.0, "volumes": 20, "jobs": 1}

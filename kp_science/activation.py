@@ -1,0 +1,265 @@
+"""ROI-level first-level GLM (task activation) on cleaned ROI signals.
+
+Designs are nilearn's ``make_first_level_design_matrix`` (canonical Glover HRF, no drift
+terms: the signals were already high-pass filtered and cleaned of confounds, and the task
+regressors get exactly the same cleaning, which by the Frisch–Waugh–Lovell theorem gives the
+betas of a model that contains the confounds). The model is nilearn's ``run_glm`` (AR(1)
+noise) with ``compute_contrast`` t contrasts: the same statistics as nilearn's
+``FirstLevelModel``. Both are computed here with plain numpy (:mod:`.glm`, and the Glover
+design and confound regression below) because nilearn's per-call machinery costs 10–100× the
+algebra on ROI-sized problems; the tests pin the results to nilearn's.
+
+Conditions:
+- faces: ``emotional`` and ``neutral`` face blocks.
+- conflict: each trial labelled by its own and the previous trial's congruency — ``cC``,
+  ``cI``, ``iC``, ``iI`` (lower case: previous trial; upper case: current trial); the first
+  trial, which has no predecessor, is its own condition ``first``.
+
+Contrasts (weights over conditions): faces ``emotional_vs_neutral`` = emotional − neutral;
+conflict ``regulation`` = iI − cI (conflict adaptation, Etkin et al. 2006) and ``monitoring``
+= ½(cI + iI) − ½(cC + iC) (incongruent − congruent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import lru_cache, partial
+
+import numpy as np
+import pandas as pd
+
+from kp_science.glm import fit_ar1_glm, t_contrasts
+from kp_science.roi_signals import confound_basis, regress_out
+
+CONTRASTS: dict[str, dict[str, dict[str, float]]] = {
+    "faces": {"emotional_vs_neutral": {"emotional": 1.0, "neutral": -1.0}},
+    "conflict": {
+        "regulation": {"iI": 1.0, "cI": -1.0},
+        "monitoring": {"cI": 0.5, "iI": 0.5, "cC": -0.5, "iC": -0.5},
+    },
+}
+CONGRUENCY = {"congruent": "c", "incongruent": "i"}
+
+# nilearn make_first_level_design_matrix defaults, which the fast design reproduces
+OVERSAMPLING = 50
+MIN_ONSET = -24.0
+MAX_CONDITION = 1e15  # nilearn full_rank: a design this ill-conditioned gets regularized
+
+
+def task_conditions(events: pd.DataFrame, task: str) -> pd.DataFrame:
+    """Events (onset, duration, trial_type) with the trial types the task's contrasts use."""
+    order = np.argsort(events["onset"].to_numpy(float), kind="stable")
+    onset = events["onset"].to_numpy(float)[order]
+    duration = events["duration"].to_numpy(float)[order]
+    kind = events["trial_type"].astype(str).to_numpy(object)[order]
+    if task == "conflict":
+        bad = sorted({str(k) for k in kind if k not in CONGRUENCY})
+        if bad:
+            raise ValueError(f"conflict trial_type must be congruent/incongruent, got {bad}")
+        short = [CONGRUENCY[k] for k in kind]
+        labels = ["first" if i == 0 else short[i - 1] + s.upper() for i, s in enumerate(short)]
+    else:
+        labels = list(kind)
+    return pd.DataFrame({"onset": onset, "duration": duration,
+                         "trial_type": np.array(labels, dtype=object)})
+
+
+def _condition_labels(events: pd.DataFrame, task: str) -> list[str]:
+    return list(task_conditions(events, task)["trial_type"])
+
+
+def contrast_event_rules() -> dict[str, dict]:
+    """What each task's contrasts need from every events file of the task, as keyword
+    arguments of ``kp_science.study.validate.EventRequirements`` (plain data: no Dagster here).
+
+    faces: the trial types named in its contrasts (others are modelled as conditions of
+    their own). conflict: only congruent/incongruent, both of them, and every trial
+    sequence (cC, cI, iC, iI) the contrasts weigh must occur.
+    """
+    rules = {}
+    for task, contrasts in CONTRASTS.items():
+        conditions = sorted({c for weights in contrasts.values() for c in weights})
+        names = ", ".join(contrasts)
+        if task == "conflict":
+            letters = {ch.lower() for c in conditions for ch in c}
+            rules[task] = {
+                "required": tuple(k for k, s in CONGRUENCY.items() if s in letters),
+                "allowed": tuple(CONGRUENCY),
+                "needed_by": f"the conflict contrasts {names} (conditions: previous trial's "
+                             "congruency c/i, then the trial's own C/I)",
+                "conditions": partial(_condition_labels, task=task),
+                "required_conditions": tuple(conditions),
+            }
+        else:
+            rules[task] = {"required": tuple(conditions), "allowed": None,
+                           "needed_by": f"the {task} contrast(s) {names}"}
+    return rules
+
+
+def frame_times(n_volumes: int, tr: float, slice_time_ref: float = 0.0) -> np.ndarray:
+    """Acquisition time (s) of each volume, at ``slice_time_ref`` (fraction of TR)."""
+    return (np.arange(n_volumes) + slice_time_ref) * tr
+
+
+def high_res_times(times: np.ndarray) -> np.ndarray:
+    """nilearn's oversampled grid (s) for event regressors: from 24 s before the first
+    frame to one frame after the last, ``OVERSAMPLING`` points per frame interval."""
+    n = times.size
+    first, last = times.min(), times.max()
+    n_high = (n - 1) * 1.0 / (last - first)
+    n_high *= (last * (1 + 1.0 / (n - 1)) - first - MIN_ONSET) * OVERSAMPLING
+    return np.linspace(first + MIN_ONSET, last * (1 + 1.0 / (n - 1)),
+                       np.rint(n_high + 1).astype(int))
+
+
+def event_boxcar(grid: np.ndarray, onsets: np.ndarray, durations: np.ndarray,
+                 amplitudes: np.ndarray) -> np.ndarray:
+    """Sum of the events' boxcars (amplitude units) on ``grid`` (s), nilearn's sampling:
+    each event from the first grid point ≥ onset to the first ≥ offset, at least one point."""
+    last = grid.size - 1
+    start = np.minimum(np.searchsorted(grid, onsets), last)
+    stop = np.minimum(np.searchsorted(grid, onsets + durations), last)
+    stop = np.where((stop < last) & (stop == start), stop + 1, stop)
+    steps = np.zeros(grid.size)
+    np.add.at(steps, start, amplitudes)
+    np.add.at(steps, stop, -amplitudes)
+    return np.cumsum(steps)
+
+
+@lru_cache(maxsize=8)
+def _glover_kernel(tr: float) -> np.ndarray:
+    """nilearn's Glover HRF at TR/``OVERSAMPLING`` (sums to 1); read-only, cached."""
+    from nilearn.glm.first_level.hemodynamic_models import glover_hrf
+
+    kernel = glover_hrf(tr, OVERSAMPLING)
+    kernel.flags.writeable = False
+    return kernel
+
+
+def linear_resample(grid: np.ndarray, values: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``values`` (len(grid), m) at ``times`` (scipy interp1d's
+    arithmetic, so the result matches nilearn's to the last bit)."""
+    hi = np.clip(np.searchsorted(grid, times), 1, grid.size - 1)
+    lo = hi - 1
+    slope = (values[hi] - values[lo]) / (grid[hi] - grid[lo])[:, None]
+    return slope * (times - grid[lo])[:, None] + values[lo]
+
+
+def glover_regressors(events: pd.DataFrame, times: np.ndarray) -> tuple[list, np.ndarray]:
+    """Condition names (sorted) and their Glover-convolved regressors (len(times) × names),
+    as ``make_first_level_design_matrix(hrf_model="glover")`` computes them."""
+    from scipy.signal import fftconvolve
+
+    kinds = events["trial_type"]
+    valid = kinds.notna().to_numpy()  # nilearn groups events by type: untyped ones drop out
+    kinds = kinds.to_numpy(object)[valid]
+    onsets = events["onset"].to_numpy(float)[valid]
+    durations = events["duration"].to_numpy(float)[valid]
+    amplitudes = (events["modulation"].to_numpy(float)[valid] if "modulation" in events
+                  else np.ones(len(onsets)))
+    names = sorted(set(kinds))
+    grid = high_res_times(times)
+    boxcars = np.zeros((grid.size, len(names)))
+    for column, name in enumerate(names):
+        mask = kinds == name
+        boxcars[:, column] = event_boxcar(grid, onsets[mask], durations[mask], amplitudes[mask])
+    kernel = _glover_kernel(float(np.min(np.diff(times))))
+    convolved = fftconvolve(boxcars, kernel[:, None], axes=0)[: grid.size]
+    return names, linear_resample(grid, convolved, times)
+
+
+def task_design(
+    events: pd.DataFrame, n_volumes: int, tr: float, slice_time_ref: float = 0.0,
+    hrf_model: str = "glover",
+) -> pd.DataFrame:
+    """HRF-convolved task regressors (n_volumes × conditions), no drift, no constant.
+
+    Equals ``make_first_level_design_matrix(..., drift_model=None)`` without its constant;
+    other HRF models, and designs nilearn would regularize, are left to nilearn.
+    """
+    times = frame_times(n_volumes, tr, slice_time_ref)
+    if hrf_model == "glover" and n_volumes > 1:
+        names, regressors = glover_regressors(events, times)
+        singular = np.linalg.svd(np.column_stack([regressors, np.ones(n_volumes)]),
+                                 compute_uv=False)
+        if names and singular.max() < MAX_CONDITION * singular.min():
+            return pd.DataFrame(regressors, columns=names, index=times)
+    from nilearn.glm.first_level import make_first_level_design_matrix
+
+    design = make_first_level_design_matrix(times, events, hrf_model=hrf_model,
+                                            drift_model=None)
+    return design.drop(columns="constant")
+
+
+def clean_design(
+    design: pd.DataFrame, confounds: pd.DataFrame, kept: np.ndarray, tr: float
+) -> pd.DataFrame:
+    """Apply to the regressors the confound cleaning the ROI signals had, keep the kept
+    volumes, add a constant. ``tr`` (s) is unused (no filtering) and kept for symmetry."""
+    kept = _as_indices(kept, len(design))
+    cleaned = regress_out(design.to_numpy(float), confound_basis(confounds.to_numpy(float),
+                                                                 kept), kept)
+    out = pd.DataFrame(cleaned, index=pd.Index(kept, name="volume"), columns=design.columns)
+    out["constant"] = 1.0
+    return out
+
+
+def _as_indices(kept: np.ndarray, n_volumes: int) -> np.ndarray:
+    """Kept volumes as indices (a boolean mask of length n_volumes is converted)."""
+    kept = np.asarray(kept)
+    return np.flatnonzero(kept) if kept.dtype == bool and kept.size == n_volumes else kept
+
+
+def contrast_vector(design: pd.DataFrame, weights: Mapping[str, float]) -> np.ndarray:
+    """Contrast weights over the design's columns; a missing condition raises ValueError."""
+    missing = [c for c in weights if c not in design.columns]
+    if missing:
+        raise ValueError(f"condition(s) {missing} have no trials in this run")
+    return np.array([weights.get(c, 0.0) for c in design.columns])
+
+
+def contrast_matrix(
+    columns: Sequence[str], contrasts: Mapping[str, Mapping[str, float]]
+) -> tuple[list[str], np.ndarray]:
+    """Names and weight vectors (names × columns) of the contrasts whose conditions are all
+    columns; the others (a condition without trials in this run) are undefined and left out."""
+    position = {c: i for i, c in enumerate(columns)}
+    names = [n for n, w in contrasts.items() if all(c in position for c in w)]
+    vectors = np.zeros((len(names), len(columns)))
+    for row, name in enumerate(names):
+        for condition, weight in contrasts[name].items():
+            vectors[row, position[condition]] = weight
+    return names, vectors
+
+
+def contrast_table(targets: Sequence, names: Sequence[str], effect: np.ndarray,
+                   se: np.ndarray, t: np.ndarray, target_column: str = "roi") -> pd.DataFrame:
+    """Rows contrast-major (each contrast, then each target) from (targets × contrasts)."""
+    k, q = len(targets), len(names)
+    return pd.DataFrame({  # fresh arrays: no copy needed
+        target_column: np.tile(np.asarray(targets, dtype=object), q),
+        "contrast": np.repeat(np.asarray(names, dtype=object), k),
+        "beta": effect.T.ravel(), "se": se.T.ravel(), "t": t.T.ravel()}, copy=False)
+
+
+def fit_roi_glm(
+    signals: pd.DataFrame,
+    design: pd.DataFrame,
+    contrasts: Mapping[str, Mapping[str, float]],
+    noise_model: str = "ar1",
+) -> pd.DataFrame:
+    """GLM of every ROI signal (kept volumes × ROIs) on ``design`` (same rows).
+
+    Returns one row per ROI × contrast: roi, contrast, beta (contrast effect size, in the
+    signals' units: % signal change per unit regressor), se, t. A contrast that needs a
+    condition the run has no trials of is left out. ``noise_model``: "ar1" or "ols".
+    """
+    if len(signals) != len(design):
+        raise ValueError(f"{len(signals)} signal rows but {len(design)} design rows")
+    if len(design) <= design.shape[1]:
+        raise ValueError(f"{len(design)} volumes for {design.shape[1]} regressors")
+    fit = fit_ar1_glm(signals.to_numpy(float), design.to_numpy(float), noise_model)
+    names, vectors = contrast_matrix(design.columns.tolist(), contrasts)
+    result = t_contrasts(fit, vectors)
+    return contrast_table(signals.columns.to_numpy(object), names, result.effect, result.se,
+                          result.t)

@@ -1,0 +1,621 @@
+"""Group-level DCM of the ketamine–PTSD study: the two designs, on the ``dcm_fits`` tables.
+
+Input tables (as the ``dcm_fits`` / ``dcm_parameters`` / ``clinical`` assets store them):
+
+- fits: one row per participant × session × model (× run) with ``participant_id``,
+  ``session`` ('pre'/'post'), ``model``, ``converged``, ``free_parameters`` (names, e.g.
+  ``A[vmpfc->amygdala]``, ``B[emotional][amygdala->vmpfc]``), ``covariance`` (list of lists
+  over ``free_parameters``) and, if present, ``free_energy`` and ``run``;
+- parameters: long table ``participant_id, session, model, parameter, mean`` (+ ``run``,
+  ``prior_mean``, ``prior_variance`` when present; otherwise the priors follow from the
+  names, as in :func:`kp_science.dcm.priors`);
+- clinical: ``participant_id``, ``arm`` ('ketamine'/'midazolam') and ``caps5_improvement``
+  (pre − post, positive = better; computed from ``caps5_pre``/``caps5_post`` if absent).
+
+Analyses (each a PEB with Bayesian model reduction and averaging over its group effects):
+
+- ``longitudinal``: the change post − pre of each participant, as a first-level posterior,
+  enters a between-participant PEB with covariates [mean, CAPS-5 improvement, arm,
+  improvement × arm]. Two ways to form the change (``GroupDCMConfig.change``):
+
+  * ``"difference"`` (default): posterior mean post − pre, covariance C_pre + C_post, prior
+    N(0, 2·pC), free energy F_pre + F_post. Exact, not an approximation: both sessions have
+    the same prior N(pE, pC), so the sum and the difference of the two parameter vectors are
+    independent a priori, and the posterior of the difference is its prior N(0, 2·pC) times
+    a likelihood — what model reduction and PEB need.
+  * ``"within_peb"``: per participant a within-participant PEB over the two sessions with
+    design [mean, session] (session −½ pre, +½ post) whose session effect is the change
+    ("PEB of PEBs", Zeidman et al. 2019, part 2). With only two sessions its
+    between-session random effect (a priori 1/16 of the first-level prior variance: sd 0.25
+    Hz for a B parameter) is not identified from the data and is added to every change's
+    uncertainty, so covariate effects on B parameters are hard to detect; it is meant for
+    designs with several sessions per condition.
+- ``baseline``: the pre-treatment parameters with the same covariates: do baseline
+  connections predict improvement, and differently by arm?
+
+Covariates: improvement in CAPS-5 points; arm coded ketamine +½, midazolam −½; the
+interaction is the product of the centred improvement and the arm code; every covariate is
+then mean-centred, so the first column's effects are group means (at average improvement
+and the arms' average). With this coding the arm effect is the ketamine − midazolam
+difference, and the interaction the ketamine − midazolam difference in the slope on
+improvement. The priors on the effects do not depend on these units (see :mod:`.peb`).
+
+Within-arm slopes: the effects table also has, per parameter, the slope on improvement
+within each arm — ``caps5_improvement[ketamine]`` = β_improvement + ½·β_interaction and
+``caps5_improvement[midazolam]`` = β_improvement − ½·β_interaction — from the full PEB
+posterior, with Pp the posterior probability of the model in which that slope is free
+against the one in which it is zero (Bayesian model reduction with the prior conditioned on
+the slope being 0; equal prior odds). They answer "does improvement under ketamine go with
+this connection?" directly, which the interaction (a difference of two slopes estimated on
+about ten participants each) cannot with 21 participants.
+
+Participants whose first-level fit of a session the analysis needs did not converge, whose
+fit is missing, or who lack an arm or improvement are left out and listed in
+:attr:`GroupDCMResult.excluded`. Fits with different free parameters or priors (different
+model structures) raise ``ValueError`` naming the participants; so do fewer participants
+than design columns.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtr
+
+from kp_science.dcm.model import A_OFFDIAG_MEAN, A_VAR, B_VAR, C_VAR, HEMO_VAR
+from kp_science.dcm.peb import (
+    Components,
+    PEBReduction,
+    PEBResult,
+    estimate_peb,
+    reduce_peb,
+)
+from kp_science.dcm.reduction import free_energy_change
+
+ARM_CODE = {"ketamine": 0.5, "midazolam": -0.5}
+COVARIATES = ("mean", "caps5_improvement", "arm", "caps5_improvement:arm")
+# within-arm slopes on improvement as weights on (improvement, interaction) columns
+ARM_SLOPES = {f"caps5_improvement[{arm}]": code for arm, code in ARM_CODE.items()}
+SESSION_CODE = (-0.5, 0.5)  # pre, post: the within-participant session regressor
+EFFECT_COLUMNS = ["analysis", "covariate", "parameter", "mean", "sd", "Pp", "peb_mean",
+                  "peb_sd", "prob_positive", "n_participants", "free_energy"]
+EXCLUDED_COLUMNS = ["analysis", "participant_id", "reason"]
+
+
+@dataclass(frozen=True)
+class GroupDCMConfig:
+    """Choices of the group analyses (defaults: the study plan).
+
+    model : first-level model to use (default: the only one in the table).
+    parameters : first-level parameters taken to the second level (default: every free A
+        connection between regions and every free B parameter, in the fits' order; see
+        :func:`first_level_posteriors`).
+    analyses : which analyses to run ('longitudinal', 'baseline').
+    pre, post : session labels.
+    change : how the longitudinal analysis forms each participant's change: 'difference' or
+        'within_peb' (module docstring).
+    components : random-effects precision components of every PEB: 'fields' (one for the
+        A connections, one for the B modulations; default), 'single' (SPM's default) or
+        'all' (one per parameter).
+    hyperprior_variance : prior variance of the random-effects log-precisions (SPM's
+        ``M.hC``, default there 1/16). SPM's default lets the between-participant variance
+        of a parameter move only about ×1.6 from 1/16 of its first-level prior variance (sd
+        0.03 Hz for an A connection); when participants differ more than that — or the
+        first-level posteriors are overconfident — the PEB underestimates the random
+        effects and reports group effects that are not there. 1 lets the data set it.
+    max_exhaustive : model reduction scores every subset of at most this many effects.
+    """
+
+    model: str | None = None
+    parameters: tuple[str, ...] | None = None
+    analyses: tuple[str, ...] = ("longitudinal", "baseline")
+    pre: str = "pre"
+    post: str = "post"
+    change: Literal["difference", "within_peb"] = "difference"
+    components: Components = "fields"
+    hyperprior_variance: float = 1.0
+    max_exhaustive: int = 8
+
+
+@dataclass(frozen=True, eq=False)
+class FirstLevel:
+    """First-level posteriors of the chosen parameters, by participant and session.
+
+    names : the p parameter names. pE, pC : (p,), (p, p) their (shared) first-level prior.
+    posteriors : (participant_id, session) → (mean (p,), covariance (p, p), F, converged).
+    """
+
+    names: tuple[str, ...]
+    pE: np.ndarray
+    pC: np.ndarray
+    posteriors: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float, bool]]
+
+
+@dataclass(frozen=True, eq=False)
+class GroupAnalysis:
+    """One analysis: its participants, design, PEB, reduction and (longitudinal) the
+    within-participant PEBs."""
+
+    name: str
+    participants: tuple[str, ...]
+    peb: PEBResult
+    reduction: PEBReduction
+    within: dict[str, PEBResult] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=False)
+class GroupDCMResult:
+    """``effects``: the ``dcm_group_effects`` table (:data:`EFFECT_COLUMNS`); ``excluded``:
+    participants left out, per analysis, with the reason; ``analyses``: name → details."""
+
+    effects: pd.DataFrame
+    excluded: pd.DataFrame
+    analyses: dict[str, GroupAnalysis]
+
+
+# --- first-level tables -----------------------------------------------------------------------
+
+
+def default_prior(name: str) -> tuple[float, float]:
+    """First-level prior (mean, variance) of a DCM parameter from its name (SPM12's)."""
+    if name.startswith("A["):
+        return (0.0 if _is_self_connection(name) else A_OFFDIAG_MEAN), A_VAR
+    if name.startswith("B["):
+        return 0.0, B_VAR
+    if name.startswith("C["):
+        return 0.0, C_VAR
+    return 0.0, HEMO_VAR
+
+
+def _names(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in np.asarray(value, dtype=object).ravel())
+
+
+def _matrix(value: object) -> np.ndarray:
+    return np.array([np.asarray(row, dtype=float) for row in value], dtype=float)
+
+
+def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
+                           model: str | None = None,
+                           names: Sequence[str] | None = None) -> FirstLevel:
+    """Collect the first-level posteriors of one model from the ``dcm_fits`` tables.
+
+    Parameters
+    ----------
+    fits, parameters : the ``dcm_fits`` and ``dcm_parameters`` tables (module docstring).
+    model : model name (default: the only model in ``fits``).
+    names : parameters to keep (default: every free connection between regions in A and
+        every free B parameter — self-connections are left out: one run identifies them
+        poorly, and their scatter would dominate the random effects of the A field).
+
+    Returns
+    -------
+    :class:`FirstLevel`. With several runs of a session the lowest-numbered run is used.
+
+    Raises
+    ------
+    ValueError : no fits, an ambiguous or unknown model, fits whose free parameters or
+        priors differ (the participants are named), or requested parameters not estimated.
+    """
+    missing = {"participant_id", "session", "model", "converged", "free_parameters",
+               "covariance"} - set(fits.columns)
+    if missing:
+        raise ValueError(f"dcm_fits lacks column(s): {', '.join(sorted(missing))}")
+    missing = {"participant_id", "session", "model", "parameter", "mean"} - set(parameters.columns)
+    if missing:
+        raise ValueError(f"dcm_parameters lacks column(s): {', '.join(sorted(missing))}")
+    models = sorted(fits["model"].astype(str).unique())
+    if model is None:
+        if len(models) != 1:
+            raise ValueError(f"dcm_fits holds models {models}: choose one")
+        model = models[0]
+    rows = fits[fits["model"].astype(str) == model]
+    if rows.empty:
+        raise ValueError(f"no first-level fits of model {model!r} (have {models})")
+    if "run" in rows.columns:
+        rows = rows.sort_values("run", kind="stable")
+    rows = rows.drop_duplicates(["participant_id", "session"], keep="first")
+
+    structures = {(str(r.participant_id), str(r.session)): _names(r.free_parameters)
+                  for r in rows.itertuples()}
+    common, _ = Counter(structures.values()).most_common(1)[0]
+    odd = sorted({pid for (pid, _), s in structures.items() if s != common})
+    if odd:
+        raise ValueError(f"model {model!r} has different free parameters (model structure) "
+                         f"for participant(s) {', '.join(odd)}; expected {list(common)}")
+    free = common
+    if names is None:
+        names = [n for n in free if n.startswith("B[")
+                 or (n.startswith("A[") and not _is_self_connection(n))]
+    names = tuple(names)
+    unknown = [n for n in names if n not in free]
+    if unknown or not names:
+        raise ValueError(f"parameter(s) {unknown or names} are not free parameters of model "
+                         f"{model!r} ({list(free)})")
+    index = np.array([free.index(n) for n in names])
+
+    table = parameters[parameters["model"].astype(str) == model]
+    if "run" in table.columns and "run" in rows.columns:
+        table = table.merge(rows[["participant_id", "session", "run"]],
+                            on=["participant_id", "session", "run"])
+    pE, pC = _priors(table, names, model)
+    means = table.pivot_table(index=["participant_id", "session"], columns="parameter",
+                              values="mean", aggfunc="first")
+    posteriors = {}
+    for r in rows.itertuples():
+        key = (str(r.participant_id), str(r.session))
+        if key not in means.index or means.loc[key, list(names)].isna().any():
+            raise ValueError(f"dcm_parameters lacks the posterior means of {key[0]} session "
+                             f"{key[1]} model {model!r}")
+        cov = _matrix(r.covariance)
+        if cov.shape != (len(free), len(free)):
+            raise ValueError(f"covariance of {key[0]} session {key[1]} is {cov.shape}, "
+                             f"expected {len(free)} × {len(free)}")
+        F = float(getattr(r, "free_energy", 0.0))
+        F = F if np.isfinite(F) else 0.0  # unknown: the PEB's F then omits this term
+        posteriors[key] = (means.loc[key, list(names)].to_numpy(float),
+                           cov[np.ix_(index, index)], F, bool(r.converged))
+    return FirstLevel(names=names, pE=pE, pC=pC, posteriors=posteriors)
+
+
+def _is_self_connection(name: str) -> bool:
+    """True for ``A[r->r]`` (a region's log self-inhibition)."""
+    source, _, target = name[2:-1].partition("->")
+    return source == target
+
+
+def _priors(table: pd.DataFrame, names: tuple[str, ...],
+            model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Shared first-level prior of the chosen parameters (table columns, else by name)."""
+    if {"prior_mean", "prior_variance"} <= set(table.columns):
+        sub = table[table["parameter"].isin(names)]
+        spread = sub.groupby("parameter")[["prior_mean", "prior_variance"]].agg(["min", "max"])
+        differs = [n for n in names if n in spread.index and not (
+            np.isclose(spread.loc[n, ("prior_mean", "min")], spread.loc[n, ("prior_mean", "max")])
+            and np.isclose(spread.loc[n, ("prior_variance", "min")],
+                           spread.loc[n, ("prior_variance", "max")]))]
+        if differs:
+            first = sub.groupby("parameter").first()
+            who = sorted({str(r.participant_id) for r in sub.itertuples()
+                          if r.parameter in differs and not (
+                              np.isclose(r.prior_mean, first.loc[r.parameter, "prior_mean"])
+                              and np.isclose(r.prior_variance,
+                                             first.loc[r.parameter, "prior_variance"]))})
+            raise ValueError(f"model {model!r} has different priors (model structure) on "
+                             f"{', '.join(differs)} for participant(s) {', '.join(who)}")
+        first = sub.groupby("parameter").first()
+        if all(n in first.index for n in names):
+            return (first.loc[list(names), "prior_mean"].to_numpy(float),
+                    np.diag(first.loc[list(names), "prior_variance"].to_numpy(float)))
+    prior = np.array([default_prior(n) for n in names])
+    return prior[:, 0], np.diag(prior[:, 1])
+
+
+# --- designs --------------------------------------------------------------------------------
+
+
+def clinical_covariates(clinical: pd.DataFrame) -> pd.DataFrame:
+    """Per participant: ``caps5_improvement`` and the arm code (NaN when unknown)."""
+    if "participant_id" not in clinical.columns or "arm" not in clinical.columns:
+        raise ValueError("clinical table needs participant_id and arm")
+    table = clinical.set_index(clinical["participant_id"].astype(str))
+    if "caps5_improvement" in table.columns:
+        improvement = pd.to_numeric(table["caps5_improvement"], errors="coerce")
+    elif {"caps5_pre", "caps5_post"} <= set(table.columns):
+        improvement = (pd.to_numeric(table["caps5_pre"], errors="coerce")
+                       - pd.to_numeric(table["caps5_post"], errors="coerce"))
+    else:
+        raise ValueError("clinical table needs caps5_improvement (or caps5_pre and caps5_post)")
+    arm = table["arm"].map(lambda a: ARM_CODE.get(str(a).strip().lower(), np.nan)
+                           if pd.notna(a) else np.nan)
+    return pd.DataFrame({"caps5_improvement": improvement.astype(float),
+                         "arm": arm.astype(float)})
+
+
+def design_matrix(covariates: pd.DataFrame) -> np.ndarray:
+    """(N, 4) design [mean, improvement, arm, improvement × arm], covariates mean-centred.
+
+    ``covariates`` : rows of :func:`clinical_covariates` for the participants, in order.
+    """
+    improvement = covariates["caps5_improvement"].to_numpy(float)
+    arm = covariates["arm"].to_numpy(float)
+    improvement = improvement - improvement.mean()
+    interaction = improvement * arm
+    X = np.column_stack([np.ones(len(arm)), improvement, arm - arm.mean(),
+                         interaction - interaction.mean()])
+    return X
+
+
+def _check_design(X: np.ndarray, analysis: str) -> None:
+    n, k = X.shape
+    if n < k:
+        raise ValueError(f"{analysis}: {n} participants are fewer than the {k} second-level "
+                         f"parameters (design columns {', '.join(COVARIATES)})")
+    if np.linalg.matrix_rank(X) < k:
+        raise ValueError(f"{analysis}: the design [{', '.join(COVARIATES)}] is rank deficient "
+                         f"over its {n} participants (e.g. one arm only, or no spread in "
+                         f"improvement)")
+
+
+def _eligible(first: FirstLevel, covariates: pd.DataFrame, sessions: Sequence[str],
+              analysis: str) -> tuple[list[str], list[dict]]:
+    """Participants with converged fits of every session and complete covariates."""
+    participants = sorted({pid for pid, _ in first.posteriors})
+    keep, excluded = [], []
+    for pid in participants:
+        reason = None
+        for session in sessions:
+            post = first.posteriors.get((pid, session))
+            if post is None:
+                reason = f"no first-level DCM of session {session}"
+            elif not post[3]:
+                reason = f"first-level DCM of session {session} did not converge"
+            if reason:
+                break
+        if reason is None:
+            if pid not in covariates.index:
+                reason = "no clinical record"
+            elif np.isnan(covariates.at[pid, "arm"]):
+                reason = "arm unknown"
+            elif np.isnan(covariates.at[pid, "caps5_improvement"]):
+                reason = "CAPS-5 improvement unknown"
+        if reason:
+            excluded.append({"analysis": analysis, "participant_id": pid, "reason": reason})
+        else:
+            keep.append(pid)
+    return keep, excluded
+
+
+# --- analyses -------------------------------------------------------------------------------
+
+
+def baseline_analysis(first: FirstLevel, covariates: pd.DataFrame,
+                      config: GroupDCMConfig = GroupDCMConfig(),
+                      ) -> tuple[GroupAnalysis, list[dict]]:
+    """PEB of the pre-treatment parameters on [mean, improvement, arm, improvement × arm]."""
+    keep, excluded = _eligible(first, covariates, [config.pre], "baseline")
+    X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(COVARIATES)))
+    _check_design(X, "baseline")
+    posts = [first.posteriors[(pid, config.pre)] for pid in keep]
+    peb = estimate_peb(np.array([q[0] for q in posts]), np.array([q[1] for q in posts]),
+                       first.pE, first.pC, X, F_first=np.array([q[2] for q in posts]),
+                       parameters=first.names, covariates=COVARIATES,
+                       components=config.components,
+                       hC=config.hyperprior_variance)
+    reduction = reduce_peb(peb, config.max_exhaustive)
+    return GroupAnalysis("baseline", tuple(keep), peb, reduction), excluded
+
+
+def within_participant_change(first: FirstLevel, participant: str,
+                              config: GroupDCMConfig = GroupDCMConfig(),
+                              ) -> tuple[PEBResult, np.ndarray, np.ndarray]:
+    """Within-participant PEB over pre and post: returns the PEB, the change's posterior
+    mean (p,) and covariance (p, p) (the session column of its group effects)."""
+    posts = [first.posteriors[(participant, s)] for s in (config.pre, config.post)]
+    X = np.column_stack([np.ones(2), SESSION_CODE])
+    peb = estimate_peb(np.array([q[0] for q in posts]), np.array([q[1] for q in posts]),
+                       first.pE, first.pC, X, F_first=np.array([q[2] for q in posts]),
+                       parameters=first.names, covariates=("mean", "session"),
+                       components=config.components,
+                       hC=config.hyperprior_variance)
+    p = first.pE.size
+    return peb, peb.Ep[:, 1], peb.Cp[p:, p:]
+
+
+def longitudinal_analysis(first: FirstLevel, covariates: pd.DataFrame,
+                          config: GroupDCMConfig = GroupDCMConfig(),
+                          ) -> tuple[GroupAnalysis, list[dict]]:
+    """PEB of each participant's change (post − pre) on [mean, improvement, arm,
+    improvement × arm]; the change is formed as ``config.change`` says (module docstring)."""
+    if config.change not in ("difference", "within_peb"):
+        raise ValueError(f"unknown change method {config.change!r}; choose 'difference' or "
+                         f"'within_peb'")
+    keep, excluded = _eligible(first, covariates, [config.pre, config.post], "longitudinal")
+    X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(COVARIATES)))
+    _check_design(X, "longitudinal")
+    within, means, covs, F = {}, [], [], []
+    p = first.pE.size
+    prior_mean, prior_cov = np.zeros(p), 2.0 * first.pC
+    for pid in keep:
+        if config.change == "within_peb":
+            peb, mean, cov = within_participant_change(first, pid, config)
+            within[pid] = peb
+            # the change's prior is the within-PEB's prior on its session column
+            prior_mean, prior_cov = peb.prior_mean[:, 1], peb.prior_cov[p:, p:]
+            F.append(peb.F)
+        else:
+            (pre, c_pre, f_pre, _), (post, c_post, f_post, _) = (
+                first.posteriors[(pid, s)] for s in (config.pre, config.post))
+            mean, cov = post - pre, c_pre + c_post
+            F.append(f_pre + f_post)
+        means.append(mean)
+        covs.append(cov)
+    peb = estimate_peb(np.array(means), np.array(covs), prior_mean, prior_cov, X,
+                       F_first=np.array(F), parameters=first.names, covariates=COVARIATES,
+                       components=config.components,
+                       hC=config.hyperprior_variance)
+    reduction = reduce_peb(peb, config.max_exhaustive)
+    return GroupAnalysis("longitudinal", tuple(keep), peb, reduction, within), excluded
+
+
+def contrast_posterior(peb: PEBResult, weights: np.ndarray) -> tuple[float, float, float]:
+    """Posterior of a linear combination c·vec(β) of group effects, and its Pp.
+
+    ``weights`` : (p·k,) c over vec(β) (column-major: all parameters of the first
+    covariate, then the next). Returns (mean, sd, Pp): the full PEB posterior's mean and sd
+    of c·vec(β), and Pp = 1 / (1 + e^{ΔF}), ΔF the free-energy change (Bayesian model
+    reduction) when the prior is conditioned on c·vec(β) = 0.
+    """
+    c = np.asarray(weights, dtype=float)
+    pE, pC = peb.prior_mean.ravel(order="F"), peb.prior_cov
+    qE = peb.Ep.ravel(order="F")
+    pc = pC @ c
+    gain = pc / (c @ pc)
+    rE = pE - gain * (c @ pE)
+    rC = pC - np.outer(gain, pc)
+    rC = (rC + rC.T) / 2.0
+    dF = free_energy_change(pE, pC, qE, peb.Cp, rE, rC)
+    return float(c @ qE), float(np.sqrt(max(c @ peb.Cp @ c, 0.0))), float(
+        1.0 / (1.0 + np.exp(np.clip(dF, -700.0, 700.0))))
+
+
+def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
+    """Long table of one analysis's group effects (:data:`EFFECT_COLUMNS`).
+
+    ``mean``/``sd``/``Pp``: after model reduction and averaging; ``peb_mean``/``peb_sd``:
+    the full PEB posterior; ``prob_positive``: its probability that the effect is > 0.
+    Then the within-arm slopes (:data:`ARM_SLOPES`, module docstring), whose ``mean``/``sd``
+    are the full PEB posterior's and ``Pp`` that of the slope being present.
+    """
+    peb, red = analysis.peb, analysis.reduction
+    p, k = peb.Ep.shape
+    sd = peb.sd
+    with np.errstate(divide="ignore", invalid="ignore"):
+        positive = ndtr(peb.Ep / sd)
+    common = {"n_participants": len(analysis.participants), "free_energy": peb.F}
+    rows = []
+    for j in range(k):
+        for i in range(p):
+            rows.append({
+                "analysis": analysis.name, "covariate": peb.covariates[j],
+                "parameter": peb.parameters[i], "mean": red.Ep[i, j], "sd": red.sd[i, j],
+                "Pp": red.Pp[i, j], "peb_mean": peb.Ep[i, j], "peb_sd": sd[i, j],
+                "prob_positive": positive[i, j], **common,
+            })
+    columns = list(peb.covariates)
+    if {"caps5_improvement", "caps5_improvement:arm"} <= set(columns):
+        slope, interaction = (columns.index(c) for c in ("caps5_improvement",
+                                                          "caps5_improvement:arm"))
+        for name, code in ARM_SLOPES.items():
+            for i in range(p):
+                c = np.zeros((p, k))
+                c[i, slope], c[i, interaction] = 1.0, code
+                mean, sd_c, pp = contrast_posterior(peb, c.ravel(order="F"))
+                rows.append({
+                    "analysis": analysis.name, "covariate": name,
+                    "parameter": peb.parameters[i], "mean": mean, "sd": sd_c, "Pp": pp,
+                    "peb_mean": mean, "peb_sd": sd_c,
+                    "prob_positive": float(ndtr(mean / sd_c)) if sd_c > 0 else np.nan,
+                    **common,
+                })
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def group_dcm(fits: pd.DataFrame, parameters: pd.DataFrame, clinical: pd.DataFrame,
+              config: GroupDCMConfig = GroupDCMConfig()) -> GroupDCMResult:
+    """Run the configured group analyses on the first-level tables.
+
+    Returns
+    -------
+    :class:`GroupDCMResult`: ``effects`` (``dcm_group_effects``), ``excluded`` (who was
+    left out of which analysis and why) and the analyses' details.
+
+    Raises
+    ------
+    ValueError : different model structures (naming the participants), fewer participants
+        than design columns (stating both counts), a rank-deficient design, an unknown
+        analysis, or malformed tables.
+    """
+    runners = {"longitudinal": longitudinal_analysis, "baseline": baseline_analysis}
+    unknown = [a for a in config.analyses if a not in runners]
+    if unknown:
+        raise ValueError(f"unknown analysis(es) {unknown}; choose from {list(runners)}")
+    first = first_level_posteriors(fits, parameters, config.model, config.parameters)
+    covariates = clinical_covariates(clinical)
+    analyses, excluded, tables = {}, [], []
+    for name in config.analyses:
+        analysis, left_out = runners[name](first, covariates, config)
+        analyses[name] = analysis
+        excluded.extend(left_out)
+        tables.append(effects_table(analysis))
+    effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=EFFECT_COLUMNS)
+    return GroupDCMResult(effects=effects,
+                          excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+                          analyses=analyses)
+
+
+# --- synthetic first-level posteriors (tests, benchmarks) -----------------------------------
+
+
+STUDY_PARAMETERS = ("A[amygdala->amygdala]", "A[amygdala->vmpfc]", "A[vmpfc->amygdala]",
+                    "A[vmpfc->vmpfc]", "B[emotional][amygdala->vmpfc]",
+                    "B[emotional][vmpfc->amygdala]", "C[faces][amygdala]",
+                    "transit[amygdala]", "transit[vmpfc]", "decay", "epsilon")
+
+
+# precision the data add to each parameter (1/variance): A self, A extrinsic ×2, A self,
+# B ×2, C, transit ×2, decay, epsilon
+DATA_PRECISION = np.array([10.0, 1500.0, 150.0, 10.0, 500.0, 150.0, 250.0, 50.0, 50.0, 50.0,
+                           50.0])
+
+
+def simulate_first_level(n_participants: int = 21, seed: int = 0,
+                         change: dict[str, float] | None = None,
+                         baseline: dict[str, float] | None = None,
+                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Synthetic ``dcm_fits``, ``dcm_parameters`` and ``clinical`` tables with planted effects.
+
+    Each session's posterior is the exact posterior of a linear-Gaussian model — the true
+    parameters observed with a random (correlated) precision — under the DCM's first-level
+    priors, so model reduction is exact for it. Planted effects are per standard deviation
+    of CAPS-5 improvement: ``change`` on post − pre (default: A[vmpfc->amygdala] +0.12),
+    ``baseline`` on the pre values (default: B[emotional][amygdala->vmpfc] −0.10).
+
+    Returns fits, parameters, clinical (module docstring formats; arms alternate).
+    """
+    rng = np.random.default_rng(seed)
+    change = {"A[vmpfc->amygdala]": 0.12} if change is None else change
+    baseline = {"B[emotional][amygdala->vmpfc]": -0.10} if baseline is None else baseline
+    names = STUDY_PARAMETERS
+    n = len(names)
+    prior = np.array([default_prior(x) for x in names])
+    pE, pC = prior[:, 0], np.diag(prior[:, 1])
+    pP = np.linalg.inv(pC)
+    mean = np.array([0.0, 0.3, -0.2, 0.0, 0.35, -0.1, 1.0, 0.0, 0.0, 0.0, 0.0])
+    spread = np.array([0.05, 0.04, 0.04, 0.05, 0.08, 0.08, 0.1, 0.02, 0.02, 0.02, 0.02])
+    arms = np.array(["ketamine", "midazolam"])[np.arange(n_participants) % 2]
+    improvement = np.where(arms == "ketamine", rng.normal(16, 9, n_participants),
+                           rng.normal(7, 9, n_participants))
+    z = (improvement - improvement.mean()) / improvement.std()
+    fits, params = [], []
+    for i in range(n_participants):
+        pid = f"sub-{i + 1:02d}"
+        theta_pre = mean + spread * rng.standard_normal(n)
+        theta_post = theta_pre + 0.5 * spread * rng.standard_normal(n)
+        for name, effect in baseline.items():
+            theta_pre[names.index(name)] += effect * z[i]
+            theta_post[names.index(name)] += effect * z[i]
+        for name, effect in change.items():
+            theta_post[names.index(name)] += effect * z[i]
+        for session, theta in (("pre", theta_pre), ("post", theta_post)):
+            # data precision about that of the study's fits (self-connections and
+            # hemodynamics weakly informed), with random correlations
+            G = rng.standard_normal((n, n)) * 0.3 + np.eye(n)
+            R = G @ G.T
+            scale = np.sqrt(DATA_PRECISION / np.diag(R))
+            Lam = scale[:, None] * R * scale[None]
+            y = rng.multivariate_normal(theta, np.linalg.inv(Lam))
+            qC = np.linalg.inv(pP + Lam)
+            qE = qC @ (pP @ pE + Lam @ y)
+            S = pC + np.linalg.inv(Lam)  # evidence of the linear-Gaussian model
+            r = y - pE
+            F = -0.5 * (r @ np.linalg.solve(S, r) + np.linalg.slogdet(2 * np.pi * S)[1])
+            fits.append({"participant_id": pid, "session": session, "task": "faces", "run": 1,
+                         "model": "full", "free_energy": F, "converged": True,
+                         "free_parameters": list(names), "covariance": qC.tolist()})
+            for j, name in enumerate(names):
+                params.append({"participant_id": pid, "session": session, "task": "faces",
+                               "run": 1, "model": "full", "parameter": name,
+                               "mean": qE[j], "variance": qC[j, j],
+                               "pp": np.nan, "prior_mean": pE[j],
+                               "prior_variance": pC[j, j]})
+    clinical = pd.DataFrame({"participant_id": [f"sub-{i + 1:02d}"
+                                                for i in range(n_participants)],
+                             "arm": arms, "caps5_improvement": improvement})
+    return pd.DataFrame(fits), pd.DataFrame(params), clinical

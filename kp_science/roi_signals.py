@@ -1,0 +1,282 @@
+"""Region-of-interest signals: sphere/atlas masks, one-pass extraction, confound cleaning.
+
+Extraction reads a run once (the caller passes the decoded array), takes every ROI's voxels
+with plain array indexing, and averages the usable ones: voxels outside the brain mask, with
+a non-finite value or with zero temporal variance are excluded and counted. Cleaning follows
+nilearn's ``load_confounds`` strategy named in :class:`CleaningStrategy` (confounds and the
+scrubbing sample mask come from nilearn itself) and ``nilearn.signal.clean``, applied to the
+ROI means — the same result as cleaning every voxel and averaging, since both steps are
+linear, at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CleaningStrategy:
+    """Confound strategy, in nilearn ``load_confounds`` terms.
+
+    motion: ``basic`` (6 rigid-body parameters), ``derivatives`` (+ temporal derivatives, 12),
+    ``power2`` or ``full`` (24); wm_csf: ``basic`` (mean white matter and CSF signals) or
+    ``full``; high_pass: regress fMRIPrep's ``cosine_XX`` columns (128 s DCT high-pass);
+    scrubbing: volumes with framewise displacement above ``fd_threshold`` mm or standardized
+    DVARS above ``std_dvars_threshold`` are removed, and so are kept segments shorter than
+    ``scrub`` volumes.
+    """
+
+    motion: str = "derivatives"
+    wm_csf: str = "basic"
+    high_pass: bool = True
+    scrub: int = 5
+    fd_threshold: float = 0.5
+    std_dvars_threshold: float = 1.5
+
+    def nilearn_arguments(self) -> dict:
+        """Keyword arguments for ``nilearn.interfaces.fmriprep.load_confounds``."""
+        strategy = ["motion", "wm_csf", "scrub"] + (["high_pass"] if self.high_pass else [])
+        return {
+            "strategy": tuple(strategy),
+            "motion": self.motion,
+            "wm_csf": self.wm_csf,
+            "scrub": self.scrub,
+            "fd_threshold": self.fd_threshold,
+            "std_dvars_threshold": self.std_dvars_threshold,
+        }
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+    def confound_columns(self) -> dict[str, str]:
+        """Column → the setting that needs it, for every fMRIPrep confounds column that
+        ``load_confounds`` reads by name for this strategy (the ``cosine*`` columns of
+        ``high_pass`` are found by name pattern instead, see :data:`HIGH_PASS_PATTERN`).
+
+        Raises ValueError for a ``motion`` or ``wm_csf`` that load_confounds does not know.
+        """
+        columns = {}
+        for setting, model, bases in (("motion", self.motion, MOTION_PARAMETERS),
+                                      ("wm_csf", self.wm_csf, ("white_matter", "csf"))):
+            if model not in EXPANSIONS:
+                raise ValueError(f"CleaningStrategy: {setting} must be one of "
+                                 f"{', '.join(EXPANSIONS)}, got {model!r}")
+            for base in bases:
+                for suffix in ("", *EXPANSIONS[model]):
+                    columns[f"{base}_{suffix}" if suffix else base] = f"{setting}={model!r}"
+        # scrubbing thresholds both columns (load_confounds reads them unconditionally)
+        columns["framewise_displacement"] = f"scrubbing (FD > {self.fd_threshold:g} mm)"
+        columns["std_dvars"] = f"scrubbing (std DVARS > {self.std_dvars_threshold:g})"
+        return columns
+
+
+MOTION_PARAMETERS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+# fMRIPrep's expansions of a confound that each load_confounds model adds to the base column
+EXPANSIONS = {"basic": (), "derivatives": ("derivative1",), "power2": ("power2",),
+              "full": ("derivative1", "power2", "derivative1_power2")}
+# load_confounds takes every column whose name contains these (high-pass DCT regressors,
+# and fMRIPrep's non-steady-state volume indicators, which it always reads)
+HIGH_PASS_PATTERN = "cosine"
+NON_STEADY_STATE_PATTERN = "non_steady_state"
+
+
+def lattice_sphere(affine: np.ndarray, centre_mm: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Voxel coordinates (k, 3), not clipped to any image, of the lattice of ``affine`` whose
+    centres lie within ``radius_mm`` of ``centre_mm``."""
+    inverse = np.linalg.inv(affine)
+    centre = inverse[:3, :3] @ centre_mm + inverse[:3, 3]
+    reach = np.ceil(radius_mm / np.abs(np.linalg.eigvals(affine[:3, :3])).min()).astype(int) + 1
+    base = np.round(centre).astype(int)
+    offsets = np.stack(np.meshgrid(*[np.arange(-reach, reach + 1)] * 3, indexing="ij"), -1)
+    ijk = (base + offsets).reshape(-1, 3)
+    xyz = ijk @ affine[:3, :3].T + affine[:3, 3]
+    return ijk[np.linalg.norm(xyz - centre_mm, axis=1) <= radius_mm]
+
+
+@dataclass(frozen=True)
+class RoiVoxels:
+    """The voxels of one ROI on one image grid.
+
+    ``flat``: indices into the image's voxels in Fortran (NIfTI) order, for voxels inside the
+    image; ``n_defined``: voxels the ROI has on this lattice including any outside the
+    field of view (the denominator of coverage).
+    """
+
+    name: str
+    flat: np.ndarray
+    n_defined: int
+
+
+def sphere_voxels(
+    affine: np.ndarray,
+    shape: tuple[int, int, int],
+    centres: Mapping[str, tuple[tuple[float, float, float], ...]],
+    radius_mm: float,
+    allow_overlap: bool = False,
+) -> list[RoiVoxels]:
+    """Voxels of spherical ROIs (a region may be several spheres) on an image grid.
+
+    Raises ValueError naming the regions when two share voxels, unless ``allow_overlap``.
+    """
+    rois = []
+    for name, region_centres in centres.items():
+        ijk = np.unique(
+            np.concatenate([lattice_sphere(affine, np.asarray(c, float), radius_mm)
+                            for c in region_centres]), axis=0)
+        inside = np.all((ijk >= 0) & (ijk < np.asarray(shape)), axis=1)
+        flat = np.ravel_multi_index(tuple(ijk[inside].T), shape, order="F")
+        rois.append(RoiVoxels(name, np.sort(flat), len(ijk)))
+    if not allow_overlap:
+        for i, a in enumerate(rois):
+            for b in rois[i + 1:]:
+                shared = np.intersect1d(a.flat, b.flat).size
+                if shared:
+                    raise ValueError(
+                        f"ROI spheres {a.name!r} and {b.name!r} overlap by {shared} voxel(s) at "
+                        f"radius {radius_mm} mm: use a smaller radius or allow overlap")
+    return rois
+
+
+def atlas_voxels(labels: np.ndarray, lookup: Mapping[int, str]) -> list[RoiVoxels]:
+    """ROIs from a label image already on the run's grid: ``lookup`` maps label → ROI name
+    (several labels may map to one name)."""
+    by_name: dict[str, list[np.ndarray]] = {}
+    flat_labels = labels.reshape(-1, order="F")
+    for label, name in lookup.items():
+        by_name.setdefault(name, []).append(np.flatnonzero(flat_labels == label))
+    rois = []
+    for name, parts in by_name.items():
+        flat = np.sort(np.concatenate(parts))
+        rois.append(RoiVoxels(name, flat, len(flat)))
+    return rois
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """ROI means of one run: ``signals`` (n_volumes, n_rois) in image units (columns in ROI
+    order) and ``coverage`` (one row per ROI: n_defined, n_in_brain, n_nonfinite, n_flat,
+    n_used, coverage = n_used / n_defined)."""
+
+    signals: pd.DataFrame
+    coverage: pd.DataFrame
+
+
+def extract_roi_means(
+    data: np.ndarray,
+    brain_mask: np.ndarray,
+    rois: list[RoiVoxels],
+    slope: float = 1.0,
+    inter: float = 0.0,
+) -> Extraction:
+    """Average the usable voxels of every ROI in one 4-D run.
+
+    ``data``: raw array (x, y, z, t) as stored (physical = data·slope + inter), any memory
+    order; ``brain_mask``: (x, y, z), nonzero inside the brain. Only ROI voxels are converted
+    to floating point, so the cost is the indexing, not a copy of the run.
+    """
+    n_volumes = data.shape[3]
+    voxels_by_time = data.reshape(-1, n_volumes, order="F")  # a view for Fortran-ordered data
+    in_brain = brain_mask.reshape(-1, order="F") != 0
+    means, rows = {}, []
+    for roi in rois:
+        flat = roi.flat[in_brain[roi.flat]]
+        values = voxels_by_time[flat].astype(np.float64) * slope + inter
+        finite = np.all(np.isfinite(values), axis=1)
+        flat_signal = np.zeros(len(flat), bool)
+        flat_signal[finite] = np.ptp(values[finite], axis=1) == 0
+        use = finite & ~flat_signal
+        means[roi.name] = values[use].mean(axis=0) if use.any() else np.full(n_volumes, np.nan)
+        rows.append({
+            "roi": roi.name, "n_defined": roi.n_defined, "n_in_brain": len(flat),
+            "n_nonfinite": int((~finite).sum()), "n_flat": int(flat_signal.sum()),
+            "n_used": int(use.sum()),
+            "coverage": use.sum() / roi.n_defined if roi.n_defined else 0.0,
+        })
+    return Extraction(pd.DataFrame(means), pd.DataFrame(rows))
+
+
+def load_run_confounds(bold_path: Path | str, strategy: CleaningStrategy
+                       ) -> tuple[pd.DataFrame, np.ndarray]:
+    """Confounds and the indices of kept volumes for a run, from nilearn's load_confounds
+    (it finds ``*_desc-confounds_timeseries.tsv`` beside the fMRIPrep BOLD file).
+
+    The file is checked first (:func:`kp_science.study.validate.validate_confounds_file`), so a
+    missing, unreadable or damaged file raises ``StudyDataError`` naming it, the column and
+    the row, never a library error.
+    """
+    path = Path(bold_path)
+    stem = path.name.split("_space-")[0]
+    tsv = path.with_name(f"{stem}_desc-confounds_timeseries.tsv")
+    stat = tsv.stat() if tsv.exists() else None
+    # every model of a run needs the same confounds; nilearn's parser is slow, so memoise on
+    # the file's identity (path, size, mtime) and hand out copies
+    key = (str(path), str(tsv), strategy, stat and (stat.st_size, stat.st_mtime_ns))
+    confounds, kept = _load_confounds_cached(key)
+    return confounds.copy(), kept.copy()
+
+
+@lru_cache(maxsize=64)
+def _load_confounds_cached(key: tuple) -> tuple[pd.DataFrame, np.ndarray]:
+    from nilearn.interfaces.fmriprep import load_confounds
+
+    # imported here: kp_science.study.validate imports this module
+    from kp_science.study.errors import StudyDataError
+    from kp_science.study.validate import validate_confounds_file
+
+    path, tsv, strategy, _ = key
+    validate_confounds_file(Path(tsv), strategy)
+    try:
+        confounds, sample_mask = load_confounds(path, **strategy.nilearn_arguments())
+    except ValueError as e:  # nilearn's own refusals of a file (a second confounds file, …)
+        raise StudyDataError(tsv, f"nilearn load_confounds cannot use it: {e}") from e
+    kept = np.arange(len(confounds)) if sample_mask is None else np.asarray(sample_mask)
+    return confounds, kept
+
+
+def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (n_kept × confounds) of the z-scored confounds at the kept volumes:
+    what ``nilearn.signal.clean`` (``standardize_confounds=True``, no detrending or
+    filtering, ``sample_mask=kept``) projects out of the signals."""
+    from scipy.linalg import qr
+
+    kept_confounds = np.asarray(confounds, float)[kept]
+    if kept_confounds.shape[1] == 0:
+        return kept_confounds
+    centred = kept_confounds - kept_confounds.mean(axis=0)
+    scale = centred.std(axis=0, ddof=1)
+    scale[scale < np.finfo(np.float64).eps] = 1.0  # constant confounds: left centred (zero)
+    basis, _, _ = qr(centred / scale, mode="economic", pivoting=True)
+    return basis
+
+
+def regress_out(values: np.ndarray, basis: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``values`` (n_volumes × m) at the kept volumes, minus their projection on ``basis``."""
+    kept_values = np.asarray(values, float)[kept]
+    return kept_values - basis @ (basis.T @ kept_values)
+
+
+def clean_roi_signals(
+    signals: pd.DataFrame,
+    confounds: pd.DataFrame,
+    kept: np.ndarray,
+    tr: float,
+) -> pd.DataFrame:
+    """Clean ROI means: convert to percent signal change (of each ROI's mean over kept
+    volumes), regress the confounds, drop scrubbed volumes.
+
+    The cleaning is ``nilearn.signal.clean`` with ``standardize_confounds=True`` and no
+    detrending, filtering or standardization, done as one projection (equal to it to
+    ~1e-15, tested). ``tr`` (s) is unused for that reason. Returns (n_kept, n_rois), indexed
+    by the kept volume numbers (0-based).
+    """
+    raw = signals.to_numpy(float)
+    baseline = raw[kept].mean(axis=0)
+    percent = 100.0 * (raw / baseline - 1.0)
+    cleaned = regress_out(percent, confound_basis(confounds.to_numpy(float), kept), kept)
+    return pd.DataFrame(cleaned, index=pd.Index(kept, name="volume"), columns=signals.columns)

@@ -1,0 +1,12 @@
+"""Study simulator with planted ground truth (DESIGN §6). No Dagster here."""
+
+from kp_science.simulator.study import (
+    SIMULATION_MARKER,
+    SimulationOptions,
+    is_simulated_study,
+    simulate_study,
+    simulation_target_problem,
+)
+
+__all__ = ["SIMULATION_MARKER", "SimulationOptions", "is_simulated_study", "simulate_study",
+           "simulation_target_problem"]
