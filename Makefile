@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install system-packages demo test lint ui ui-dask bench clean
+.PHONY: install system-packages demo test test-fast lint format ui ui-dask bench clean
 
 install: $(STAMP)
 
@@ -32,12 +32,24 @@ demo: $(STAMP)
 system-packages:
 	.ci/system-packages
 
-test: system-packages $(STAMP)
-	$(BIN)/ruff check .
+test: system-packages lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
+# everything but the tests marked slow (whole simulated studies, the UI, PostgreSQL, Dask,
+# killed processes): the loop to run while working, about a minute
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+
+# the checks `make test` starts with, and the pre-commit hooks (.pre-commit-config.yaml) run
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright
+
+# rewrite the code in the house style (ruff format) and apply ruff's safe fixes
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 ui: $(STAMP)
 	$(BIN)/python -m kp_resources.instance

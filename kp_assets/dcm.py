@@ -26,14 +26,14 @@ from threadpoolctl import threadpool_limits
 
 from kp_assets.partitions import participants
 from kp_assets.task_runs import event_requirements, run_model_inputs
+from kp_resources.asset_metadata import markdown_table
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
-from kp_resources.parquet_io import markdown_table
 from kp_resources.quality import check_result
 from kp_resources.warehouse import Warehouse
 from kp_science.dcm import DCMResult, DCMSpec, invert_many, parameter_table, priors
 from kp_science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
-from kp_science.roi_plots import markdown_image
+from kp_science.figures import markdown_image
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label
 

@@ -1,6 +1,6 @@
 """``dcm_group_effects``: group-level DCM — parametric empirical Bayes with model reduction —
 over the first-level fits of every current participant (``participant_status``; the others
-are listed as excluded, analysis ``all``) (DESIGN §5 "Group DCM").
+are listed as excluded, analysis ``all``) (docs/architecture.md §5 "Group DCM").
 
 Unpartitioned; the science is :func:`kp_science.dcm.group.group_dcm`, the designs are
 the ``dcm_group`` resource. A participant whose first-level fit did not converge is left out
@@ -14,13 +14,13 @@ import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
 from kp_assets.participant_status import current_participants, not_current
+from kp_resources.asset_metadata import markdown_table
 from kp_resources.dcm_models import DCMGroupDesign
-from kp_resources.parquet_io import markdown_table
 from kp_resources.warehouse import Warehouse
 from kp_science.dcm.findings import dcm_findings
 from kp_science.dcm.group import group_dcm
 from kp_science.dcm.group_plots import effects_png
-from kp_science.roi_plots import markdown_image
+from kp_science.figures import markdown_image
 
 
 @dg.asset(

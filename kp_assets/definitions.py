@@ -1,7 +1,8 @@
 """The one ``dg.Definitions`` of kp, loaded by ``workspace.yaml`` and ``kp demo``.
 
-Resources point at the study folder and warehouse from :mod:`kp_resources.locations`
-(``KP_STUDY_DIR`` / ``KP_WAREHOUSE_DIR`` override the in-repo defaults).
+Resources point at the study folder and warehouse from :mod:`kp_resources.locations`:
+``dg.EnvVar("KP_STUDY_DIR")`` / ``dg.EnvVar("KP_WAREHOUSE_DIR")`` when those variables are set
+(read by Dagster where each resource is set up), the in-repo defaults when not.
 """
 
 from pathlib import Path
@@ -26,7 +27,7 @@ from kp_assets.session_features import change_scores, session_features
 from kp_assets.task_connectivity import task_connectivity
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMGroupDesign, DCMModels
-from kp_resources.locations import study_dir, warehouse_dir
+from kp_resources.locations import study_root, warehouse_root
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.quality import QualityThresholds
@@ -51,10 +52,17 @@ catalog_job = dg.define_asset_job("catalog_refresh", selection=CATALOG)
 nightly_catch_up = build_nightly_catch_up(ASSETS, PARTICIPANT_ASSETS, participants)
 
 
+def _config_value(path: str | Path) -> str:
+    # a dg.EnvVar is a str: str() would turn it into its variable's name
+    return path if isinstance(path, str) else str(path)
+
+
 def build_definitions(study: str | Path, warehouse: str | Path,
                       **overrides: dg.ConfigurableResource) -> dg.Definitions:
-    """The project's definitions with resources bound to a study folder and a warehouse;
-    ``overrides`` replace resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``)."""
+    """The project's definitions with resources bound to a study folder and a warehouse
+    (paths, or ``dg.EnvVar`` values naming the variables that hold them); ``overrides`` replace
+    resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``)."""
+    study, warehouse = _config_value(study), _config_value(warehouse)
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=[clinical_completeness_check],
@@ -62,9 +70,9 @@ def build_definitions(study: str | Path, warehouse: str | Path,
         sensors=[new_participant_sensor],
         schedules=[nightly_catch_up],
         resources={
-            "study": StudyFolder(root=str(study)),
-            "io_manager": ParquetIOManager(root=str(warehouse)),
-            "warehouse": Warehouse(root=str(warehouse)),
+            "study": StudyFolder(root=study),
+            "io_manager": ParquetIOManager(root=warehouse),
+            "warehouse": Warehouse(root=warehouse),
             "roi_set": RoiSet(),
             "cleaning": ConfoundCleaning(),
             "dcm_models": DCMModels(),
@@ -75,5 +83,6 @@ def build_definitions(study: str | Path, warehouse: str | Path,
     )
 
 
-# the environment's study and warehouse, read when the code location loads
-defs = build_definitions(study_dir(), warehouse_dir())
+# the environment's study and warehouse: dg.EnvVar for a variable set when the code location
+# loads (Dagster reads its value when a resource is set up), the default path otherwise
+defs = build_definitions(study_root(), warehouse_root())

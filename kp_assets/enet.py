@@ -1,4 +1,4 @@
-"""The elastic-net prediction tables (DESIGN §5 "Prediction"): ``enet_summary``,
+"""The elastic-net prediction tables (docs/architecture.md §5 "Prediction"): ``enet_summary``,
 ``enet_coefficients``, ``enet_predictions``, ``enet_cv_curve`` and ``enet_exclusions``.
 
 One unpartitioned multi-asset over the ``change_scores`` of every current participant
@@ -18,10 +18,12 @@ import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
 from kp_assets.participant_status import current_participants, not_current
-from kp_resources.parquet_io import inherit_provenance, markdown_table
+from kp_resources.asset_metadata import markdown_table
 from kp_resources.prediction_models import PredictionModels
+from kp_resources.provenance import inherit_provenance
 from kp_resources.quality import check_result
 from kp_resources.warehouse import Warehouse
+from kp_science.figures import markdown_image
 from kp_science.prediction import (
     TABLES,
     fit_all,
@@ -29,7 +31,6 @@ from kp_science.prediction import (
     plot_cv_curve,
     plot_observed_vs_predicted,
 )
-from kp_science.roi_plots import markdown_image
 
 DESCRIPTIONS = {
     "enet_summary": "One row per model variant: status, participants, selected grid point, "

@@ -21,7 +21,9 @@ A run can override it in the launchpad with the executor's own configuration::
             address: tcp://dask-scheduler.lab:8786
 
 Every worker must import ``kp_assets`` (same code, same environment variables
-``KP_STUDY_DIR``/``KP_WAREHOUSE_DIR``/``DAGSTER_HOME``) and reach the study folder, the
+``KP_STUDY_DIR``/``KP_WAREHOUSE_DIR``/``DAGSTER_HOME``: the study and warehouse resources
+take their folders from ``dg.EnvVar`` on the worker when the variables were set where the
+code location loaded, see :mod:`kp_resources.locations`) and reach the study folder, the
 warehouse and the instance storage at the same paths: a shared filesystem and, across
 machines, the PostgreSQL instance (``dagster.postgres.yaml``).
 """

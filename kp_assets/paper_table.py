@@ -1,4 +1,6 @@
-"""``paper_table``: the paper's headline findings (DESIGN §1) beside this project's estimates.
+"""``paper_table``: the paper's headline findings beside this project's estimates.
+
+The findings are those of docs/architecture.md §1.
 
 One row per finding, computed from the elastic-net tables and the group DCM effects by
 :func:`kp_science.prediction.paper_table`; a finding the data cannot give is NaN with
@@ -10,7 +12,7 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
-from kp_resources.parquet_io import markdown_table
+from kp_resources.asset_metadata import markdown_table
 from kp_resources.warehouse import Warehouse
 from kp_science.dcm.findings import dcm_findings
 from kp_science.prediction import paper_table as build_paper_table

@@ -16,9 +16,9 @@ import pandas as pd
 from dagster_shared.error import SerializableErrorInfo
 
 from kp_assets.automation import GROUP_REFRESH
+from kp_resources.asset_metadata import markdown_table
 from kp_resources.lineage import CURRENT
 from kp_resources.lineage import participant_status as status_table
-from kp_resources.parquet_io import markdown_table
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.study.errors import StudyDataError

@@ -4,10 +4,12 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.task_runs import empty_table, run_signals
-from kp_resources.parquet_io import inherit_provenance
-from kp_science.rest_fc import pair_correlations
-from kp_science.roi_plots import connectivity_matrix_png, markdown_image
+from kp_assets.task_runs import run_signals
+from kp_resources.provenance import inherit_provenance
+from kp_science.figures import markdown_image
+from kp_science.roi_plots import connectivity_matrix_png
+from kp_science.run_measures import REST_DTYPES, canonical_order, empty_rows, rest_rows
+from kp_science.study.vocabulary import SESSIONS
 
 
 @dg.asset(
@@ -20,22 +22,20 @@ from kp_science.roi_plots import connectivity_matrix_png, markdown_image
 )
 def rest_connectivity(context: dg.AssetExecutionContext,
                       roi_timeseries: pd.DataFrame) -> pd.DataFrame:
-    from kp_science.rois import ROI_NAMES
-
     tables, plots = [], {}
-    for session in ("pre", "post"):
+    for session in SESSIONS:
         signals = run_signals(roi_timeseries, session, "rest")
         if signals.empty:
             continue
-        ordered = signals[[r for r in ROI_NAMES if r in signals.columns]]
-        tables.append(pair_correlations(ordered).assign(session=session))
+        tables.append(rest_rows(signals).assign(session=session))
+        ordered = canonical_order(signals)
         title = f"{context.partition_key} ses-{session} rest: Pearson r"
         plots[f"matrix_{session}"] = dg.MetadataValue.md(markdown_image(
             connectivity_matrix_png(ordered.corr(), title, vmax=1.0), title))
     if not tables:  # no rest run was acquired: no resting features, and nothing to fail on
         context.log.warning(f"{context.partition_key}: no rest run in roi_timeseries, so no "
                             "resting connectivity")
-        tables.append(empty_table(session=str, roi_a=str, roi_b=str, r=float, z=float))
+        tables.append(empty_rows({"session": str} | REST_DTYPES))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
     context.add_output_metadata(plots)
     columns = ["participant_id", "session", "roi_a", "roi_b", "r", "z"]

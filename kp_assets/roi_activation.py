@@ -4,10 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.task_runs import empty_table, task_runs
+from kp_assets.task_runs import task_runs
 from kp_resources.cleaning import ConfoundCleaning
-from kp_resources.parquet_io import inherit_provenance
-from kp_science.activation import CONTRASTS, fit_roi_glm
+from kp_resources.provenance import inherit_provenance
+from kp_science.run_measures import ACTIVATION_DTYPES, activation_rows, empty_rows
 
 
 @dg.asset(
@@ -22,14 +22,12 @@ from kp_science.activation import CONTRASTS, fit_roi_glm
 def roi_activation(context: dg.AssetExecutionContext, scans: pd.DataFrame,
                    roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning) -> pd.DataFrame:
     tables = []
-    for run in task_runs(scans, roi_timeseries, cleaning):
-        table = fit_roi_glm(run.signals, run.design, CONTRASTS[run.task])
-        tables.append(table.assign(session=run.session, task=run.task))
+    for session, run in task_runs(scans, roi_timeseries, cleaning):
+        tables.append(activation_rows(run).assign(session=session, task=run.task))
     if not tables:  # no task run was acquired: no task features, and nothing to fail on
         context.log.warning(f"{context.partition_key}: no faces or conflict run in scans, so "
                             "no roi_activation")
-        tables.append(empty_table(session=str, task=str, roi=str, contrast=str, beta=float,
-                                  se=float, t=float))
+        tables.append(empty_rows({"session": str, "task": str} | ACTIVATION_DTYPES))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
     columns = ["participant_id", "session", "task", "roi", "contrast", "beta", "se", "t"]
     return inherit_provenance(result[columns], roi_timeseries)

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from kp_assets.partitions import participants
+from kp_resources.asset_metadata import markdown_table
 from kp_resources.cleaning import ConfoundCleaning
-from kp_resources.parquet_io import markdown_table
 from kp_resources.quality import QualityThresholds, check_result
 from kp_resources.roi_set import RoiSet
 from kp_resources.warehouse import Warehouse
-from kp_science.roi_plots import markdown_image, roi_positions_png
+from kp_science.figures import markdown_image
+from kp_science.roi_plots import roi_positions_png
 from kp_science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label

@@ -5,9 +5,10 @@ import pandas as pd
 
 from kp_assets.partitions import participants
 from kp_assets.task_runs import event_requirements
+from kp_resources.asset_metadata import markdown_table
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
-from kp_resources.parquet_io import SOURCE_FINGERPRINT_ATTR, markdown_table
+from kp_resources.provenance import SOURCE_FINGERPRINT_ATTR
 from kp_resources.quality import QualityThresholds, check_result
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse

@@ -35,7 +35,7 @@ from kp_assets.partitions import participants
 from kp_resources.study import StudyFolder
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import find_runs, participant_dir, session_folders
-from kp_science.study.vocabulary import EVENT_TASKS
+from kp_science.study.vocabulary import EVENT_TASKS, TASKS
 
 # Every participant-partitioned asset from ``scans`` down (roi_timeseries, ..., change_scores,
 # first-level DCM): ``participants`` is the project's only dynamic partitioning. Group assets
@@ -45,8 +45,8 @@ PARTICIPANT_ASSETS = dg.AssetSelection.assets("scans").downstream() & dg.AssetSe
     "partitions:dynamic"
 )
 
-# The runs every session must have before a participant is processed.
-EXPECTED_TASKS = ("faces", "conflict", "rest")
+# The runs every session must have before a participant is processed: one of every task.
+EXPECTED_TASKS = TASKS
 # Missing files named in the log per participant (the rest are counted).
 _SHOWN_MISSING = 3
 

@@ -4,11 +4,10 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.task_runs import empty_table, task_runs
+from kp_assets.task_runs import task_runs
 from kp_resources.cleaning import ConfoundCleaning
-from kp_resources.parquet_io import inherit_provenance
-from kp_science.activation import CONTRASTS
-from kp_science.gppi import fit_gppi
+from kp_resources.provenance import inherit_provenance
+from kp_science.run_measures import GPPI_DTYPES, empty_rows, gppi_rows
 
 
 @dg.asset(
@@ -22,16 +21,14 @@ from kp_science.gppi import fit_gppi
 def task_connectivity(context: dg.AssetExecutionContext, scans: pd.DataFrame,
                       roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning) -> pd.DataFrame:
     tables = []
-    for run in task_runs(scans, roi_timeseries, cleaning):
-        table = fit_gppi(run.signals, run.design, run.events, run.confounds, run.kept,
-                         run.n_volumes, run.tr, run.slice_time_ref, CONTRASTS[run.task])
-        tables.append(table.assign(session=run.session, task=run.task))
-        context.log.info(f"gPPI ses-{run.session} task-{run.task}: {len(table)} betas")
+    for session, run in task_runs(scans, roi_timeseries, cleaning):
+        table = gppi_rows(run)
+        tables.append(table.assign(session=session, task=run.task))
+        context.log.info(f"gPPI ses-{session} task-{run.task}: {len(table)} betas")
     if not tables:  # no task run was acquired: no task features, and nothing to fail on
         context.log.warning(f"{context.partition_key}: no faces or conflict run in scans, so "
                             "no task_connectivity")
-        tables.append(empty_table(session=str, task=str, seed=str, target=str, contrast=str,
-                                  beta=float, se=float, t=float))
+        tables.append(empty_rows({"session": str, "task": str} | GPPI_DTYPES))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
     columns = ["participant_id", "session", "task", "seed", "target", "contrast", "beta", "se",
                "t"]

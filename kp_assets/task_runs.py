@@ -14,13 +14,12 @@ import pandas as pd
 
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
-from kp_science.activation import clean_design, task_conditions, task_design
 from kp_science.roi_signals import load_run_confounds
+from kp_science.run_measures import TaskRun, task_run
 from kp_science.study.errors import StudyDataError
 from kp_science.study.reading import CHANGED_SINCE_SCANS
 from kp_science.study.validate import EventRequirements, default_event_requirements, read_events
-
-EVENT_TASKS = ("faces", "conflict")
+from kp_science.study.vocabulary import EVENT_TASKS
 
 
 def event_requirements(dcm_models: DCMModels | None = None) -> dict[str, EventRequirements]:
@@ -42,30 +41,6 @@ def event_requirements(dcm_models: DCMModels | None = None) -> dict[str, EventRe
     else:
         needs[task] = EventRequirements(required=trial_types, needed_by=who)
     return needs
-
-
-@dataclass
-class TaskRun:
-    """One task run: cleaned ``signals`` (kept volumes × ROIs, % signal), ``events`` with the
-    model's conditions, its cleaned ``design`` (kept volumes × conditions + constant) and
-    the confounds and kept volume indices that cleaned both."""
-
-    session: str
-    task: str
-    signals: pd.DataFrame
-    events: pd.DataFrame
-    design: pd.DataFrame
-    confounds: pd.DataFrame
-    kept: np.ndarray
-    n_volumes: int
-    tr: float
-    slice_time_ref: float
-
-
-def empty_table(**dtypes: type) -> pd.DataFrame:
-    """A table without rows whose columns have the given types (so its Parquet schema matches
-    the participants that have rows)."""
-    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in dtypes.items()})
 
 
 def run_signals(roi_timeseries: pd.DataFrame, session: str, task: str) -> pd.DataFrame:
@@ -114,16 +89,16 @@ def run_model_inputs(scan: pd.Series, roi_timeseries: pd.DataFrame,
 
 
 def task_runs(scans: pd.DataFrame, roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning,
-              tasks: tuple[str, ...] = EVENT_TASKS) -> list[TaskRun]:
+              tasks: tuple[str, ...] = EVENT_TASKS) -> list[tuple[str, TaskRun]]:
+    """(session, run ready for its models) of every task run of ``scans`` in ``tasks``: the
+    cleaned signals of ``roi_timeseries`` with the design
+    :func:`kp_science.run_measures.task_run` builds from the run's events and confounds."""
     runs = []
     for _, scan in scans[scans["task"].isin(tasks)].iterrows():
-        session, task, tr = scan["session"], scan["task"], float(scan["tr"])
-        signals = run_signals(roi_timeseries, session, task)
+        session, task = scan["session"], scan["task"]
         shared = run_model_inputs(scan, roi_timeseries, cleaning)
-        conditions = task_conditions(shared.events, task)
-        n_volumes = int(scan["n_volumes"])
-        design = clean_design(task_design(conditions, n_volumes, tr, shared.slice_time_ref),
-                              shared.confounds, shared.kept, tr)
-        runs.append(TaskRun(session, task, signals, conditions, design, shared.confounds,
-                            shared.kept, n_volumes, tr, shared.slice_time_ref))
+        runs.append((session, task_run(run_signals(roi_timeseries, session, task),
+                                       shared.events, task, shared.confounds, shared.kept,
+                                       int(scan["n_volumes"]), float(scan["tr"]),
+                                       shared.slice_time_ref)))
     return runs

@@ -14,8 +14,16 @@ emotional (emotional face blocks); one model ``full`` with both connections, emo
 modulating both, faces driving the amygdala.
 """
 
+from typing import get_args
+
 import dagster as dg
 import numpy as np
+
+from kp_resources.science_config import choice_enum, science_default
+from kp_science.dcm.group import Analysis, ChangeMethod, GroupDCMConfig
+from kp_science.dcm.peb import ComponentName
+
+AnalysisChoice = choice_enum(get_args(Analysis))
 
 
 class DCMInput(dg.Config):
@@ -117,8 +125,9 @@ class DCMModels(dg.ConfigurableResource):
 
 
 class DCMGroupDesign(dg.ConfigurableResource):
-    """The group DCM analyses (``dcm_group_effects``; see
-    :mod:`kp_science.dcm.group` for the designs).
+    """The group DCM analyses (``dcm_group_effects``): the fields and defaults of
+    :class:`kp_science.dcm.group.GroupDCMConfig` (see :mod:`kp_science.dcm.group` for the
+    designs), except the session labels, which are the study's.
 
     analyses: which of "longitudinal" (change post − pre, covariates mean, CAPS-5
     improvement, arm, improvement × arm) and "baseline" (pre-treatment parameters, same
@@ -133,21 +142,20 @@ class DCMGroupDesign(dg.ConfigurableResource):
     parameters, SPM's default) or "all" (one per parameter). hyperprior_variance: prior
     variance of the random-effects log-precisions (SPM's M.hC; 1/16 there, which holds the
     between-participant variance near 1/16 of the first-level prior variance and overstates
-    group effects when participants differ more; 1 by default here).
+    group effects when participants differ more; 1 by default here). A choice outside the
+    allowed values fails when the configuration loads, naming the field and the values.
     """
 
-    analyses: list[str] = ["longitudinal", "baseline"]
-    model: str | None = None
-    parameters: list[str] | None = None
-    max_exhaustive: int = 8
-    change: str = "difference"
-    components: str = "fields"
-    hyperprior_variance: float = 1.0
+    analyses: list[AnalysisChoice] = science_default(GroupDCMConfig, "analyses")
+    model: str | None = science_default(GroupDCMConfig, "model")
+    parameters: list[str] | None = science_default(GroupDCMConfig, "parameters")
+    max_exhaustive: int = science_default(GroupDCMConfig, "max_exhaustive")
+    change: ChangeMethod = science_default(GroupDCMConfig, "change")
+    components: ComponentName = science_default(GroupDCMConfig, "components")
+    hyperprior_variance: float = science_default(GroupDCMConfig, "hyperprior_variance")
 
-    def config(self):
-        """The design as the science code's ``GroupDCMConfig``."""
-        from kp_science.dcm.group import GroupDCMConfig
-
+    def config(self) -> GroupDCMConfig:
+        """The design as the science code's :class:`GroupDCMConfig` (lists → tuples)."""
         return GroupDCMConfig(
             model=self.model, analyses=tuple(self.analyses),
             parameters=tuple(self.parameters) if self.parameters is not None else None,

@@ -1,6 +1,6 @@
 """Which warehouse rows are current: participant status and table status from file footers.
 
-Every warehouse file carries, in its footer (:mod:`kp_resources.parquet_io`), a write id and
+Every warehouse file carries, in its footer (:mod:`kp_resources.provenance`), a write id and
 the digest of the write ids of the files its step read (``kp.inputs``); ``scans`` also
 carries the fingerprint of the participant folder it read (``kp.source_fingerprint``). From
 these alone this module tells, without Dagster:
@@ -27,15 +27,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from kp_resources.parquet_io import (
-    INPUTS_KEY,
+from kp_resources.parquet_files import (
     PARQUET_SUFFIX,
     PART_STEM,
     PARTITION_COLUMN,
-    file_write_id,
-    inputs_digest,
     read_parquet_kv,
 )
+from kp_resources.provenance import INPUTS_KEY, file_write_id, inputs_digest
 from kp_science.study.layout import BIDS_LABEL, participant_fingerprint
 
 CURRENT = "current"

@@ -3,6 +3,13 @@
 Defaults keep everything inside the repository (git-ignored): the study in ``data/study`` and
 the warehouse beside it in ``data/warehouse``. ``KP_STUDY_DIR`` and ``KP_WAREHOUSE_DIR``
 override them (a lab server points them at its own storage).
+
+:func:`study_dir` and :func:`warehouse_dir` are the paths now (what ``kp demo`` and ``kp sql``
+use). The Dagster definitions take :func:`study_root` and :func:`warehouse_root` instead: a
+variable that is set becomes ``dg.EnvVar(...)`` in the resource configuration, so that Dagster
+reads it where and when a resource is set up (run worker, sensor, Dask worker) and the UI
+shows the setting as "from KP_STUDY_DIR" rather than a path frozen when the code loaded.
+``dg.EnvVar`` fails on a variable that is not set, so an unset variable gives the default path.
 """
 
 from __future__ import annotations
@@ -10,15 +17,32 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import dagster as dg
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STUDY_ENV = "KP_STUDY_DIR"
+WAREHOUSE_ENV = "KP_WAREHOUSE_DIR"
 
 
 def study_dir() -> Path:
     """The study folder (BIDS / fMRIPrep-style), from ``KP_STUDY_DIR`` or ``data/study``."""
-    return Path(os.environ.get("KP_STUDY_DIR", REPO_ROOT / "data" / "study")).resolve()
+    return Path(os.environ.get(STUDY_ENV) or REPO_ROOT / "data" / "study").resolve()
 
 
 def warehouse_dir() -> Path:
     """The Parquet warehouse root, from ``KP_WAREHOUSE_DIR`` or ``warehouse/`` beside the study."""
-    env = os.environ.get("KP_WAREHOUSE_DIR")
+    env = os.environ.get(WAREHOUSE_ENV)
     return Path(env).resolve() if env else study_dir().parent / "warehouse"
+
+
+def study_root() -> str:
+    """``root`` of :class:`kp_resources.study.StudyFolder` in the definitions:
+    ``dg.EnvVar("KP_STUDY_DIR")`` when that variable is set, else :func:`study_dir`'s path."""
+    return dg.EnvVar(STUDY_ENV) if os.environ.get(STUDY_ENV) else str(study_dir())
+
+
+def warehouse_root() -> str:
+    """``root`` of the warehouse resources (:class:`kp_resources.warehouse.Warehouse`, the
+    Parquet IO manager): ``dg.EnvVar("KP_WAREHOUSE_DIR")`` when that variable is set, else
+    :func:`warehouse_dir`'s path (beside the study folder as it is now)."""
+    return dg.EnvVar(WAREHOUSE_ENV) if os.environ.get(WAREHOUSE_ENV) else str(warehouse_dir())

@@ -1,6 +1,6 @@
 """The prediction resource: which elastic-net models the ``enet_*`` assets fit, and how.
 
-One configuration declares every model variant (DESIGN §5 "Prediction"; issue 4) and the
+One configuration declares every model variant (docs/architecture.md §5 "Prediction") and the
 analysis settings. A variant is ``name``, ``families`` (feature families such as
 ``faces.gppi`` or whole tasks such as ``faces``; unset = every change score), ``outcome``
 (a ``clinical`` column), ``covariates`` (further ``clinical`` columns), ``interaction_with_arm``
@@ -13,48 +13,61 @@ line, e.g. in a run config::
           variants:
             - {name: faces_only, families: [faces]}
 
-Defaults: the paper's four models (``main``, ``interaction``, ``covariate``,
-``ketamine_only``), a grid of 10 mixing ratios (0.1 … 1.0) × 50 penalties spanning three
-orders of magnitude, nested LOO, 1000 outcome permutations, 500 bootstrap resamples, seed 0,
-and at least 10 participants with both sessions.
+Every field and default is the science side's (:class:`ModelVariant`,
+:data:`DEFAULT_VARIANTS`, :class:`EnetSettings`), defined there once: the paper's four models
+(``main``, ``interaction``, ``covariate``, ``ketamine_only``), a grid of 10 mixing ratios
+(0.1 … 1.0) × 50 penalties spanning three orders of magnitude, nested LOO, 1000 outcome
+permutations, 500 bootstrap resamples, seed 0, and at least 10 participants with both
+sessions. An arm outside the study's arms fails when the configuration loads.
 """
+
+import dataclasses
 
 import dagster as dg
 
-from kp_science.prediction.elastic_net import DEFAULT_L1_RATIOS, EnetSettings
+from kp_resources.science_config import choice_enum, science_default
+from kp_science.prediction.elastic_net import EnetSettings
 from kp_science.prediction.variants import DEFAULT_VARIANTS, ModelVariant
+from kp_science.study.vocabulary import ARMS
+
+ArmChoice = choice_enum(ARMS)
 
 
 class PredictionVariant(dg.Config):
-    """One elastic-net model; the fields mirror :class:`ModelVariant`."""
+    """One elastic-net model: the fields and defaults of :class:`ModelVariant` (``arms`` one
+    of the study's arms)."""
 
     name: str
-    families: list[str] | None = None
-    outcome: str = "caps5_improvement"
-    covariates: list[str] = []
-    interaction_with_arm: bool = False
-    arms: list[str] | None = None
-    description: str = ""
+    families: list[str] | None = science_default(ModelVariant, "families")
+    outcome: str = science_default(ModelVariant, "outcome")
+    covariates: list[str] = science_default(ModelVariant, "covariates")
+    interaction_with_arm: bool = science_default(ModelVariant, "interaction_with_arm")
+    arms: list[ArmChoice] | None = science_default(ModelVariant, "arms")
+    description: str = science_default(ModelVariant, "description")
+
+    def variant(self) -> ModelVariant:
+        """This model as the science code's :class:`ModelVariant` (lists → tuples)."""
+        return ModelVariant(**{
+            f.name: tuple(value) if isinstance(value := getattr(self, f.name), list) else value
+            for f in dataclasses.fields(ModelVariant)})
 
 
 def _variant_dict(variant: ModelVariant) -> dict:
-    return {
-        "name": variant.name,
-        "families": list(variant.families) if variant.families is not None else None,
-        "outcome": variant.outcome,
-        "covariates": list(variant.covariates),
-        "interaction_with_arm": variant.interaction_with_arm,
-        "arms": list(variant.arms) if variant.arms is not None else None,
-        "description": variant.description,
-    }
+    return {f.name: list(value) if isinstance(value := getattr(variant, f.name), tuple)
+            else value for f in dataclasses.fields(ModelVariant)}
 
 
 # Plain dicts, as Dagster's config schema needs for defaults (see DCMModels).
 DEFAULT_VARIANT_CONFIG = [_variant_dict(v) for v in DEFAULT_VARIANTS]
 
 
+def _settings_default(name: str):
+    return science_default(EnetSettings, name)
+
+
 class PredictionModels(dg.ConfigurableResource):
-    """Model variants and settings of the elastic-net analysis.
+    """Model variants and settings of the elastic-net analysis; the settings' fields and
+    defaults are :class:`EnetSettings`' (``workers`` is its ``n_jobs``).
 
     variants: the models (see the module docstring). min_participants: fewest participants
     with both sessions for the fit assets to run (fewer fails them with the count), and
@@ -67,35 +80,27 @@ class PredictionModels(dg.ConfigurableResource):
     """
 
     variants: list[PredictionVariant] = DEFAULT_VARIANT_CONFIG  # type: ignore[assignment]
-    min_participants: int = 10
-    l1_ratios: list[float] = list(DEFAULT_L1_RATIOS)
-    n_alphas: int = 50
-    eps: float = 1e-3
-    nested: bool = True
-    n_permutations: int = 1000
-    n_bootstraps: int = 500
-    seed: int = 0
-    workers: int = 2
+    min_participants: int = _settings_default("min_participants")
+    l1_ratios: list[float] = _settings_default("l1_ratios")
+    n_alphas: int = _settings_default("n_alphas")
+    eps: float = _settings_default("eps")
+    nested: bool = _settings_default("nested")
+    n_permutations: int = _settings_default("n_permutations")
+    n_bootstraps: int = _settings_default("n_bootstraps")
+    seed: int = _settings_default("seed")
+    workers: int = _settings_default("n_jobs")
 
     def model_variants(self) -> tuple[ModelVariant, ...]:
-        """The configured variants as science-code :class:`ModelVariant` objects."""
-        out = []
-        for item in self.variants:
-            fields = dict(item) if isinstance(item, dict) else item.model_dump()
-            families, arms = fields.get("families"), fields.get("arms")
-            out.append(ModelVariant(
-                name=fields["name"],
-                families=tuple(families) if families is not None else None,
-                outcome=fields.get("outcome", "caps5_improvement"),
-                covariates=tuple(fields.get("covariates") or ()),
-                interaction_with_arm=bool(fields.get("interaction_with_arm", False)),
-                arms=tuple(arms) if arms is not None else None,
-                description=fields.get("description", ""),
-            ))
+        """The configured variants as science-code :class:`ModelVariant` objects.
+
+        Raises ValueError if two variants share a name."""
+        out = tuple(
+            (PredictionVariant.model_validate(item) if isinstance(item, dict) else item).variant()
+            for item in self.variants)
         names = [v.name for v in out]
         if len(set(names)) != len(names):
             raise ValueError(f"prediction variants need unique names, got {names}")
-        return tuple(out)
+        return out
 
     def settings(self) -> EnetSettings:
         """The analysis settings as :class:`EnetSettings`."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from kp_resources.parquet_io import write_parquet_atomic
+from kp_resources.parquet_files import write_parquet_atomic
 
 CHECKS_TABLE = "checks"
 

@@ -26,6 +26,10 @@ from kp_science.study.layout import (
 class StudyFolder(dg.ConfigurableResource):
     """The study folder (BIDS / fMRIPrep-style) as a Dagster resource; ``root`` is its path.
 
+    kp's definitions set ``root`` to ``dg.EnvVar("KP_STUDY_DIR")`` when that variable is set
+    (Dagster reads it wherever the resource is set up: run worker, sensor, Dask worker), else
+    to the in-repo ``data/study`` (:func:`kp_resources.locations.study_root`).
+
     ``caps5_range`` and ``madrs_range`` are the lowest and highest possible totals of the
     two scales (default 0–80 and 0–60): a value outside is rejected by :meth:`clinical`.
     """

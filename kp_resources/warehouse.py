@@ -1,4 +1,4 @@
-"""DuckDB over the Parquet warehouse (DESIGN.md section 4).
+"""DuckDB over the Parquet warehouse (docs/architecture.md §4).
 
 Plain functions (no Dagster needed) plus a thin ``Warehouse`` resource:
 
@@ -14,7 +14,7 @@ Plain functions (no Dagster needed) plus a thin ``Warehouse`` resource:
   DuckDB CLI, notebooks and BI tools can open the warehouse read-only.
 
 The warehouse Parquet files are only ever read here; the only file written is ``kp.duckdb``
-(``Warehouse.retract`` moves a table folder aside through ``parquet_io.retract_table``).
+(``Warehouse.retract`` moves a table folder aside through ``parquet_files.retract_table``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import duckdb
 import pandas as pd
 
 from kp_resources.lineage import CURRENT, table_status
-from kp_resources.parquet_io import (
+from kp_resources.parquet_files import (
     PARTITION_COLUMN,
     TABLE_NAME_RE,
     fsync_path,
@@ -220,7 +220,7 @@ def format_result(df: pd.DataFrame, fmt: OutputFormat = "table") -> str:
 
 def sweep_dead_temporaries(root: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporaries killed writers left anywhere in the warehouse (see
-    :func:`kp_resources.parquet_io.remove_dead_temporaries`); return them."""
+    :func:`kp_resources.parquet_files.remove_dead_temporaries`); return them."""
     removed = []
     for dirpath, dirnames, _ in os.walk(_root(root)):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -262,7 +262,12 @@ def build_catalog(root: str | os.PathLike[str]) -> Path:
 
 
 class Warehouse(dg.ConfigurableResource):
-    """The Parquet warehouse at ``root`` seen through DuckDB (read-only except ``kp.duckdb``)."""
+    """The Parquet warehouse at ``root`` seen through DuckDB (read-only except ``kp.duckdb``).
+
+    kp's definitions set ``root`` to ``dg.EnvVar("KP_WAREHOUSE_DIR")`` when that variable is
+    set (read by Dagster wherever the resource is set up), else to ``warehouse/`` beside the
+    study folder (:func:`kp_resources.locations.warehouse_root`); the IO manager likewise.
+    """
 
     root: str
 
@@ -284,5 +289,5 @@ class Warehouse(dg.ConfigurableResource):
 
     def retract(self, table: str, reason: str) -> Path | None:
         """Move a table out of the warehouse, keeping its files (see
-        :func:`kp_resources.parquet_io.retract_table`)."""
+        :func:`kp_resources.parquet_files.retract_table`)."""
         return retract_table(self.root, table, reason)

@@ -232,7 +232,7 @@ def contrast_matrix(
     return names, vectors
 
 
-def contrast_table(targets: Sequence, names: Sequence[str], effect: np.ndarray,
+def contrast_table(targets: Sequence | np.ndarray, names: Sequence[str], effect: np.ndarray,
                    se: np.ndarray, t: np.ndarray, target_column: str = "roi") -> pd.DataFrame:
     """Rows contrast-major (each contrast, then each target) from (targets × contrasts)."""
     k, q = len(targets), len(names)

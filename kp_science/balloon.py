@@ -2,7 +2,7 @@
 
 The equations are those of Friston et al. 2003 (NeuroImage 19:1273) with the balloon model of
 Buxton et al. 1998 and the observation model of Stephan et al. 2007 (NeuroImage 38:387), in
-the parameterisation described in ``shared/DCM-NOTES.md`` (log-scaled self-connections,
+the parameterisation described in docs/dcm-model.md (log-scaled self-connections,
 C divided by 16, log hemodynamic states). Shared by the study simulator, which integrates
 them directly, and the DCM estimator.
 """

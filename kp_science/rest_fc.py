@@ -1,4 +1,4 @@
-"""Resting-state functional connectivity between ROIs (DESIGN §5 "Rest connectivity")."""
+"""Resting-state functional connectivity between ROIs (docs/architecture.md §5)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,15 @@
 """Small PNG figures of the ROIs and of ROI-by-ROI matrices, for asset metadata and reports.
 
-Every function returns PNG bytes. Figures are drawn on a bare ``matplotlib.figure.Figure``
-with the Agg canvas, never through pyplot, so nothing here changes the process's matplotlib
-backend or leaks open figures. Dagster shows a figure as markdown metadata::
+Every function returns PNG bytes (:func:`kp_science.figures.figure_png`). Figures are drawn
+on a bare ``matplotlib.figure.Figure`` with the Agg canvas, never through pyplot, so nothing
+here changes the process's matplotlib backend or leaks open figures. Dagster shows a figure
+as markdown metadata::
 
     dg.MetadataValue.md(markdown_image(connectivity_matrix_png(r, "rest FC"), "rest FC"))
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -22,11 +21,10 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from kp_science.figures import figure_png
 from kp_science.roi_signals import RoiVoxels, sphere_voxels
 from kp_science.rois import ROI_CENTRES_MM
 
-DPI = 80  # keeps a figure around 20–60 KB, below the metadata budget
-MAX_PNG_BYTES = 100_000  # Dagster stores metadata in its run database: keep it small
 ROI_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf",
                "#999999")
 
@@ -37,26 +35,6 @@ class VoxelSource(Protocol):
     """Anything that places ROIs on an image grid, such as the ``RoiSet`` resource."""
 
     def voxels(self, affine: np.ndarray, shape: tuple[int, int, int]) -> list[RoiVoxels]: ...
-
-
-def figure_png(figure: Figure, max_bytes: int = MAX_PNG_BYTES) -> bytes:
-    """PNG bytes of a figure (Agg) at :data:`DPI`, halving the resolution while the file is
-    above ``max_bytes``."""
-    buffer = io.BytesIO()
-    dpi = DPI
-    while True:
-        buffer.seek(0)
-        buffer.truncate()
-        figure.savefig(buffer, format="png", dpi=dpi, facecolor=figure.get_facecolor())
-        if buffer.tell() <= max_bytes or dpi <= 20:
-            return buffer.getvalue()
-        dpi //= 2
-
-
-def markdown_image(png: bytes, alt: str) -> str:
-    """A markdown image with the PNG inline as a base64 data URI (Dagster renders it)."""
-    text = alt.replace("[", "(").replace("]", ")").replace("\n", " ")
-    return f"![{text}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
 def roi_label_image(rois: VoxelSource | Centres = ROI_CENTRES_MM, radius_mm: float = 6.0):

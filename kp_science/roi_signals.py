@@ -3,87 +3,26 @@
 Extraction reads a run once (the caller passes the decoded array), takes every ROI's voxels
 with plain array indexing, and averages the usable ones: voxels outside the brain mask, with
 a non-finite value or with zero temporal variance are excluded and counted. Cleaning follows
-nilearn's ``load_confounds`` strategy named in :class:`CleaningStrategy` (confounds and the
-scrubbing sample mask come from nilearn itself) and ``nilearn.signal.clean``, applied to the
-ROI means — the same result as cleaning every voxel and averaging, since both steps are
-linear, at a fraction of the cost.
+nilearn's ``load_confounds`` strategy named in :class:`kp_science.cleaning.CleaningStrategy`
+(confounds and the scrubbing sample mask come from nilearn itself) and
+``nilearn.signal.clean``, applied to the ROI means — the same result as cleaning every voxel
+and averaging, since both steps are linear, at a fraction of the cost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
-
-@dataclass(frozen=True)
-class CleaningStrategy:
-    """Confound strategy, in nilearn ``load_confounds`` terms.
-
-    motion: ``basic`` (6 rigid-body parameters), ``derivatives`` (+ temporal derivatives, 12),
-    ``power2`` or ``full`` (24); wm_csf: ``basic`` (mean white matter and CSF signals) or
-    ``full``; high_pass: regress fMRIPrep's ``cosine_XX`` columns (128 s DCT high-pass);
-    scrubbing: volumes with framewise displacement above ``fd_threshold`` mm or standardized
-    DVARS above ``std_dvars_threshold`` are removed, and so are kept segments shorter than
-    ``scrub`` volumes.
-    """
-
-    motion: str = "derivatives"
-    wm_csf: str = "basic"
-    high_pass: bool = True
-    scrub: int = 5
-    fd_threshold: float = 0.5
-    std_dvars_threshold: float = 1.5
-
-    def nilearn_arguments(self) -> dict:
-        """Keyword arguments for ``nilearn.interfaces.fmriprep.load_confounds``."""
-        strategy = ["motion", "wm_csf", "scrub"] + (["high_pass"] if self.high_pass else [])
-        return {
-            "strategy": tuple(strategy),
-            "motion": self.motion,
-            "wm_csf": self.wm_csf,
-            "scrub": self.scrub,
-            "fd_threshold": self.fd_threshold,
-            "std_dvars_threshold": self.std_dvars_threshold,
-        }
-
-    def describe(self) -> dict:
-        return asdict(self)
-
-    def confound_columns(self) -> dict[str, str]:
-        """Column → the setting that needs it, for every fMRIPrep confounds column that
-        ``load_confounds`` reads by name for this strategy (the ``cosine*`` columns of
-        ``high_pass`` are found by name pattern instead, see :data:`HIGH_PASS_PATTERN`).
-
-        Raises ValueError for a ``motion`` or ``wm_csf`` that load_confounds does not know.
-        """
-        columns = {}
-        for setting, model, bases in (("motion", self.motion, MOTION_PARAMETERS),
-                                      ("wm_csf", self.wm_csf, ("white_matter", "csf"))):
-            if model not in EXPANSIONS:
-                raise ValueError(f"CleaningStrategy: {setting} must be one of "
-                                 f"{', '.join(EXPANSIONS)}, got {model!r}")
-            for base in bases:
-                for suffix in ("", *EXPANSIONS[model]):
-                    columns[f"{base}_{suffix}" if suffix else base] = f"{setting}={model!r}"
-        # scrubbing thresholds both columns (load_confounds reads them unconditionally)
-        columns["framewise_displacement"] = f"scrubbing (FD > {self.fd_threshold:g} mm)"
-        columns["std_dvars"] = f"scrubbing (std DVARS > {self.std_dvars_threshold:g})"
-        return columns
-
-
-MOTION_PARAMETERS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
-# fMRIPrep's expansions of a confound that each load_confounds model adds to the base column
-EXPANSIONS = {"basic": (), "derivatives": ("derivative1",), "power2": ("power2",),
-              "full": ("derivative1", "power2", "derivative1_power2")}
-# load_confounds takes every column whose name contains these (high-pass DCT regressors,
-# and fMRIPrep's non-steady-state volume indicators, which it always reads)
-HIGH_PASS_PATTERN = "cosine"
-NON_STEADY_STATE_PATTERN = "non_steady_state"
+from kp_science.cleaning import CleaningStrategy
+from kp_science.study.errors import StudyDataError
+from kp_science.study.validate import validate_confounds_file
 
 
 def lattice_sphere(affine: np.ndarray, centre_mm: np.ndarray, radius_mm: float) -> np.ndarray:
@@ -225,10 +164,6 @@ def load_run_confounds(bold_path: Path | str, strategy: CleaningStrategy
 def _load_confounds_cached(key: tuple) -> tuple[pd.DataFrame, np.ndarray]:
     from nilearn.interfaces.fmriprep import load_confounds
 
-    # imported here: kp_science.study.validate imports this module
-    from kp_science.study.errors import StudyDataError
-    from kp_science.study.validate import validate_confounds_file
-
     path, tsv, strategy, _ = key
     validate_confounds_file(Path(tsv), strategy)
     try:
@@ -251,7 +186,9 @@ def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:
     centred = kept_confounds - kept_confounds.mean(axis=0)
     scale = centred.std(axis=0, ddof=1)
     scale[scale < np.finfo(np.float64).eps] = 1.0  # constant confounds: left centred (zero)
-    basis, _, _ = qr(centred / scale, mode="economic", pivoting=True)
+    # Q, R and the pivots (scipy infers a union over all of qr's modes)
+    basis, _, _ = cast("tuple[np.ndarray, np.ndarray, np.ndarray]",
+                       qr(centred / scale, mode="economic", pivoting=True))
     return basis
 
 

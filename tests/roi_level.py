@@ -1,10 +1,11 @@
 """The pipeline's feature stages on a region-level simulated study (no images).
 
 For the seed-level tests of the prediction models (issue 4), which need dozens of
-21-participant studies: :func:`change_scores` runs exactly the science functions the
+21-participant studies: :func:`change_scores` runs the per-run measure chain the
 ``roi_timeseries`` → ``roi_activation`` / ``task_connectivity`` / ``rest_connectivity`` →
-``session_features`` → ``change_scores`` assets run, from the cleaning step on, on the ROI
-means of :func:`kp_science.simulator.roi_level.simulate_roi_study`.
+``session_features`` → ``change_scores`` assets run (:mod:`kp_science.run_measures`, then
+:mod:`kp_science.session_features`), from the cleaning step on, on the ROI means of
+:func:`kp_science.simulator.roi_level.simulate_roi_study`.
 """
 
 from __future__ import annotations
@@ -14,17 +15,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from kp_assets.session_features import change_table, feature_table
-from kp_science.activation import (
-    CONTRASTS,
-    clean_design,
-    fit_roi_glm,
-    task_conditions,
-    task_design,
-)
-from kp_science.gppi import fit_gppi
-from kp_science.rest_fc import pair_correlations
-from kp_science.roi_signals import clean_roi_signals
+from kp_science.run_measures import RunMeasures, run_measures, stack_measures
+from kp_science.session_features import change_table, feature_table
 from kp_science.simulator.images import cosine_regressors
 from kp_science.simulator.roi_level import RoiRun, RoiStudy, simulate_roi_study
 from kp_science.study.clinical import with_improvements
@@ -32,38 +24,21 @@ from kp_science.study.clinical import with_improvements
 SLICE_TIME_REF = 0.5  # the simulator's sidecars: slice-timing corrected to mid-TR
 
 
-def run_measures(run: RoiRun) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(activation, gPPI, rest) rows of one run, as the feature assets compute them."""
+def simulated_run_measures(run: RoiRun) -> RunMeasures:
+    """The measures of one simulated run, as the feature assets compute them: cleaned of the
+    high-pass cosines (the simulator's confounds without motion), no volume scrubbed."""
     n_volumes = len(run.raw)
     confounds = pd.DataFrame(cosine_regressors(n_volumes, run.tr))
-    kept = np.arange(n_volumes)
-    signals = clean_roi_signals(run.raw, confounds, kept, run.tr)
-    empty = pd.DataFrame()
-    if run.events is None:
-        return empty, empty, pair_correlations(signals)
-    conditions = task_conditions(run.events, run.task)
-    design = clean_design(task_design(conditions, n_volumes, run.tr, SLICE_TIME_REF),
-                          confounds, kept, run.tr)
-    contrasts = CONTRASTS[run.task]
-    activation = fit_roi_glm(signals, design, contrasts)
-    gppi = fit_gppi(signals, design, conditions, confounds, kept, n_volumes, run.tr,
-                    SLICE_TIME_REF, contrasts)
-    return activation, gppi, empty
+    return run_measures(run.raw, confounds, np.arange(n_volumes), run.tr, run.task,
+                        run.events, SLICE_TIME_REF)
 
 
 def change_scores(study: RoiStudy) -> pd.DataFrame:
     """The ``change_scores`` table (participant_id, feature, pre, post, change)."""
-    parts: list[list[pd.DataFrame]] = [[], [], []]
-    for run in study.runs:
-        for kind, table in zip(parts, run_measures(run), strict=True):
-            if len(table):
-                # keys added by position (cheaper than .assign on every small table)
-                table.insert(0, "participant_id", run.participant_id)
-                table.insert(1, "session", run.session)
-                table.insert(2, "task", run.task)
-                kind.append(table)
-    activation, gppi, rest = (pd.concat(kind, ignore_index=True) for kind in parts)
-    return change_table(feature_table(activation, gppi, rest))
+    measures = stack_measures(
+        ({"participant_id": run.participant_id, "session": run.session, "task": run.task},
+         simulated_run_measures(run)) for run in study.runs)
+    return change_table(feature_table(measures.activation, measures.gppi, measures.rest))
 
 
 def clinical(study: RoiStudy) -> pd.DataFrame:

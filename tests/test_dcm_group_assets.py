@@ -11,10 +11,11 @@ from kp_assets.dcm_group import dcm_group_effects
 from kp_assets.materialize import first_error
 from kp_assets.partitions import participants
 from kp_resources.dcm_models import DCMGroupDesign
-from kp_resources.parquet_io import RETRACTED_DIR, ParquetIOManager
+from kp_resources.parquet_files import RETRACTED_DIR
+from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.warehouse import Warehouse, list_tables, query
 from kp_science.dcm.findings import DCM_FINDINGS, dcm_findings
-from kp_science.dcm.group import simulate_first_level
+from kp_science.dcm.group_synthetic import simulate_first_level
 from tests.seeded_warehouse import write_status, write_table
 
 ASSETS = [dg.AssetSpec("dcm_fits", partitions_def=participants),
@@ -146,7 +147,8 @@ def test_different_model_structures_are_refused_naming_participants(synthetic, t
 
 def test_group_dcm_recovers_the_three_planted_findings(recovery_study):
     """The planted signs of the paper's three DCM findings come out of first-level DCM →
-    PEB → model reduction with Pp ≥ 0.9 (DESIGN §1; simulator: effects.HEADLINE_EFFECTS)."""
+    PEB → model reduction with Pp ≥ 0.9 (docs/architecture.md §1; simulator:
+    effects.HEADLINE_EFFECTS)."""
     _, warehouse = recovery_study
     rows = query(warehouse, "SELECT finding, published_direction, estimate, pp, same_direction "
                             "FROM paper_table WHERE model = 'dcm_group'")

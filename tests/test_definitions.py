@@ -1,11 +1,17 @@
 """The Dagster project loads, and its instance and workspace files say what the README says."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
 import yaml
+from dagster._core.execution.build_resources import build_resources
+from dotenv import dotenv_values
 
 from kp_assets.definitions import build_definitions, defs
+from kp_resources.locations import study_root, warehouse_root
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +49,46 @@ def test_instance_and_workspace_files():
     assert workspace["load_from"][0]["python_module"]["module_name"] == "kp_assets.definitions"
     ignored = (ROOT / ".gitignore").read_text().split()
     assert {"data/", ".dagster/", "warehouse/"} <= set(ignored)
+
+
+def test_locations_reach_the_resources_as_env_vars(tmp_path, monkeypatch):
+    """A set KP_STUDY_DIR / KP_WAREHOUSE_DIR becomes dg.EnvVar config, read at set-up."""
+    monkeypatch.setenv("KP_STUDY_DIR", str(tmp_path / "study"))
+    monkeypatch.setenv("KP_WAREHOUSE_DIR", str(tmp_path / "warehouse"))
+    bound = build_definitions(study_root(), warehouse_root())
+    assert isinstance(bound.resources["study"].root, dg.EnvVar)
+    monkeypatch.setenv("KP_STUDY_DIR", str(tmp_path / "moved"))  # read when set up, not before
+    with build_resources({k: bound.resources[k] for k in ("study", "warehouse")}) as res:
+        assert res.study.root == str(tmp_path / "moved")
+        assert res.warehouse.root == str(tmp_path / "warehouse")
+
+
+def test_locations_default_without_the_variables(monkeypatch):
+    monkeypatch.delenv("KP_STUDY_DIR", raising=False)
+    monkeypatch.delenv("KP_WAREHOUSE_DIR", raising=False)
+    assert study_root() == str(ROOT / "data" / "study")
+    assert not isinstance(study_root(), dg.EnvVar)
+    assert warehouse_root() == str(ROOT / "data" / "warehouse")
+
+
+def test_env_file_only_fills_in_the_storage_folder(monkeypatch):
+    """.env (read by dg and dagster in the repository) never overrides the environment."""
+    monkeypatch.delenv("KP_DAGSTER_STORAGE", raising=False)
+    assert dotenv_values(ROOT / ".env") == {"KP_DAGSTER_STORAGE": ".dagster"}
+    monkeypatch.setenv("KP_DAGSTER_STORAGE", "/srv/dagster")
+    assert dotenv_values(ROOT / ".env") == {"KP_DAGSTER_STORAGE": "/srv/dagster"}
+
+
+def test_dg_check_defs_from_the_repository_root(tmp_path):
+    """`dg check defs` ([tool.dg] in pyproject.toml) loads the definitions, as the README says."""
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env |= {"KP_DAGSTER_STORAGE": str(tmp_path / "storage"),
+            "KP_STUDY_DIR": str(tmp_path / "study"),
+            "KP_WAREHOUSE_DIR": str(tmp_path / "warehouse")}
+    # the dg installed beside this Python (make install puts both in .venv/bin)
+    dg_command = str(Path(sys.executable).parent / "dg")
+    done = subprocess.run([dg_command, "check", "defs"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "All definitions loaded successfully" in done.stdout + done.stderr
+

@@ -10,7 +10,8 @@ import pytest
 from kp_assets.enet import enet_models
 from kp_assets.paper_table import paper_table
 from kp_assets.partitions import participants
-from kp_resources.parquet_io import RETRACTED_DIR, ParquetIOManager
+from kp_resources.parquet_files import RETRACTED_DIR
+from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.warehouse import Warehouse, list_tables, query
 from kp_science.prediction.synthetic import synthetic_study

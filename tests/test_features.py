@@ -5,7 +5,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kp_assets.session_features import change_table, feature_table
 from kp_science.activation import (
     CONTRASTS,
     clean_design,
@@ -16,6 +15,7 @@ from kp_science.activation import (
 from kp_science.glm import fit_ar1_glm, t_contrasts
 from kp_science.gppi import dct_basis, deconvolve, fit_gppi, microtime_hrf
 from kp_science.rest_fc import pair_correlations
+from kp_science.session_features import change_table, feature_table
 from kp_science.simulator.design import conflict_events, faces_events
 from kp_science.simulator.images import cosine_regressors
 

@@ -1,4 +1,5 @@
-"""Tests for the hive-layout Parquet IO manager (kp_resources.parquet_io)."""
+"""Tests for the hive-layout Parquet IO manager (kp_resources.parquet_io) and the warehouse's
+files (kp_resources.parquet_files)."""
 
 import json
 from pathlib import Path
@@ -8,15 +9,17 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from kp_resources import parquet_io
-from kp_resources.parquet_io import (
-    ParquetIOManager,
-    markdown_table,
+from kp_resources import parquet_files
+from kp_resources.asset_metadata import markdown_table
+from kp_resources.parquet_files import (
     read_parquet_kv,
+    temporary_path,
     validate_partition_key,
     validate_table_name,
     write_parquet_atomic,
 )
+from kp_resources.parquet_io import ParquetIOManager
+from kp_resources.provenance import inputs_digest
 from kp_resources.warehouse import query
 
 participants = dg.DynamicPartitionsDefinition(name="participants")
@@ -263,7 +266,7 @@ def test_interrupted_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
         where.write(b"PAR1 partial bytes")  # something hit the disk before the crash
         raise OSError("disk died mid-write")
 
-    monkeypatch.setattr(parquet_io.pq, "write_table", half_write)
+    monkeypatch.setattr(parquet_files.pq, "write_table", half_write)
     with pytest.raises(OSError, match="mid-write"):
         write_parquet_atomic(pd.DataFrame({"a": [9]}), path, {"kp.run_id": "new"})
 
@@ -279,7 +282,7 @@ def test_interrupted_first_write_leaves_nothing(tmp_path, monkeypatch):
         where.write(b"PAR1")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(parquet_io.pq, "write_table", half_write)
+    monkeypatch.setattr(parquet_files.pq, "write_table", half_write)
     with pytest.raises(KeyboardInterrupt):
         write_parquet_atomic(pd.DataFrame({"a": [1]}), path, {})
     assert list(path.parent.iterdir()) == []
@@ -324,7 +327,7 @@ def test_footers_record_write_ids_and_what_each_step_read(root, instance):
     assert len(ids) == 5  # every write has its own id
     feature = footers["features"]["sub-01"]
     assert json.loads(feature.kv["kp.inputs"]) == {
-        "scans": parquet_io.inputs_digest([footers["scans"]["sub-01"].write_id])}
+        "scans": inputs_digest([footers["scans"]["sub-01"].write_id])}
     group = footers["group_summary"][""]
     assert json.loads(group.kv["kp.inputs"])["features"]["files"] == 2
     assert all(stale_inputs(f, footers) == [] for files in footers.values()
@@ -396,5 +399,5 @@ def test_next_write_removes_temporaries_of_dead_writers_only(tmp_path):
 def test_temporary_names_carry_pid_and_are_hidden(tmp_path):
     import os
 
-    name = parquet_io.temporary_path(tmp_path / "part-0.parquet").name
+    name = temporary_path(tmp_path / "part-0.parquet").name
     assert name.startswith(".part-0.parquet.tmp-") and f"-{os.getpid()}-" in name

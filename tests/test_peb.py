@@ -148,7 +148,7 @@ def test_reduce_posterior_equals_direct_inversion(seed):
 
 
 def test_reduce_posterior_matches_precision_form():
-    # the DCM-NOTES formula, where every covariance is invertible
+    # the precision-form formula of docs/dcm-model.md, where every covariance is invertible
     rng = np.random.default_rng(7)
     n = 6
     A, B = rng.standard_normal((2, n, n))

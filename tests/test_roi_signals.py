@@ -282,11 +282,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def test_roi_plots_are_small_pngs():
-    from kp_science.roi_plots import (
-        connectivity_matrix_png,
-        markdown_image,
-        roi_positions_png,
-    )
+    from kp_science.figures import markdown_image
+    from kp_science.roi_plots import connectivity_matrix_png, roi_positions_png
 
     positions = roi_positions_png(RoiSet())
     names = RoiSet().names

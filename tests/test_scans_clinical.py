@@ -14,7 +14,8 @@ from kp_assets.partitions import participants
 from kp_assets.scans import scans
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
-from kp_resources.parquet_io import ParquetIOManager, read_parquet_kv
+from kp_resources.parquet_files import read_parquet_kv
+from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.quality import QualityThresholds
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kp_assets.catalog import CATALOGUED_TABLES, warehouse_catalog
-from kp_resources.parquet_io import write_parquet_atomic
+from kp_resources.parquet_files import write_parquet_atomic
 from kp_resources.warehouse import (
     CATALOG_FILE,
     Warehouse,

@@ -6,18 +6,19 @@ Plain numpy code (no Dagster): :class:`DCMSpec` and :func:`priors` define the mo
 
 Group level: Bayesian model reduction, search and averaging (:mod:`.reduction`), parametric
 empirical Bayes (:mod:`.peb`) and the study's longitudinal and baseline designs
-(:mod:`.group`).
+(:mod:`.group`, on the first-level posteriors :mod:`.group_tables` reads; synthetic tables
+for tests and benchmarks in :mod:`.group_synthetic`).
 """
 
 from kp_science.dcm.group import (
     GroupDCMConfig,
     GroupDCMResult,
     baseline_analysis,
-    first_level_posteriors,
     group_dcm,
     longitudinal_analysis,
-    simulate_first_level,
 )
+from kp_science.dcm.group_synthetic import simulate_first_level
+from kp_science.dcm.group_tables import first_level_posteriors
 from kp_science.dcm.integrate import predict_bold, predict_bold_batch
 from kp_science.dcm.invert import DCMResult, invert_dcm, invert_many, parameter_table
 from kp_science.dcm.model import (

@@ -1,4 +1,4 @@
-"""The paper's three DCM findings (DESIGN §1) read off the group effects.
+"""The paper's three DCM findings (docs/architecture.md §1) read off the group effects.
 
 Each finding is one second-level effect of :func:`~kp_science.dcm.group.group_dcm`:
 an analysis, a covariate and a connection, with the published direction of the association.

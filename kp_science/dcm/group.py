@@ -2,13 +2,8 @@
 
 Input tables (as the ``dcm_fits`` / ``dcm_parameters`` / ``clinical`` assets store them):
 
-- fits: one row per participant × session × model (× run) with ``participant_id``,
-  ``session`` ('pre'/'post'), ``model``, ``converged``, ``free_parameters`` (names, e.g.
-  ``A[vmpfc->amygdala]``, ``B[emotional][amygdala->vmpfc]``), ``covariance`` (list of lists
-  over ``free_parameters``) and, if present, ``free_energy`` and ``run``;
-- parameters: long table ``participant_id, session, model, parameter, mean`` (+ ``run``,
-  ``prior_mean``, ``prior_variance`` when present; otherwise the priors follow from the
-  names, as in :func:`kp_science.dcm.priors`);
+- fits, parameters: the first-level tables, whose posteriors :mod:`.group_tables` reads
+  (formats there);
 - clinical: ``participant_id``, ``arm`` ('ketamine'/'midazolam') and ``caps5_improvement``
   (pre − post, positive = better; computed from ``caps5_pre``/``caps5_post`` if absent).
 
@@ -58,17 +53,17 @@ than design columns.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 from scipy.special import ndtr
 
-from kp_science.dcm.model import A_OFFDIAG_MEAN, A_VAR, B_VAR, C_VAR, HEMO_VAR
+from kp_science.dcm.group_tables import FirstLevel, first_level_posteriors
 from kp_science.dcm.peb import (
+    ComponentName,
     Components,
     PEBReduction,
     PEBResult,
@@ -76,8 +71,9 @@ from kp_science.dcm.peb import (
     reduce_peb,
 )
 from kp_science.dcm.reduction import free_energy_change
+from kp_science.study.vocabulary import ARM_CODES as ARM_CODE
+from kp_science.study.vocabulary import SESSIONS
 
-ARM_CODE = {"ketamine": 0.5, "midazolam": -0.5}
 COVARIATES = ("mean", "caps5_improvement", "arm", "caps5_improvement:arm")
 # within-arm slopes on improvement as weights on (improvement, interaction) columns
 ARM_SLOPES = {f"caps5_improvement[{arm}]": code for arm, code in ARM_CODE.items()}
@@ -85,6 +81,10 @@ SESSION_CODE = (-0.5, 0.5)  # pre, post: the within-participant session regresso
 EFFECT_COLUMNS = ["analysis", "covariate", "parameter", "mean", "sd", "Pp", "peb_mean",
                   "peb_sd", "prob_positive", "n_participants", "free_energy"]
 EXCLUDED_COLUMNS = ["analysis", "participant_id", "reason"]
+
+# the choices of GroupDCMConfig (the DCMGroupDesign resource types its fields with them)
+Analysis = Literal["longitudinal", "baseline"]
+ChangeMethod = Literal["difference", "within_peb"]
 
 
 @dataclass(frozen=True)
@@ -109,31 +109,33 @@ class GroupDCMConfig:
         first-level posteriors are overconfident — the PEB underestimates the random
         effects and reports group effects that are not there. 1 lets the data set it.
     max_exhaustive : model reduction scores every subset of at most this many effects.
+
+    Raises ValueError naming the field and the allowed values for an unknown analysis,
+    change method or named components.
     """
 
     model: str | None = None
     parameters: tuple[str, ...] | None = None
-    analyses: tuple[str, ...] = ("longitudinal", "baseline")
-    pre: str = "pre"
-    post: str = "post"
-    change: Literal["difference", "within_peb"] = "difference"
+    analyses: tuple[Analysis, ...] = get_args(Analysis)
+    pre: str = SESSIONS[0]
+    post: str = SESSIONS[1]
+    change: ChangeMethod = "difference"
     components: Components = "fields"
     hyperprior_variance: float = 1.0
     max_exhaustive: int = 8
 
-
-@dataclass(frozen=True, eq=False)
-class FirstLevel:
-    """First-level posteriors of the chosen parameters, by participant and session.
-
-    names : the p parameter names. pE, pC : (p,), (p, p) their (shared) first-level prior.
-    posteriors : (participant_id, session) → (mean (p,), covariance (p, p), F, converged).
-    """
-
-    names: tuple[str, ...]
-    pE: np.ndarray
-    pC: np.ndarray
-    posteriors: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, float, bool]]
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.analyses if a not in get_args(Analysis)]
+        if unknown:
+            raise ValueError(f"GroupDCMConfig: unknown analysis(es) {unknown}; analyses must "
+                             f"be among {', '.join(get_args(Analysis))}")
+        if self.change not in get_args(ChangeMethod):
+            raise ValueError(f"GroupDCMConfig: unknown change method {self.change!r}; change "
+                             f"must be one of {', '.join(get_args(ChangeMethod))}")
+        if isinstance(self.components, str) and self.components not in get_args(ComponentName):
+            raise ValueError(f"GroupDCMConfig: components must be one of "
+                             f"{', '.join(get_args(ComponentName))} or index groups, got "
+                             f"{self.components!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,144 +158,6 @@ class GroupDCMResult:
     effects: pd.DataFrame
     excluded: pd.DataFrame
     analyses: dict[str, GroupAnalysis]
-
-
-# --- first-level tables -----------------------------------------------------------------------
-
-
-def default_prior(name: str) -> tuple[float, float]:
-    """First-level prior (mean, variance) of a DCM parameter from its name (SPM12's)."""
-    if name.startswith("A["):
-        return (0.0 if _is_self_connection(name) else A_OFFDIAG_MEAN), A_VAR
-    if name.startswith("B["):
-        return 0.0, B_VAR
-    if name.startswith("C["):
-        return 0.0, C_VAR
-    return 0.0, HEMO_VAR
-
-
-def _names(value: object) -> tuple[str, ...]:
-    return tuple(str(v) for v in np.asarray(value, dtype=object).ravel())
-
-
-def _matrix(value: object) -> np.ndarray:
-    return np.array([np.asarray(row, dtype=float) for row in value], dtype=float)
-
-
-def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
-                           model: str | None = None,
-                           names: Sequence[str] | None = None) -> FirstLevel:
-    """Collect the first-level posteriors of one model from the ``dcm_fits`` tables.
-
-    Parameters
-    ----------
-    fits, parameters : the ``dcm_fits`` and ``dcm_parameters`` tables (module docstring).
-    model : model name (default: the only model in ``fits``).
-    names : parameters to keep (default: every free connection between regions in A and
-        every free B parameter — self-connections are left out: one run identifies them
-        poorly, and their scatter would dominate the random effects of the A field).
-
-    Returns
-    -------
-    :class:`FirstLevel`. With several runs of a session the lowest-numbered run is used.
-
-    Raises
-    ------
-    ValueError : no fits, an ambiguous or unknown model, fits whose free parameters or
-        priors differ (the participants are named), or requested parameters not estimated.
-    """
-    missing = {"participant_id", "session", "model", "converged", "free_parameters",
-               "covariance"} - set(fits.columns)
-    if missing:
-        raise ValueError(f"dcm_fits lacks column(s): {', '.join(sorted(missing))}")
-    missing = {"participant_id", "session", "model", "parameter", "mean"} - set(parameters.columns)
-    if missing:
-        raise ValueError(f"dcm_parameters lacks column(s): {', '.join(sorted(missing))}")
-    models = sorted(fits["model"].astype(str).unique())
-    if model is None:
-        if len(models) != 1:
-            raise ValueError(f"dcm_fits holds models {models}: choose one")
-        model = models[0]
-    rows = fits[fits["model"].astype(str) == model]
-    if rows.empty:
-        raise ValueError(f"no first-level fits of model {model!r} (have {models})")
-    if "run" in rows.columns:
-        rows = rows.sort_values("run", kind="stable")
-    rows = rows.drop_duplicates(["participant_id", "session"], keep="first")
-
-    structures = {(str(r.participant_id), str(r.session)): _names(r.free_parameters)
-                  for r in rows.itertuples()}
-    common, _ = Counter(structures.values()).most_common(1)[0]
-    odd = sorted({pid for (pid, _), s in structures.items() if s != common})
-    if odd:
-        raise ValueError(f"model {model!r} has different free parameters (model structure) "
-                         f"for participant(s) {', '.join(odd)}; expected {list(common)}")
-    free = common
-    if names is None:
-        names = [n for n in free if n.startswith("B[")
-                 or (n.startswith("A[") and not _is_self_connection(n))]
-    names = tuple(names)
-    unknown = [n for n in names if n not in free]
-    if unknown or not names:
-        raise ValueError(f"parameter(s) {unknown or names} are not free parameters of model "
-                         f"{model!r} ({list(free)})")
-    index = np.array([free.index(n) for n in names])
-
-    table = parameters[parameters["model"].astype(str) == model]
-    if "run" in table.columns and "run" in rows.columns:
-        table = table.merge(rows[["participant_id", "session", "run"]],
-                            on=["participant_id", "session", "run"])
-    pE, pC = _priors(table, names, model)
-    means = table.pivot_table(index=["participant_id", "session"], columns="parameter",
-                              values="mean", aggfunc="first")
-    posteriors = {}
-    for r in rows.itertuples():
-        key = (str(r.participant_id), str(r.session))
-        if key not in means.index or means.loc[key, list(names)].isna().any():
-            raise ValueError(f"dcm_parameters lacks the posterior means of {key[0]} session "
-                             f"{key[1]} model {model!r}")
-        cov = _matrix(r.covariance)
-        if cov.shape != (len(free), len(free)):
-            raise ValueError(f"covariance of {key[0]} session {key[1]} is {cov.shape}, "
-                             f"expected {len(free)} × {len(free)}")
-        F = float(getattr(r, "free_energy", 0.0))
-        F = F if np.isfinite(F) else 0.0  # unknown: the PEB's F then omits this term
-        posteriors[key] = (means.loc[key, list(names)].to_numpy(float),
-                           cov[np.ix_(index, index)], F, bool(r.converged))
-    return FirstLevel(names=names, pE=pE, pC=pC, posteriors=posteriors)
-
-
-def _is_self_connection(name: str) -> bool:
-    """True for ``A[r->r]`` (a region's log self-inhibition)."""
-    source, _, target = name[2:-1].partition("->")
-    return source == target
-
-
-def _priors(table: pd.DataFrame, names: tuple[str, ...],
-            model: str) -> tuple[np.ndarray, np.ndarray]:
-    """Shared first-level prior of the chosen parameters (table columns, else by name)."""
-    if {"prior_mean", "prior_variance"} <= set(table.columns):
-        sub = table[table["parameter"].isin(names)]
-        spread = sub.groupby("parameter")[["prior_mean", "prior_variance"]].agg(["min", "max"])
-        differs = [n for n in names if n in spread.index and not (
-            np.isclose(spread.loc[n, ("prior_mean", "min")], spread.loc[n, ("prior_mean", "max")])
-            and np.isclose(spread.loc[n, ("prior_variance", "min")],
-                           spread.loc[n, ("prior_variance", "max")]))]
-        if differs:
-            first = sub.groupby("parameter").first()
-            who = sorted({str(r.participant_id) for r in sub.itertuples()
-                          if r.parameter in differs and not (
-                              np.isclose(r.prior_mean, first.loc[r.parameter, "prior_mean"])
-                              and np.isclose(r.prior_variance,
-                                             first.loc[r.parameter, "prior_variance"]))})
-            raise ValueError(f"model {model!r} has different priors (model structure) on "
-                             f"{', '.join(differs)} for participant(s) {', '.join(who)}")
-        first = sub.groupby("parameter").first()
-        if all(n in first.index for n in names):
-            return (first.loc[list(names), "prior_mean"].to_numpy(float),
-                    np.diag(first.loc[list(names), "prior_variance"].to_numpy(float)))
-    prior = np.array([default_prior(n) for n in names])
-    return prior[:, 0], np.diag(prior[:, 1])
 
 
 # --- designs --------------------------------------------------------------------------------
@@ -538,84 +402,3 @@ def group_dcm(fits: pd.DataFrame, parameters: pd.DataFrame, clinical: pd.DataFra
     return GroupDCMResult(effects=effects,
                           excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
                           analyses=analyses)
-
-
-# --- synthetic first-level posteriors (tests, benchmarks) -----------------------------------
-
-
-STUDY_PARAMETERS = ("A[amygdala->amygdala]", "A[amygdala->vmpfc]", "A[vmpfc->amygdala]",
-                    "A[vmpfc->vmpfc]", "B[emotional][amygdala->vmpfc]",
-                    "B[emotional][vmpfc->amygdala]", "C[faces][amygdala]",
-                    "transit[amygdala]", "transit[vmpfc]", "decay", "epsilon")
-
-
-# precision the data add to each parameter (1/variance): A self, A extrinsic ×2, A self,
-# B ×2, C, transit ×2, decay, epsilon
-DATA_PRECISION = np.array([10.0, 1500.0, 150.0, 10.0, 500.0, 150.0, 250.0, 50.0, 50.0, 50.0,
-                           50.0])
-
-
-def simulate_first_level(n_participants: int = 21, seed: int = 0,
-                         change: dict[str, float] | None = None,
-                         baseline: dict[str, float] | None = None,
-                         ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Synthetic ``dcm_fits``, ``dcm_parameters`` and ``clinical`` tables with planted effects.
-
-    Each session's posterior is the exact posterior of a linear-Gaussian model — the true
-    parameters observed with a random (correlated) precision — under the DCM's first-level
-    priors, so model reduction is exact for it. Planted effects are per standard deviation
-    of CAPS-5 improvement: ``change`` on post − pre (default: A[vmpfc->amygdala] +0.12),
-    ``baseline`` on the pre values (default: B[emotional][amygdala->vmpfc] −0.10).
-
-    Returns fits, parameters, clinical (module docstring formats; arms alternate).
-    """
-    rng = np.random.default_rng(seed)
-    change = {"A[vmpfc->amygdala]": 0.12} if change is None else change
-    baseline = {"B[emotional][amygdala->vmpfc]": -0.10} if baseline is None else baseline
-    names = STUDY_PARAMETERS
-    n = len(names)
-    prior = np.array([default_prior(x) for x in names])
-    pE, pC = prior[:, 0], np.diag(prior[:, 1])
-    pP = np.linalg.inv(pC)
-    mean = np.array([0.0, 0.3, -0.2, 0.0, 0.35, -0.1, 1.0, 0.0, 0.0, 0.0, 0.0])
-    spread = np.array([0.05, 0.04, 0.04, 0.05, 0.08, 0.08, 0.1, 0.02, 0.02, 0.02, 0.02])
-    arms = np.array(["ketamine", "midazolam"])[np.arange(n_participants) % 2]
-    improvement = np.where(arms == "ketamine", rng.normal(16, 9, n_participants),
-                           rng.normal(7, 9, n_participants))
-    z = (improvement - improvement.mean()) / improvement.std()
-    fits, params = [], []
-    for i in range(n_participants):
-        pid = f"sub-{i + 1:02d}"
-        theta_pre = mean + spread * rng.standard_normal(n)
-        theta_post = theta_pre + 0.5 * spread * rng.standard_normal(n)
-        for name, effect in baseline.items():
-            theta_pre[names.index(name)] += effect * z[i]
-            theta_post[names.index(name)] += effect * z[i]
-        for name, effect in change.items():
-            theta_post[names.index(name)] += effect * z[i]
-        for session, theta in (("pre", theta_pre), ("post", theta_post)):
-            # data precision about that of the study's fits (self-connections and
-            # hemodynamics weakly informed), with random correlations
-            G = rng.standard_normal((n, n)) * 0.3 + np.eye(n)
-            R = G @ G.T
-            scale = np.sqrt(DATA_PRECISION / np.diag(R))
-            Lam = scale[:, None] * R * scale[None]
-            y = rng.multivariate_normal(theta, np.linalg.inv(Lam))
-            qC = np.linalg.inv(pP + Lam)
-            qE = qC @ (pP @ pE + Lam @ y)
-            S = pC + np.linalg.inv(Lam)  # evidence of the linear-Gaussian model
-            r = y - pE
-            F = -0.5 * (r @ np.linalg.solve(S, r) + np.linalg.slogdet(2 * np.pi * S)[1])
-            fits.append({"participant_id": pid, "session": session, "task": "faces", "run": 1,
-                         "model": "full", "free_energy": F, "converged": True,
-                         "free_parameters": list(names), "covariance": qC.tolist()})
-            for j, name in enumerate(names):
-                params.append({"participant_id": pid, "session": session, "task": "faces",
-                               "run": 1, "model": "full", "parameter": name,
-                               "mean": qE[j], "variance": qC[j, j],
-                               "pp": np.nan, "prior_mean": pE[j],
-                               "prior_variance": pC[j, j]})
-    clinical = pd.DataFrame({"participant_id": [f"sub-{i + 1:02d}"
-                                                for i in range(n_participants)],
-                             "arm": arms, "caps5_improvement": improvement})
-    return pd.DataFrame(fits), pd.DataFrame(params), clinical

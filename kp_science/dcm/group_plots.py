@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kp_science.roi_plots import figure_png
+from kp_science.figures import figure_png
 
 
 def effects_png(effects: pd.DataFrame, analysis: str) -> bytes:

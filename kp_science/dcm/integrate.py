@@ -67,6 +67,7 @@ def _schedule(spec: DCMSpec) -> _Schedule:
     n_micro = u.shape[0]
     # 1-based bins where an input takes a new value (bin 1 always starts the integration)
     changes = 1 + np.concatenate([[0], 1 + np.flatnonzero(np.any(np.diff(u, axis=0) != 0, 1))])
+    assert spec.delays is not None  # DCMSpec fills in the default delays when it is made
     D = np.maximum(np.round(spec.delays / spec.dt).astype(int), 1)
     scans = np.arange(spec.n_scans) * MICROTIME_BINS
     sample_bins = scans[:, None] + D[None, :]  # (n_scans, n), 1-based

@@ -2,7 +2,7 @@
 
 The scheme is the Gauss–Newton / Fisher-scoring variational Laplace of Friston et al. 2007
 (NeuroImage 34:220) as SPM12's ``spm_dcm_estimate`` applies it to DCM for fMRI, following the
-facts in ``shared/DCM-NOTES.md``:
+facts in docs/dcm-model.md:
 
 - data rescaled by 4 / max(range(y), 4); confounds X0 (default a constant) estimated jointly
   under a vague prior (variance 1e8), starting from their least-squares fit;
@@ -226,6 +226,7 @@ def invert_dcm(
             for _ in range(MAX_UNSTABLE_RETRIES):
                 # step back towards the last accepted point with a shorter step
                 v = min(v - 2.0, -4.0)
+                assert dFdpp is not None and dFdp is not None  # set by iteration 1's point
                 p = best["p"] + _ascent_step(dFdpp, dFdp, v)
                 f, dfdp, unstable = evaluate(p)
                 if not unstable:
@@ -272,20 +273,24 @@ def invert_dcm(
             L2 = (_logdet(ipC @ Cp) - p @ ipC @ p) / 2.0
             L3 = (_logdet(ihC @ Ch) - d @ ihC @ d) / 2.0
             F = float(L1 + L2 + L3)
+            # gradient and curvature of F in p here, the ascent's if this point is accepted;
+            # pyright cannot tell that the Fisher-scoring loop above (range(8)) sets Pp
+            gradient, curvature = -(JiS @ e) - ipC @ p, -Pp - ipC  # pyright: ignore[reportOperatorIssue]
         except np.linalg.LinAlgError:
-            F = -np.inf
+            F, gradient, curvature = -np.inf, None, None
         if not np.isfinite(F) and k == 1:
             raise ValueError("the free energy is not finite at the prior mean")
 
         if np.isfinite(F) and (F > best["F"] or k < 3):
             best = {"p": p.copy(), "h": h.copy(), "F": F, "Cp": Cp}
-            dFdp = -(JiS @ e) - ipC @ p
-            dFdpp = -Pp - ipC
+            dFdp, dFdpp = gradient, curvature
             v = min(v + 0.5, 4.0)
         else:
             p, h = best["p"].copy(), best["h"].copy()
             v = min(v - 2.0, -4.0)
 
+        # iteration 1's point is always accepted (a non-finite F there raised above)
+        assert dFdpp is not None and dFdp is not None
         dp = _ascent_step(dFdpp, dFdp, v)
         p = p + dp
         gain = float(dFdp @ dp)

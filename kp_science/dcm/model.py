@@ -2,7 +2,7 @@
 
 The model and its priors are those of SPM12's ``spm_dcm_estimate`` for a one-state, bilinear,
 deterministic DCM (Friston, Harrison & Penny 2003; Stephan et al. 2007), as summarised in
-``shared/DCM-NOTES.md``. Parameters are handled as one vector in SPM's order — A, B, C,
+docs/dcm-model.md. Parameters are handled as one vector in SPM's order — A, B, C,
 transit, decay, epsilon, each array flattened column-major (Fortran order) — so covariances
 and Jacobians can be compared with SPM's element by element.
 """
@@ -20,7 +20,7 @@ from kp_science.balloon import TE, DCMParameters
 
 MICROTIME_BINS = 16  # SPM samples inputs at TR/16
 
-# prior moments (DCM-NOTES, "Priors")
+# prior moments (docs/dcm-model.md, "Priors")
 A_OFFDIAG_MEAN = 1.0 / 128.0
 A_VAR = 1.0 / 64.0
 B_VAR = 1.0

@@ -16,7 +16,7 @@ Levenberg–Marquardt damping on the exact gradient and Hessian in (β, γ) (var
 Laplace); the posterior covariance is the inverse negative Hessian at the maximum and
 F = ΣFᵢ + ΣΔFᵢ + ½ln|C·Π₀| − ½eᵀΠ₀e (Π₀ prior precision, e deviation from prior means).
 
-Defaults (SPM12's, checked on the SPM12 fixture ``shared/fixtures/spm12_peb``):
+Defaults (SPM12's, checked against the SPM12 PEB reference, docs/dcm-model.md):
 
 - random effects: one precision component ('single'), Q = 16·pC⁻¹ — a priori the
   between-participant variance is 1/16 of the first-level prior variance (``beta`` = 16);
@@ -53,7 +53,9 @@ MAX_ITER = 128
 TOL = 1e-9  # convergence: objective gain (nats) and largest step
 MAX_LOG_STEP = 1.0  # largest change of a log-precision in one step
 
-Components = Literal["single", "fields", "all"] | Sequence[Sequence[int]]
+# named precision components (see precision_components), or explicit index groups
+ComponentName = Literal["single", "fields", "all"]
+Components = ComponentName | Sequence[Sequence[int]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,7 +222,7 @@ def _check_inputs(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray
         raise ValueError(f"{len(parameters)} parameter names for {p} parameters")
     fixed = np.flatnonzero(np.diag(pC) <= 0)
     if fixed.size:
-        names = [parameters[i] if parameters else str(i) for i in fixed]
+        names = [parameters[i] if parameters else str(i) for i in fixed.tolist()]
         raise ValueError(f"parameters with zero prior variance cannot vary between "
                          f"participants: {', '.join(names)}")
     if not np.allclose(X[:, 0], X[0, 0]) or X[0, 0] == 0:
@@ -364,13 +366,14 @@ def estimate_peb(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray,
     prior_P = np.block([[bP, np.zeros((p * k, m))], [np.zeros((m, p * k)), gP]])
     theta0 = np.concatenate([bE.ravel(order="F"), gE])
 
-    def objective(theta: np.ndarray, hessian: bool = True):
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
         B = theta[:p * k].reshape(p, k, order="F")
-        dF, grad, H = _terms(data, B, theta[p * k:], hessian)
+        dF, grad, H = _terms(data, B, theta[p * k:])
+        assert H is not None  # _terms computes the Hessian unless told not to
         e = theta - theta0
         L = float(dF.sum() - 0.5 * e @ prior_P @ e)
         grad = grad - prior_P @ e
-        return L, dF, grad, (H - prior_P if hessian else None)
+        return L, dF, grad, H - prior_P
 
     theta = theta0.copy()
     L, dF, grad, H = objective(theta)

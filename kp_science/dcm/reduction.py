@@ -15,7 +15,7 @@ a Gaussian integral. It is evaluated here with the reduced prior in covariance f
     ΔF = ln I(rE, L_r) − ln I(pE, L_p),
     reduced posterior: sE = rE + L·M⁻¹g,  sC = L·M⁻¹·Lᵀ.
 
-This equals the precision-form expression in ``shared/DCM-NOTES.md`` whenever rC is
+This equals the precision-form expression in docs/dcm-model.md whenever rC is
 invertible, but never inverts rC: a reduced prior that switches parameters off (zero
 variance) is handled exactly rather than through a large surrogate precision. Parameters
 fixed under the full prior (zero prior variance) are carried at their prior mean; a reduced

@@ -187,7 +187,7 @@ def fit_figure_png(fits: Sequence[tuple[str, DCMRunData, DCMResult]]) -> bytes:
     region, with the periods when the last input is on shaded."""
     from matplotlib.figure import Figure
 
-    from kp_science.roi_plots import figure_png
+    from kp_science.figures import figure_png
 
     n_rows = max(len(fits), 1)
     n_cols = max((len(d.regions) for _, d, _ in fits), default=1)

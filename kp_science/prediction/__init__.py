@@ -1,4 +1,6 @@
-"""Elastic-net prediction of clinical improvement from imaging change scores (DESIGN §5).
+"""Elastic-net prediction of clinical improvement from imaging change scores.
+
+The method: docs/architecture.md §5 "Prediction".
 
 No Dagster here. The pieces, in the order an analysis uses them:
 

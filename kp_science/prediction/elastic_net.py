@@ -1,7 +1,8 @@
 """Leave-one-out elastic net: fold-internal z-scoring, glmnet-style grid, selection, refit.
 
-The model (DESIGN §5): predictors are z-scored, the outcome (CAPS-5 improvement, in CAPS-5
-points) is left in its units, and scikit-learn's ``ElasticNet`` objective is minimised,
+The model (docs/architecture.md §5): predictors are z-scored, the outcome (CAPS-5
+improvement, in CAPS-5 points) is left in its units, and scikit-learn's ``ElasticNet``
+objective is minimised,
 
     (1 / 2n) ‖y − Xw − b‖² + α·ρ‖w‖₁ + α(1 − ρ)/2 ‖w‖²        (ρ = l1_ratio),
 
@@ -224,11 +225,12 @@ def loo_many(
         Y = np.repeat(Ytr, R, axis=0)
         pred, cf, _ = enet_paths(Xd, Y, mu, lam, which=which, X_eval=Xe,
                                  return_coefs=return_coefs)
+        assert pred is not None  # predictions come back for the given X_eval
         offset = np.repeat(Ytr.mean(axis=1), R)
         pred = pred[:, :, 0] + offset[:, None]
         for i, (d, k) in enumerate(chunk):
             preds[d][:, :, k] = pred[i * R : (i + 1) * R]
-            if coefs is not None:
+            if coefs is not None and cf is not None:  # both exactly when return_coefs
                 coefs[d][k] = cf[i * R : (i + 1) * R]
     out = []
     for d, ((_X, y, alphas, *_), pr) in enumerate(zip(prepared, preds, strict=True)):
@@ -292,6 +294,7 @@ def refit(
     path = np.asarray(alphas_path, dtype=float)[None, :]
     mu, lam = penalties(path, np.array([l1_ratio]), n)
     _, coefs, _ = enet_paths(z, y[None, :], mu, lam, return_coefs=True)
+    assert coefs is not None  # asked for with return_coefs
     beta = coefs[0, -1]
     sd_y = float(y.std())
     return Refit(

@@ -148,6 +148,7 @@ def _nested_chunk(
     pred, _, _ = enet_paths(np.stack(designs), np.stack(Y), np.stack(mus), np.stack(lams),
                             which=np.arange(len(ks)), X_eval=np.stack(evals),
                             t_last=np.array(t_last))
+    assert pred is not None  # predictions come back for the given X_eval
     predicted = np.array([y[train].mean() + pred[i, t_last[i], 0]
                           for i, train in enumerate(keep)])
     return (predicted, np.array([s.l1_ratio for s in inner]),
@@ -355,6 +356,7 @@ def bootstrap_selection(
             pos = np.searchsorted(fit, rows)
             _, coefs, _ = enet_paths(Zb[rows], Yb[rows], mu[pos], lam[pos],
                                      which=np.arange(rows.size), return_coefs=True)
+            assert coefs is not None  # asked for with return_coefs
             counts.append((coefs[:, -1] != 0).sum(axis=0))
         freq_counts = np.sum(counts, axis=0)
     return BootstrapResult(freq_counts / n_resamples, n_resamples, l1_ratio, alpha)

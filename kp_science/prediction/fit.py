@@ -1,6 +1,6 @@
 """One call per model variant: design matrix → LOO elastic net → honest evaluation → tables.
 
-:func:`fit_variant` returns the four tables of the asset contract (DESIGN §4) for one
+:func:`fit_variant` returns the four tables of the asset contract (docs/architecture.md §4) for one
 variant, plus the exclusions; :func:`fit_all` concatenates them over variants. Column
 meanings and units:
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -92,7 +93,8 @@ def fit_variant(
         excluded = pd.concat([left_out[["participant_id", "reason"]], excluded[
             ~excluded["participant_id"].isin(left_out["participant_id"])]], ignore_index=True)
     X, y = X_df.to_numpy(dtype=float), y_s.to_numpy(dtype=float)
-    grid = dict(l1_ratios=settings.l1_ratios, n_alphas=settings.n_alphas, eps=settings.eps)
+    grid: dict[str, Any] = dict(l1_ratios=settings.l1_ratios, n_alphas=settings.n_alphas,
+                                eps=settings.eps)
 
     sel = loo_select(X, y, **grid)
     model = refit_selected(X, y, sel)
@@ -186,7 +188,7 @@ def fit_all(
         try:
             tables = fit_variant(change_scores, clinical, variant, settings, left_out)
         except ValueError as err:
-            row = {c: np.nan for c in SUMMARY_COLUMNS}
+            row: dict[str, object] = {c: np.nan for c in SUMMARY_COLUMNS}
             row.update(model=variant.name, status=f"not fitted: {err}", outcome=variant.outcome)
             tables = {"enet_summary": pd.DataFrame([row], columns=SUMMARY_COLUMNS)}
         for name in TABLES:

@@ -1,4 +1,4 @@
-"""The paper's headline findings (DESIGN §1) next to this analysis' estimates.
+"""The paper's headline findings (docs/architecture.md §1) next to this analysis' estimates.
 
 One row per finding. The first five are elastic-net coefficients, compared as
 ``beta_std`` (CAPS-5 points per SD of the change score — the convention the paper's

@@ -33,6 +33,8 @@ Work counters (``stats``, int64): 0 instances (problem × grid point), 1 linear 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numba as nb
 import numpy as np
 
@@ -42,7 +44,9 @@ BOUNDARY_RTOL = 1e-10
 # a Cholesky pivot below this fraction of its diagonal entry: numerically singular system
 _PIVOT_RTOL = 1e-13
 
-_JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+# typed as Any-valued: each keyword goes to its own, differently typed parameter of njit
+_JIT: dict[str, Any] = dict(cache=True, nogil=True, error_model="numpy",
+                             fastmath={"reassoc", "contract"})
 
 
 @nb.njit(**_JIT)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from threadpoolctl import threadpool_limits
 
@@ -26,7 +26,11 @@ def run_parallel(fn: Callable[..., Any], calls: Sequence[tuple], n_jobs: int) ->
         return list(pool.map(lambda args: fn(*args), calls))
 
 
-def single_blas_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def single_blas_thread(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Decorator: run ``fn`` with BLAS/LAPACK limited to one thread.
 
     Every matrix here is tiny (n ≈ 20 rows). Multi-threaded BLAS only adds synchronisation,
@@ -35,7 +39,7 @@ def single_blas_thread(fn: Callable[..., Any]) -> Callable[..., Any]:
     """
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         with threadpool_limits(limits=1, user_api="blas"):
             return fn(*args, **kwargs)
 

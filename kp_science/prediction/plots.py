@@ -6,19 +6,13 @@ attach the returned bytes as a markdown image.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from kp_science.figures import figure_png
 
-def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    return buf.getvalue()
+DPI = 110  # these figures carry small text: sharper than the default, cropped tight
 
 
 def _rows(table: pd.DataFrame, model: str) -> pd.DataFrame:
@@ -44,7 +38,7 @@ def plot_observed_vs_predicted(predictions: pd.DataFrame, model: str) -> bytes:
     ax.set_ylabel("predicted")
     ax.set_title(f"{model}: observed vs predicted")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return figure_png(fig, dpi=DPI, tight=True)
 
 
 def plot_coefficients(coefficients: pd.DataFrame, model: str, top: int = 25) -> bytes:
@@ -64,7 +58,7 @@ def plot_coefficients(coefficients: pd.DataFrame, model: str, top: int = 25) -> 
     ax2.barh(y, d["selection_frequency"].fillna(0), color="grey")
     ax2.set_xlim(0, 1)
     ax2.set_xlabel("selection frequency")
-    return _png(fig)
+    return figure_png(fig, dpi=DPI, tight=True)
 
 
 def plot_cv_curve(cv_curve: pd.DataFrame, model: str) -> bytes:
@@ -87,4 +81,4 @@ def plot_cv_curve(cv_curve: pd.DataFrame, model: str) -> bytes:
     ax.set_ylabel("LOO mean squared error")
     ax.set_title(f"{model}: leave-one-out error")
     ax.legend(fontsize=6, ncol=2)
-    return _png(fig)
+    return figure_png(fig, dpi=DPI, tight=True)

@@ -131,7 +131,7 @@ class Designs:
     def rank(self) -> np.ndarray:
         """(D,) rank of each design."""
         if self._rank is None:
-            self._rank = np.linalg.matrix_rank(self.X)
+            self._rank = np.asarray(np.linalg.matrix_rank(self.X))
         return self._rank
 
 

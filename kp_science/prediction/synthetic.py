@@ -1,8 +1,9 @@
 """Small synthetic ``change_scores`` / ``clinical`` tables with planted effects.
 
 For tests, benchmarks and demos of the prediction code without running the imaging
-pipeline (the study simulator, DESIGN §6, is the end-to-end ground truth). Feature names
-follow the pipeline's scheme. Planted (``effects=True``), in units of the feature's SD:
+pipeline (the study simulator, docs/architecture.md §6, is the end-to-end ground truth).
+Feature names follow the pipeline's scheme. Planted (``effects=True``), in units of the
+feature's SD:
 
 * ``faces.gppi.vmpfc->amygdala.emotional`` change rises with CAPS-5 improvement in both arms,
   more steeply under ketamine;

@@ -2,20 +2,21 @@
 
 A :class:`ModelVariant` names which change-score families enter, which outcome is predicted,
 which covariates are added, whether the drug arm and its interactions enter, and which arms
-are analysed. :data:`DEFAULT_VARIANTS` are the paper's models (DESIGN §1, §5):
+are analysed. :data:`DEFAULT_VARIANTS` are the paper's models (docs/architecture.md §1, §5):
 
 * ``main`` — all change scores → CAPS-5 improvement;
 * ``interaction`` — change scores, arm, and change × arm for every feature;
 * ``covariate`` — ``main`` plus concomitant MADRS improvement;
 * ``ketamine_only`` — ``main`` within the ketamine arm.
 
-Arm coding: ketamine = +0.5, midazolam = −0.5 (effect coding), and the interaction term of a
-feature is the raw change score times that code (term name ``<feature>:arm``). With this
-coding the feature's own coefficient is the slope averaged over the two arms and the
-interaction coefficient is the ketamine-minus-midazolam difference in slope, whether or not
-the change score is centred. The product is formed from each participant's own values only,
-so no other participant (in particular no held-out one) leaks into it; every column —
-feature, arm, product, covariate — is then z-scored inside each training fold like the rest.
+Arm coding (:data:`kp_science.study.vocabulary.ARM_CODES`): ketamine = +0.5, midazolam =
+−0.5 (effect coding), and the interaction term of a feature is the raw change score times
+that code (term name ``<feature>:arm``). With this coding the feature's own coefficient is
+the slope averaged over the two arms and the interaction coefficient is the
+ketamine-minus-midazolam difference in slope, whether or not the change score is centred.
+The product is formed from each participant's own values only, so no other participant (in
+particular no held-out one) leaks into it; every column — feature, arm, product, covariate
+— is then z-scored inside each training fold like the rest.
 
 :func:`design_matrix` turns the long ``change_scores`` table and the ``clinical`` table into
 (X, y). It never imputes: a participant without the outcome, a covariate, the arm (when
@@ -31,7 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-ARM_CODES: dict[str, float] = {"ketamine": 0.5, "midazolam": -0.5}
+from kp_science.study.vocabulary import ACTIVE_ARM, ARM_CODES, ARMS, Arm
+
 ARM_TERM = "arm"
 INTERACTION_SUFFIX = ":arm"
 
@@ -46,6 +48,9 @@ class ModelVariant:
     ``clinical``. ``covariates``: further ``clinical`` columns entered as predictors.
     ``interaction_with_arm``: add the arm (ketamine +0.5 / midazolam −0.5) and one
     ``<feature>:arm`` product per feature. ``arms``: analyse only these arms (None = all).
+
+    Raises ValueError naming the field and the allowed values for an arm not in
+    :data:`~kp_science.study.vocabulary.ARMS`.
     """
 
     name: str
@@ -53,8 +58,14 @@ class ModelVariant:
     outcome: str = "caps5_improvement"
     covariates: tuple[str, ...] = ()
     interaction_with_arm: bool = False
-    arms: tuple[str, ...] | None = None
+    arms: tuple[Arm, ...] | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.arms or () if a not in ARMS]
+        if unknown:
+            raise ValueError(f"ModelVariant {self.name!r}: arms must be among "
+                             f"{', '.join(ARMS)}, got {', '.join(map(repr, unknown))}")
 
 
 DEFAULT_VARIANTS: tuple[ModelVariant, ...] = (
@@ -70,7 +81,7 @@ DEFAULT_VARIANTS: tuple[ModelVariant, ...] = (
         description="main model plus MADRS improvement",
     ),
     ModelVariant(
-        "ketamine_only", arms=("ketamine",), description="main model within the ketamine arm"
+        "ketamine_only", arms=(ACTIVE_ARM,), description="main model within the ketamine arm"
     ),
 )
 
@@ -227,10 +238,11 @@ def _exclusion_reason(
     if pid not in clin.index:
         return "no clinical record"
     row = clin.loc[pid]
+    assert isinstance(row, pd.Series)  # clinical has one row per participant
     if variant.arms is not None and row.get("arm") not in variant.arms:
         return f"arm {row.get('arm')!r} not in {', '.join(variant.arms)}"
     if variant.interaction_with_arm and row.get("arm") not in ARM_CODES:
-        return f"arm {row.get('arm')!r} is not ketamine or midazolam"
+        return f"arm {row.get('arm')!r} is not {' or '.join(ARMS)}"
     # a score rejected where it entered (out of its instrument's range) says so
     rejected = row.get("clinical_problems")
     why = f" ({rejected})" if isinstance(rejected, str) and rejected else ""

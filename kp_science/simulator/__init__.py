@@ -1,4 +1,4 @@
-"""Study simulator with planted ground truth (DESIGN §6). No Dagster here."""
+"""Study simulator with planted ground truth (docs/architecture.md §6). No Dagster here."""
 
 from kp_science.simulator.study import (
     SIMULATION_MARKER,

@@ -1,8 +1,8 @@
 """Clinical outcomes and the planted imaging parameters of the simulated trial.
 
 Every participant gets an arm, CAPS-5 and MADRS before and after treatment, and per session
-a value for every planted parameter. The paper's headline relations (DESIGN §1) are planted
-as post − pre changes that depend on CAPS-5 improvement: each change is a signal term
+a value for every planted parameter. The paper's headline relations (docs/architecture.md §1) are
+planted as post − pre changes that depend on CAPS-5 improvement: each change is a signal term
 proportional to standardised improvement plus a noise term that is exactly uncorrelated with
 it in the sample, scaled so that improvement explains ``r2`` of the change's variance among
 the participants where the effect is planted. With ``null=True`` every change is noise only.
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-ARMS = ("ketamine", "midazolam")
+from kp_science.study.vocabulary import ARMS
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,8 @@ class PlantedEffect:
 
 HEADLINE_EFFECTS: tuple[PlantedEffect, ...] = (
     # improvement ~ increased vmPFC→amygdala coupling during emotional faces (gPPI), stronger
-    # on ketamine (paper: β = 2.90, drug interaction β = 0.86). Spread 1.0 (was 0.6): with the
-    # larger DCM responses of the faces run the gPPI estimate is noisier, and at 0.6 the main
-    # elastic net kept the term in 7 of 10 seeds (9 of 10 at 1.0; issue 4 asks for 8)
+    # on ketamine (paper: β = 2.90, drug interaction β = 0.86). Spread 1.0: the faces run's
+    # DCM responses make the gPPI estimate noisy, and a smaller spread is not reliably selected
     PlantedEffect("faces.gppi.vmpfc->amygdala.emotional", +1, ARMS, 1.0, 0.5,
                   ketamine_gain=0.5),
     # improvement after ketamine ~ decreased dACC conflict-regulation activity (β = −2.82)
@@ -58,16 +57,12 @@ HEADLINE_EFFECTS: tuple[PlantedEffect, ...] = (
     PlantedEffect("dcm.A[vmpfc->amygdala]", +1, ("ketamine",), 0.35, 0.55, baseline=True),
 )
 # Sizes of the DCM effects (Hz): between-participant SDs of first-level DCM connections in
-# emotion studies are of the order of 0.1–0.3 Hz. What one faces run can resolve was measured
-# on the region-level path (first-level DCM of 42 sessions, seeds 11–16): with 0.06 Hz (the
-# first version) Spearman ρ of estimate vs planted was ≈ 0.25, with 0.15 Hz and a 150-volume
-# run 0.6 (B) / 0.35 (A); the vmPFC fluctuation that carries the planted gPPI is what the
-# deterministic DCM cannot explain. Spreads of 0.3 Hz (B) and 0.35 Hz (A), a faces drive of
-# 2 (amygdala block responses peak at ≈ 1.9 % signal, median) and 200-volume faces runs give
-# ρ 0.83–0.88 (B) and 0.85–0.93 (A) on the region-level path (the image path, with motion
-# confounds regressed out, ≈ 0.05–0.1 less), while keeping the gPPI recovery (0.69–0.93).
-# The DCM relations explain 55 % (the others 45–50 %): the group PEB's within-ketamine slopes
-# rest on ~10 participants, and the extra 10 % of R² raises how often they reach Pp ≥ 0.9.
+# emotion studies are of the order of 0.1–0.3 Hz. One faces run resolves spreads of 0.3 Hz (B)
+# and 0.35 Hz (A) with a faces drive of 2 (amygdala block responses peak at ≈ 1.9 % signal)
+# and 200-volume runs (Spearman ρ of estimate vs planted ≈ 0.85 on the region-level path);
+# smaller spreads drown in the vmPFC fluctuation that carries the planted gPPI, which the
+# deterministic DCM cannot explain. The DCM relations explain 55 % (the others 45–50 %): the
+# group PEB's within-ketamine slopes rest on ~10 participants.
 # A[vmpfc->amygdala] stays inhibitory on average (mean −0.25); :func:`stabilise_loop` adjusts
 # nuisance connections in the sessions (≈ 14 %) whose draws would destabilise the loop.
 # pre-treatment population mean and between-participant sd of every parameter; post values
@@ -80,8 +75,8 @@ BASELINE: dict[str, tuple[float, float]] = {
     # the amygdala is what lets a DCM tell vmPFC→amygdala feedback from amygdala
     # self-inhibition (with equal 2 s time constants they are nearly confounded).
     "dcm.A[vmpfc->vmpfc]": (-0.5, 0.05),
-    # forward gain lowered with the slower vmPFC decay so vmPFC's response keeps its size
-    # (steady-state vmPFC/amygdala ratio 0.2/0.30 = 0.67, was 0.30/0.5 = 0.6)
+    # forward gain matched to the slower vmPFC decay so vmPFC's response keeps its size
+    # (steady-state vmPFC/amygdala ratio 0.2/0.30 = 0.67)
     "dcm.A[amygdala->vmpfc]": (0.20, 0.05),
     "dcm.A[vmpfc->amygdala]": (-0.25, 0.0),  # spread comes from the baseline effect
     "dcm.B[emotional][amygdala->vmpfc]": (0.35, 0.2),

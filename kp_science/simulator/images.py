@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -73,7 +74,8 @@ def mni_grid(voxel_size: float) -> Grid:
     from nilearn.datasets import load_mni152_brain_mask
     from nilearn.image import resample_img
 
-    shape = tuple(int(s) for s in np.ceil(MNI_EXTENT_MM / voxel_size - 1e-9).astype(int))
+    nx, ny, nz = (int(s) for s in np.ceil(MNI_EXTENT_MM / voxel_size - 1e-9).astype(int))
+    shape = (nx, ny, nz)
     affine = np.diag([voxel_size, voxel_size, voxel_size, 1.0])
     affine[:3, 3] = MNI_ORIGIN_MM
     template = load_mni152_brain_mask(resolution=2)
@@ -235,7 +237,9 @@ def synthesize_run(
 
     # AR(1) in time, smoothing in space, renormalised to unit variance
     white = rng.standard_normal(percent.shape, dtype=np.float32)
-    thermal = lfilter([np.sqrt(1.0 - noise.ar1**2)], [1.0, -noise.ar1], white, axis=1)
+    # without zi, lfilter returns the filtered array alone (scipy's return type is unannotated)
+    thermal = cast(np.ndarray, lfilter([np.sqrt(1.0 - noise.ar1**2)], [1.0, -noise.ar1], white,
+                                       axis=1))
     thermal = smooth_in_brain(thermal.astype(np.float32), grid, noise.spatial_kernel)
     thermal /= thermal.std()
 

@@ -1,7 +1,7 @@
 """Direct integration of the nonlinear DCM equations, the simulator's ground-truth generator.
 
 The estimator linearises the system and integrates the bilinear approximation with matrix
-exponentials (DCM-NOTES); here the full nonlinear neuronal + balloon equations are advanced
+exponentials (docs/dcm-model.md); here the full nonlinear neuronal + balloon equations are advanced
 with classical fourth-order Runge–Kutta on the microtime grid, so fitting simulated data is
 not an inverse crime. Endogenous neural fluctuations (an additive input to each region) can
 be added so that regions carry activity the task does not explain, as real ones do.

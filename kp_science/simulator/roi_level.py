@@ -8,7 +8,7 @@ planted parameters, designs, DCM responses — and the same region signals as th
 (:mod:`.signals`), then adds, per ROI, the noise that remains in a ROI mean after
 extraction and cleaning: AR(1) noise of ``noise_sd`` % signal. Motion, physiological and
 drift terms are left out because the pipeline's cleaning removes them; the image path, and
-the tests of issue 3 on it, cover their removal.
+the tests on it, cover their removal.
 
 Default ``noise_sd`` and ``ar1`` were measured on the image path (4 mm voxels, the default
 noise settings): the SD and lag-1 autocorrelation of ``roi_timeseries.signal`` minus the
@@ -28,13 +28,12 @@ from kp_science.rois import ROI_NAMES
 from kp_science.simulator.effects import PlantedStudy
 from kp_science.simulator.study import (
     DEFAULT_VOLUMES,
-    SESSIONS,
-    TASKS,
     SimulationOptions,
     plan_study,
     region_signals,
     run_rng,
 )
+from kp_science.study.vocabulary import SESSIONS, TASKS
 
 # measured by bench/roi_noise.py (3 participants × 18 runs at 4 mm: SD 0.488, AR(1) 0.208)
 ROI_NOISE_SD = 0.49  # % signal: residual noise of a cleaned ROI mean

@@ -1,4 +1,4 @@
-"""Write a complete simulated study folder (DESIGN §6) with its planted truth.
+"""Write a complete simulated study folder (docs/architecture.md §6) with its planted truth.
 
 Layout (fMRIPrep derivatives in MNI space, one run per task)::
 
@@ -57,9 +57,9 @@ from kp_science.simulator.images import (
     synthesize_run,
 )
 from kp_science.simulator.neural import integrate_dcm
+from kp_science.study.vocabulary import SESSIONS, TASKS
 
-SESSIONS = ("pre", "post")
-TASKS = ("faces", "conflict", "rest")
+SESSION_ORDER = {session: i for i, session in enumerate(SESSIONS)}
 # faces runs are longer (6.7 min): one run of 150 volumes could not tell the DCM's
 # vmPFC→amygdala feedback from amygdala self-inhibition (recovery ρ 0.35, see effects.py);
 # rest gave 10 volumes back so the default study stays under 1 GB (bench/simulate.py)
@@ -156,12 +156,12 @@ def region_signals(job: _ParticipantJob, session: str, task: str, options: Simul
     """
     n_volumes = options.volumes[task]
     values = job.values[session]
-    events = job.events.get((session, task))
-    if task == "faces":
-        region = signals.faces_signals(events, job.dcm_bold[session], values, n_volumes,
-                                       options.tr, rng)
+    if task == "faces":  # the task runs have events, the rest runs none
+        region = signals.faces_signals(job.events[(session, task)], job.dcm_bold[session],
+                                       values, n_volumes, options.tr, rng)
     elif task == "conflict":
-        region = signals.conflict_signals(events, values, n_volumes, options.tr, rng)
+        region = signals.conflict_signals(job.events[(session, task)], values, n_volumes,
+                                          options.tr, rng)
     else:
         region = signals.rest_signals(values, n_volumes, options.tr, rng)
     return region, n_volumes
@@ -201,8 +201,8 @@ def _write_participant(job: _ParticipantJob, out: Path, options: SimulationOptio
 def _session_values(planted: PlantedStudy) -> dict[str, dict[str, dict[str, float]]]:
     table = planted.parameters
     return {
-        pid: {
-            session: dict(zip(g["parameter"], g["value"], strict=True))
+        str(pid): {
+            str(session): dict(zip(g["parameter"], g["value"], strict=True))
             for session, g in frame.groupby("session")
         }
         for pid, frame in table.groupby("participant_id")
@@ -264,7 +264,7 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
                           column: clinical[f"{measure}_{session}"]})
             for session in SESSIONS
         ]).sort_values(["participant_id", "session"], key=lambda c: c.map(
-            {"pre": 0, "post": 1}) if c.name == "session" else c, kind="stable")
+            SESSION_ORDER) if c.name == "session" else c, kind="stable")
         long.to_csv(phenotype / f"{measure}.tsv", sep="\t", index=False)
     (out / "dataset_description.json").write_text(json.dumps({
         "Name": "kp simulated ketamine-PTSD imaging study",
@@ -278,7 +278,7 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
     truth.mkdir(parents=True)
     clinical.to_csv(truth / "participants.tsv", sep="\t", index=False)
     parameters = planted.parameters.copy()
-    parameters["order"] = parameters["session"].map({"pre": 0, "post": 1})
+    parameters["order"] = parameters["session"].map(SESSION_ORDER)
     parameters = parameters.sort_values(["participant_id", "order", "parameter"]).drop(
         columns="order")
     parameters.to_csv(truth / "parameters.tsv", sep="\t", index=False, float_format="%.10g")

@@ -105,7 +105,8 @@ def _score_ranges(score_ranges: Mapping[str, Sequence[float]] | None
 
 def load_clinical(root: str | os.PathLike[str],
                   score_ranges: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
-    """The ``clinical`` table (DESIGN §4): one row per participant in ``participants.tsv``.
+    """The ``clinical`` table (docs/architecture.md §4): one row per participant listed in
+    ``participants.tsv``.
 
     Columns: participant_id, arm, age, sex (when present), caps5_pre, caps5_post, madrs_pre,
     madrs_post (float, NaN when not measured yet), caps5_improvement = caps5_pre − caps5_post and

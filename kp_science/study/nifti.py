@@ -8,6 +8,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +17,9 @@ from nibabel.spatialimages import HeaderDataError
 
 from kp_science.study.errors import StudyDataError
 from kp_science.study.reading import CHUNK_BYTES, require_file, unreadable_error
+
+# isal's stubs declare ``isal_zlib.error`` as an exception instance; it is the class IsalError
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)
 
 
 class _HashingReader(io.RawIOBase):
@@ -84,8 +88,9 @@ class NiftiData:
     """A NIfTI-1 image read completely into memory.
 
     ``data`` is the raw on-disk array (e.g. int16), shape ``shape``; physical values are
-    ``data * slope + inter``. ``zooms_mm`` are voxel sizes in mm, ``tr_s`` the header TR in
-    seconds (None for images with fewer than 4 dimensions).
+    ``data * slope + inter``. ``zooms_mm`` are voxel sizes in mm (three; fewer for an image
+    of fewer dimensions), ``tr_s`` the header TR in seconds (None for images with fewer than
+    4 dimensions).
     """
 
     path: Path
@@ -93,7 +98,7 @@ class NiftiData:
     slope: float
     inter: float
     affine: np.ndarray
-    zooms_mm: tuple[float, float, float]
+    zooms_mm: tuple[float, ...]
     tr_s: float | None
     sha256: str
 
@@ -141,14 +146,14 @@ def read_nifti(path: str | os.PathLike[str]) -> NiftiData:
         if e.errno is not None:  # the operating system refused (permission, I/O error):
             raise unreadable_error(path, "image", e) from e  # the file itself may be intact
         raise StudyDataError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
-    except (EOFError, zlib.error, isal_zlib.error, ValueError, HeaderDataError) as e:
+    except (EOFError, zlib.error, _ISAL_ERROR, ValueError, HeaderDataError) as e:
         raise StudyDataError(path, f"corrupt or truncated image ({type(e).__name__}: {e})") from e
 
     if not dtype.isnative:
         flat = flat.astype(dtype.newbyteorder("="))
     slope, inter = header.get_slope_inter()
-    space_unit, time_unit = header.get_xyzt_units()
-    zooms = header.get_zooms()
+    space_unit, time_unit = map(str, header.get_xyzt_units())
+    zooms = tuple(header.get_zooms())
     to_mm = _SPACE_TO_MM.get(space_unit, 1.0)
     tr = float(zooms[3]) * _TIME_TO_S.get(time_unit, 1.0) if len(shape) >= 4 else None
     return NiftiData(
@@ -156,14 +161,15 @@ def read_nifti(path: str | os.PathLike[str]) -> NiftiData:
         data=flat.reshape(shape, order="F"),
         slope=1.0 if slope is None else float(slope),
         inter=0.0 if inter is None else float(inter),
-        affine=header.get_best_affine(),
+        # a 4 × 4 array (nibabel's unannotated code lets pyright infer a tuple too)
+        affine=cast(np.ndarray, header.get_best_affine()),
         zooms_mm=tuple(float(z) * to_mm for z in zooms[:3]),
         tr_s=tr,
         sha256=hashing.digest.hexdigest(),
     )
 
 
-def _skip(stream: io.IOBase, n: int) -> None:
+def _skip(stream: io.RawIOBase | io.BufferedIOBase, n: int) -> None:
     while n > 0:
         chunk = stream.read(min(n, CHUNK_BYTES))
         if not chunk:
@@ -171,8 +177,8 @@ def _skip(stream: io.IOBase, n: int) -> None:
         n -= len(chunk)
 
 
-def _fill(stream: io.IOBase, buffer: np.ndarray, path: Path) -> None:
-    view = memoryview(buffer)
+def _fill(stream: io.RawIOBase | io.BufferedIOBase, buffer: np.ndarray, path: Path) -> None:
+    view = buffer.data
     got = 0
     while got < len(view):
         n = stream.readinto(view[got:])

@@ -12,11 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kp_science.roi_signals import (
-    HIGH_PASS_PATTERN,
-    NON_STEADY_STATE_PATTERN,
-    CleaningStrategy,
-)
+from kp_science.cleaning import HIGH_PASS_PATTERN, NON_STEADY_STATE_PATTERN, CleaningStrategy
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import Run
 from kp_science.study.nifti import read_nifti
@@ -209,7 +205,8 @@ def validate_confounds(confounds: pd.DataFrame, path: Path,
                                    f"fMRIPrep writes for every run of {FMRIPREP_HIGH_PASS_S:g} s "
                                    f"or longer (this one is {n_volumes * tr:g} s)")
     others = [c for c in confounds.columns if NON_STEADY_STATE_PATTERN in c]
-    for column in dict.fromkeys([*needed, *(cosines if strategy.high_pass else []), *others]):
+    high_pass: list[str] = cosines if strategy.high_pass else []
+    for column in dict.fromkeys([*needed, *high_pass, *others]):
         _check_confound_column(confounds[column], column, path)
 
 
@@ -443,14 +440,17 @@ def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
         raise StudyDataError(
             run.bold_path, f"BOLD image must be 4-D, got {bold.data.ndim}-D shape {bold.shape}"
         )
-    n_volumes = bold.shape[3]
+    nx, ny, nz, n_volumes = bold.shape
+    vx, vy, vz = bold.zooms_mm
+    bold_tr = bold.tr_s
+    assert bold_tr is not None  # read_nifti gives every 4-D image its header TR
     if n_volumes < 2:  # no time series: no FD, no tSNR, nothing to model
         raise StudyDataError(run.bold_path, f"BOLD run has {n_volumes} volume(s); at least 2 "
                                             "are needed")
-    if abs(bold.tr_s - sidecar_tr) > TR_TOLERANCE_S:
+    if abs(bold_tr - sidecar_tr) > TR_TOLERANCE_S:
         raise StudyDataError(
             run.bold_path,
-            f"TR in NIfTI header ({bold.tr_s:g} s) disagrees with RepetitionTime "
+            f"TR in NIfTI header ({bold_tr:g} s) disagrees with RepetitionTime "
             f"({sidecar_tr:g} s) in {run.sidecar_path.name}",
         )
     if len(confounds) != n_volumes:
@@ -497,9 +497,9 @@ def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
     return RunInfo(
         run=run,
         n_volumes=n_volumes,
-        tr=bold.tr_s,
-        shape=bold.shape[:3],
-        voxel_size=bold.zooms_mm,
+        tr=bold_tr,
+        shape=(nx, ny, nz),
+        voxel_size=(vx, vy, vz),
         n_brain_voxels=n_brain,
         mean_fd=mean_fd,
         max_fd=max_fd,

@@ -1,0 +1,46 @@
+"""Helpers for the configuration resources that wrap science dataclasses: defaults read from
+the dataclass, and lists of choices Dagster checks when the configuration loads.
+
+A resource field is declared as ``motion: ConfoundModel = science_default(CleaningStrategy,
+"motion")``, so the default lives only on the science side. A single choice is typed with the
+science side's ``Literal`` (Dagster turns it into an enum and rejects anything else, naming
+the field and the allowed values); a *list* of choices, which Dagster cannot type with a
+``Literal``, uses :func:`choice_enum`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, PlainSerializer
+
+
+def science_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls``, in config form (tuples → lists).
+
+    Raises KeyError if ``cls`` has no such field, ValueError if it has no default."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    elif field.default_factory is not dataclasses.MISSING:
+        value = field.default_factory()
+    else:
+        raise ValueError(f"{cls.__name__}.{name} has no default")
+    return list(value) if isinstance(value, tuple) else value
+
+
+def choice_enum(values: Iterable[str]) -> Any:
+    """The element type of a list-of-choices config field: one of ``values``, held as a plain
+    string.
+
+    Dagster sees a string enum and reports a value outside it as "not in enum type
+    Literal['a', 'b'] got c" (the wording of a ``Literal`` field, naming the allowed values);
+    pydantic does the same check when the resource is built in Python, and the field then
+    holds plain strings."""
+    values = tuple(values)
+    name = f"Literal[{', '.join(repr(v) for v in values)}]"
+    return Annotated[enum.StrEnum(name, {v: v for v in values}), AfterValidator(str),
+                     PlainSerializer(str, return_type=str)]
