@@ -45,13 +45,28 @@ def fixture_parity() -> bool:
         fx = json.loads(path.read_text())
         spm = fx["spm"]
         n = len(fx["a"])
-        spec = DCMSpec(tuple(f"r{i}" for i in range(n)), ("drive", "mod"), np.array(fx["a"]),
-                       np.array(fx["b"]), np.array(fx["c"]), fx["TR"], np.array(fx["u"], float),
-                       np.array(fx["delays"], float), fx["TE"])
+        spec = DCMSpec(
+            tuple(f"r{i}" for i in range(n)),
+            ("drive", "mod"),
+            np.array(fx["a"]),
+            np.array(fx["b"]),
+            np.array(fx["c"]),
+            fx["TR"],
+            np.array(fx["u"], float),
+            np.array(fx["delays"], float),
+            fx["TE"],
+        )
         res = invert_dcm(spec, np.array(fx["y"]), np.array(fx["X0"], float))
-        spm_theta = pack(DCMParameters(np.array(spm["Ep_A"]), np.array(spm["Ep_B"], float),
-                                       np.array(spm["Ep_C"]), np.array(spm["Ep_transit"]),
-                                       spm["Ep_decay"], spm["Ep_epsilon"]))
+        spm_theta = pack(
+            DCMParameters(
+                np.array(spm["Ep_A"]),
+                np.array(spm["Ep_B"], float),
+                np.array(spm["Ep_C"]),
+                np.array(spm["Ep_transit"]),
+                spm["Ep_decay"],
+                spm["Ep_epsilon"],
+            )
+        )
         n_abc = n * n + n * n * 2 + n * 2
         abc = res.free & (np.arange(res.free.size) < n_abc)
         spm_sd = np.sqrt(np.diag(np.array(spm["Cp"])))
@@ -59,15 +74,23 @@ def fixture_parity() -> bool:
         d_sd = np.abs(res.sd[abc] / spm_sd[abc] - 1).max()
         d_f = 100 * abs(res.F - spm["F"]) / abs(spm["F"])
         ok &= bool(d_ep < 0.02 and d_sd < 0.10 and d_f < 0.5)
-        print(f"{name}: {res.seconds:.2f} s ({res.n_iter} iterations) vs SPM12 "
-              f"{spm['seconds']:.1f} s, ratio {res.seconds / spm['seconds']:.3f}; "
-              f"max |ΔEp(A,B,C)| {d_ep:.1e}, max SD error {100 * d_sd:.1e} %, "
-              f"ΔF {d_f:.1e} %")
+        print(
+            f"{name}: {res.seconds:.2f} s ({res.n_iter} iterations) vs SPM12 "
+            f"{spm['seconds']:.1f} s, ratio {res.seconds / spm['seconds']:.3f}; "
+            f"max |ΔEp(A,B,C)| {d_ep:.1e}, max SD error {100 * d_sd:.1e} %, "
+            f"ΔF {d_f:.1e} %"
+        )
     return ok
 
 
-def simulated_jobs(seed: int, participants: int = 21, sessions: int = 2, n_volumes: int = 150,
-                   tr: float = 2.0, snr: float = 2.0) -> list[tuple[DCMSpec, np.ndarray]]:
+def simulated_jobs(
+    seed: int,
+    participants: int = 21,
+    sessions: int = 2,
+    n_volumes: int = 150,
+    tr: float = 2.0,
+    snr: float = 2.0,
+) -> list[tuple[DCMSpec, np.ndarray]]:
     """Simulator-like faces runs: (spec, y) per participant × session."""
     rng = np.random.default_rng(seed)
     names = [k for k in BASELINE if k.startswith("dcm.")]
@@ -85,8 +108,7 @@ def simulated_jobs(seed: int, participants: int = 21, sessions: int = 2, n_volum
     jobs = []
     for clean, u in zip(bold, inputs, strict=True):
         y = clean + rng.standard_normal(clean.shape) * clean.std(axis=0) / snr
-        spec = DCMSpec(("amygdala", "vmpfc"), ("faces", "emotional"), np.ones((2, 2)), b, c,
-                       tr, u)
+        spec = DCMSpec(("amygdala", "vmpfc"), ("faces", "emotional"), np.ones((2, 2)), b, c, tr, u)
         jobs.append((spec, y))
     return jobs
 
@@ -127,11 +149,13 @@ def warehouse_speed(warehouse: Path, workers: int) -> bool:
     invert_many(jobs, workers=workers)
     pooled_s = time.perf_counter() - start
     per_fit = np.array([r.seconds for r in serial])
-    print(f"{len(jobs)} DCMs of the warehouse's faces runs ({jobs[0][0].n_scans} scans, X0 with "
-          f"{np.mean([j[2].shape[1] for j in jobs]):.0f} columns on average): serial "
-          f"{serial_s:.1f} s (per fit mean {per_fit.mean():.2f} s, max {per_fit.max():.2f} s), "
-          f"pool of {workers}: {pooled_s:.1f} s; {sum(r.converged for r in serial)}/{len(jobs)} "
-          f"converged (target < 60 s)")
+    print(
+        f"{len(jobs)} DCMs of the warehouse's faces runs ({jobs[0][0].n_scans} scans, X0 with "
+        f"{np.mean([j[2].shape[1] for j in jobs]):.0f} columns on average): serial "
+        f"{serial_s:.1f} s (per fit mean {per_fit.mean():.2f} s, max {per_fit.max():.2f} s), "
+        f"pool of {workers}: {pooled_s:.1f} s; {sum(r.converged for r in serial)}/{len(jobs)} "
+        f"converged (target < 60 s)"
+    )
     return min(serial_s, pooled_s) < 60
 
 
@@ -139,8 +163,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 2))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warehouse", type=Path, default=None,
-                        help="a materialized warehouse: also time its faces-run DCMs")
+    parser.add_argument(
+        "--warehouse",
+        type=Path,
+        default=None,
+        help="a materialized warehouse: also time its faces-run DCMs",
+    )
     args = parser.parse_args()
 
     parity_ok = fixture_parity()
@@ -154,12 +182,16 @@ def main() -> int:
     invert_many(jobs, workers=args.workers)
     pooled_s = time.perf_counter() - start
     converged = sum(r.converged for r in serial)
-    print(f"{len(jobs)} two-region inversions (150 scans, TR 2 s): serial {serial_s:.1f} s "
-          f"(per fit mean {per_fit.mean():.2f} s, max {per_fit.max():.2f} s; target ≤ 1 s), "
-          f"{converged}/{len(jobs)} converged, mean iterations "
-          f"{np.mean([r.n_iter for r in serial]):.1f}")
-    print(f"{len(jobs)} inversions in a pool of {args.workers} processes: {pooled_s:.1f} s "
-          f"(target < 60 s)")
+    print(
+        f"{len(jobs)} two-region inversions (150 scans, TR 2 s): serial {serial_s:.1f} s "
+        f"(per fit mean {per_fit.mean():.2f} s, max {per_fit.max():.2f} s; target ≤ 1 s), "
+        f"{converged}/{len(jobs)} converged, mean iterations "
+        f"{np.mean([r.n_iter for r in serial]):.1f}"
+    )
+    print(
+        f"{len(jobs)} inversions in a pool of {args.workers} processes: {pooled_s:.1f} s "
+        f"(target < 60 s)"
+    )
     ok = parity_ok and per_fit.mean() <= 1.0 and min(serial_s, pooled_s) < 60
     if args.warehouse is not None:
         ok &= warehouse_speed(args.warehouse, args.workers)

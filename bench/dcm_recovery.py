@@ -44,7 +44,7 @@ def seed_range(text: str) -> list[int]:
 def first_level_tables(study, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``dcm_fits`` and ``dcm_parameters`` as the asset writes them (default model space)."""
     models = DCMModels()
-    (model, (a, b, c)), = models.masks().items()
+    ((model, (a, b, c)),) = models.masks().items()
     inputs = models.input_trial_types()
     runs, datas = [], []
     for run in study.runs:
@@ -54,8 +54,11 @@ def first_level_tables(study, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]
         u = run_inputs(run.events, inputs, n, run.tr)
         confounds = pd.DataFrame(cosine_regressors(n, run.tr)).to_numpy(float)
         runs.append(run)
-        datas.append(prepare_run(run.raw[list(models.regions)], u, list(inputs), run.tr,
-                                 np.arange(n), confounds))
+        datas.append(
+            prepare_run(
+                run.raw[list(models.regions)], u, list(inputs), run.tr, np.arange(n), confounds
+            )
+        )
     jobs = [(data.spec(a, b, c), data.y, data.X0) for data in datas]
     with threadpool_limits(limits=1, user_api="blas"):
         results = invert_many(jobs, workers=workers)
@@ -63,8 +66,10 @@ def first_level_tables(study, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]
     for run, data, (spec, _, _), result in zip(runs, datas, jobs, results, strict=True):
         scan = pd.Series({"session": run.session, "task": run.task, "run": 1})
         keys = {"participant_id": run.participant_id, "session": run.session, "model": model}
-        fits.append(fit_row(scan, model, data, result, spec.parameter_names)
-                    | {"participant_id": run.participant_id})
+        fits.append(
+            fit_row(scan, model, data, result, spec.parameter_names)
+            | {"participant_id": run.participant_id}
+        )
         parameters.append(parameter_rows(result, spec).assign(**keys))
     return pd.DataFrame(fits), pd.concat(parameters, ignore_index=True)
 
@@ -74,16 +79,26 @@ def one_study(seed: int, null: bool, workers: int) -> dict:
     study = simulate_roi_study(seed=seed, null=null)
     fits, parameters = first_level_tables(study, workers)
     truth = study.planted.parameters.assign(
-        parameter=lambda t: t.parameter.str.removeprefix("dcm."))
+        parameter=lambda t: t.parameter.str.removeprefix("dcm.")
+    )
     both = parameters.merge(truth, on=["participant_id", "session", "parameter"])
-    rho = {p: spearmanr(both.loc[both.parameter == p, "mean"],
-                        both.loc[both.parameter == p, "value"]).statistic for p in RECOVERED}
+    rho = {
+        p: spearmanr(
+            both.loc[both.parameter == p, "mean"], both.loc[both.parameter == p, "value"]
+        ).statistic
+        for p in RECOVERED
+    }
     result = group_dcm(fits, parameters, with_improvements(study.clinical))
     findings = dcm_findings(result.effects).set_index("finding")
     effects = result.effects[result.effects.covariate != "mean"]
-    return {"seed": seed, "rho": rho, "findings": findings,
-            "n_effects_pp95": int((effects.Pp >= 0.95).sum()), "n_effects": len(effects),
-            "seconds": time.perf_counter() - start}
+    return {
+        "seed": seed,
+        "rho": rho,
+        "findings": findings,
+        "n_effects_pp95": int((effects.Pp >= 0.95).sum()),
+        "n_effects": len(effects),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def main() -> None:
@@ -94,30 +109,39 @@ def main() -> None:
     args = parser.parse_args()
     directions = {f.key: f.direction for f in DCM_FINDINGS}
 
-    print("planted studies: first-level ρ (target ≥ 0.7); findings signed Pp (target ≥ 0.9, "
-          "planted sign)")
+    print(
+        "planted studies: first-level ρ (target ≥ 0.7); findings signed Pp (target ≥ 0.9, "
+        "planted sign)"
+    )
     hits = {key: 0 for key in directions}
     seeds = seed_range(args.seeds)
     for seed in seeds:
         r = one_study(seed, False, args.workers)
         f = r["findings"]
         for key, direction in directions.items():
-            hits[key] += bool(f.loc[key, "pp"] >= 0.9
-                              and np.sign(f.loc[key, "estimate"]) == direction)
-        signed = "  ".join(f"{key} {np.sign(f.loc[key, 'estimate']) * f.loc[key, 'pp']:+.3f}"
-                           for key in directions)
-        print(f"seed {seed}: ρ B {r['rho'][RECOVERED[0]]:.3f}  A {r['rho'][RECOVERED[1]]:.3f} | "
-              f"{signed} | {r['seconds']:.0f} s")
-    print("recovered (Pp ≥ 0.9, planted sign): "
-          + ", ".join(f"{key} {n}/{len(seeds)}" for key, n in hits.items()))
+            hits[key] += bool(
+                f.loc[key, "pp"] >= 0.9 and np.sign(f.loc[key, "estimate"]) == direction
+            )
+        signed = "  ".join(
+            f"{key} {np.sign(f.loc[key, 'estimate']) * f.loc[key, 'pp']:+.3f}" for key in directions
+        )
+        print(
+            f"seed {seed}: ρ B {r['rho'][RECOVERED[0]]:.3f}  A {r['rho'][RECOVERED[1]]:.3f} | "
+            f"{signed} | {r['seconds']:.0f} s"
+        )
+    print(
+        "recovered (Pp ≥ 0.9, planted sign): "
+        + ", ".join(f"{key} {n}/{len(seeds)}" for key, n in hits.items())
+    )
 
-    print("null studies: largest Pp of a finding (target < 0.95); covariate effects with "
-          "Pp ≥ 0.95")
+    print("null studies: largest Pp of a finding (target < 0.95); covariate effects with Pp ≥ 0.95")
     for seed in seed_range(args.null_seeds):
         r = one_study(seed, True, args.workers)
-        print(f"seed {seed}: max finding Pp {r['findings']['pp'].max():.3f} | "
-              f"{r['n_effects_pp95']} of {r['n_effects']} effects ≥ 0.95 | "
-              f"{r['seconds']:.0f} s")
+        print(
+            f"seed {seed}: max finding Pp {r['findings']['pp'].max():.3f} | "
+            f"{r['n_effects_pp95']} of {r['n_effects']} effects ≥ 0.95 | "
+            f"{r['seconds']:.0f} s"
+        )
 
 
 if __name__ == "__main__":

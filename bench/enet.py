@@ -50,8 +50,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--participants", type=int, default=21)
     parser.add_argument("--features", type=int, default=100)
-    parser.add_argument("--strength", type=float, default=0.9,
-                        help="size of the planted relations (0 = null study)")
+    parser.add_argument(
+        "--strength", type=float, default=0.9, help="size of the planted relations (0 = null study)"
+    )
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument("--bootstraps", type=int, default=500)
     parser.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 2))
@@ -59,18 +60,26 @@ def main() -> int:
     parser.add_argument("--skip-brute-force", action="store_true")
     args = parser.parse_args()
 
-    change_scores, clinical = synthetic_study(args.participants, args.features, args.seed,
-                                              strength=args.strength)
-    settings = EnetSettings(n_permutations=args.permutations, n_bootstraps=args.bootstraps,
-                            n_jobs=args.jobs)
+    change_scores, clinical = synthetic_study(
+        args.participants, args.features, args.seed, strength=args.strength
+    )
+    settings = EnetSettings(
+        n_permutations=args.permutations, n_bootstraps=args.bootstraps, n_jobs=args.jobs
+    )
 
     # 0. compile the kernels, or load them from numba's on-disk cache
     start = time.perf_counter()
     tiny_cs, tiny_clin = synthetic_study(12, 5, 0)
-    fit_all(tiny_cs, tiny_clin, DEFAULT_VARIANTS[:1],
-            EnetSettings(n_alphas=5, n_permutations=2, n_bootstraps=2, n_jobs=1))
-    print(f"compiled kernels ready in {time.perf_counter() - start:.1f} s (first use on a "
-          "machine compiles, later runs load the on-disk cache)")
+    fit_all(
+        tiny_cs,
+        tiny_clin,
+        DEFAULT_VARIANTS[:1],
+        EnetSettings(n_alphas=5, n_permutations=2, n_bootstraps=2, n_jobs=1),
+    )
+    print(
+        f"compiled kernels ready in {time.perf_counter() - start:.1f} s (first use on a "
+        "machine compiles, later runs load the on-disk cache)"
+    )
     load_before = os.getloadavg()
 
     # 1. everything, all variants
@@ -79,23 +88,39 @@ def main() -> int:
     tables = fit_all(change_scores, clinical, DEFAULT_VARIANTS, settings)
     total = time.perf_counter() - start
     summary = tables["enet_summary"]
-    cols = ["model", "n_participants", "n_features", "l1_ratio", "alpha", "loo_mse",
-            "nested_r", "permutation_p", "n_selected", "seconds"]
+    cols = [
+        "model",
+        "n_participants",
+        "n_features",
+        "l1_ratio",
+        "alpha",
+        "loo_mse",
+        "nested_r",
+        "permutation_p",
+        "n_selected",
+        "seconds",
+    ]
     print(summary[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     grid = len(settings.l1_ratios) * settings.n_alphas
     work = summary["permutation_fits"] / (args.permutations * summary["n_participants"] * grid)
-    print("permutation fits solved (pruning): "
-          + ", ".join(f"{m} {w:.0%}" for m, w in zip(summary["model"], work, strict=True)))
+    print(
+        "permutation fits solved (pruning): "
+        + ", ".join(f"{m} {w:.0%}" for m, w in zip(summary["model"], work, strict=True))
+    )
     print()
-    print(paper_table(tables)[["finding", "published", "estimate", "note"]]
-          .to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(
+        paper_table(tables)[["finding", "published", "estimate", "note"]].to_string(
+            index=False, float_format=lambda v: f"{v:.3g}"
+        )
+    )
     print()
-    load = ", ".join(f"{a:.2f}→{b:.2f}" for a, b in zip(load_before, os.getloadavg(),
-                                                        strict=True))
-    print(f"all four variants: nested LOO + {args.permutations} permutations + "
-          f"{args.bootstraps} bootstraps, {args.jobs} worker thread(s): {total:.1f} s wall "
-          f"(target ≤ 60 s; this process's CPU {time.process_time() - cpu:.1f} s; load "
-          f"average 1/5/15 min {load} on {os.cpu_count()} CPUs)")
+    load = ", ".join(f"{a:.2f}→{b:.2f}" for a, b in zip(load_before, os.getloadavg(), strict=True))
+    print(
+        f"all four variants: nested LOO + {args.permutations} permutations + "
+        f"{args.bootstraps} bootstraps, {args.jobs} worker thread(s): {total:.1f} s wall "
+        f"(target ≤ 60 s; this process's CPU {time.process_time() - cpu:.1f} s; load "
+        f"average 1/5/15 min {load} on {os.cpu_count()} CPUs)"
+    )
     ok = total <= 60
 
     # 2. LOO selection vs brute force, one variant, no permutations
@@ -113,12 +138,16 @@ def main() -> int:
         coef_diff = float(np.abs(fast.coefs - ref.coefs).max())
         mse_diff = float(np.abs(fast.loo_mse - ref.loo_mse).max() / ref.loo_mse.min())
         same = fast.best == ref.best and coef_diff <= 1e-6
-        print(f"LOO selection, main variant (21 folds × 10 l1_ratios × 50 alphas): "
-              f"batched {t_fast:.2f} s, brute-force sklearn loop (tol 1e-12) {t_ref:.1f} s, "
-              f"ratio {t_ref / t_fast:.0f}× (target ≥ 20×)")
-        print(f"identical: selected grid point {fast.best} vs {ref.best}; max |Δcoef| over "
-              f"every fold and grid point {coef_diff:.1e} (≤ 1e-6: {coef_diff <= 1e-6}); max "
-              f"relative ΔLOO-MSE {mse_diff:.1e} -> {'IDENTICAL' if same else 'DIFFERENT'}")
+        print(
+            f"LOO selection, main variant (21 folds × 10 l1_ratios × 50 alphas): "
+            f"batched {t_fast:.2f} s, brute-force sklearn loop (tol 1e-12) {t_ref:.1f} s, "
+            f"ratio {t_ref / t_fast:.0f}× (target ≥ 20×)"
+        )
+        print(
+            f"identical: selected grid point {fast.best} vs {ref.best}; max |Δcoef| over "
+            f"every fold and grid point {coef_diff:.1e} (≤ 1e-6: {coef_diff <= 1e-6}); max "
+            f"relative ΔLOO-MSE {mse_diff:.1e} -> {'IDENTICAL' if same else 'DIFFERENT'}"
+        )
         ok = ok and same and t_ref / t_fast >= 20
     return 0 if ok else 1
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from kp_resources.roi_set import RoiSet  # noqa: E402
 from kp_science import roi_signals  # noqa: E402
+from kp_science.cleaning import CleaningStrategy  # noqa: E402
 from kp_science.roi_signals import (  # noqa: E402
-    CleaningStrategy,
     clean_roi_signals,
     extract_roi_means,
     load_run_confounds,
@@ -77,9 +77,14 @@ def bench_run(out: Path) -> tuple[Path, Path]:
     print(f"simulating the benchmark run into {out} (once) ...", flush=True)
     # only the rest run is used; the task runs are kept at the simulator's minimum length.
     # overwrite replaces only a study kp simulated (a run interrupted before `done`)
-    simulate_study(out / "study", participants=1, voxel_size=2.0,
-                   volumes={"faces": 16, "conflict": 16, "rest": VOLUMES}, jobs=1,
-                   overwrite=True)
+    simulate_study(
+        out / "study",
+        participants=1,
+        voxel_size=2.0,
+        volumes={"faces": 16, "conflict": 16, "rest": VOLUMES},
+        jobs=1,
+        overwrite=True,
+    )
     image = nib.load(bold)
     data = np.asarray(image.dataobj, dtype=np.float32)  # applies the int16 scale factor
     header = image.header.copy()
@@ -130,8 +135,9 @@ def label_image(bold: Path, mask: Path) -> nib.Nifti1Image:
     return nib.Nifti1Image(labels.reshape(SHAPE, order="F"), image.affine)
 
 
-def extract_nilearn(bold: Path, labels: nib.Nifti1Image, strategy: CleaningStrategy,
-                    tr: float) -> np.ndarray:
+def extract_nilearn(
+    bold: Path, labels: nib.Nifti1Image, strategy: CleaningStrategy, tr: float
+) -> np.ndarray:
     from nilearn.maskers import NiftiLabelsMasker
 
     cold_confounds()
@@ -213,7 +219,10 @@ def child_peak(way: str, bold: Path, mask: Path) -> dict:
 def measure_peak(way: str, bold: Path, mask: Path) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--child", way, str(bold), str(mask)],
-        check=True, capture_output=True, text=True)
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -224,8 +233,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "extract"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", nargs=3, metavar=("WAY", "BOLD", "MASK"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, metavar=("WAY", "BOLD", "MASK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         way, bold, mask = args.child
@@ -233,8 +241,11 @@ def main() -> int:
         return 0
 
     bold, mask = bench_run(Path(args.out))
-    print(f"run: {bold.name}, {SHAPE} × {VOLUMES} float32, {bold.stat().st_size / 1e6:.0f} MB "
-          f"gzipped, {RUN_BYTES / 1e6:.0f} MB uncompressed", flush=True)
+    print(
+        f"run: {bold.name}, {SHAPE} × {VOLUMES} float32, {bold.stat().st_size / 1e6:.0f} MB "
+        f"gzipped, {RUN_BYTES / 1e6:.0f} MB uncompressed",
+        flush=True,
+    )
 
     # memory first, while this process is still small
     peaks = {way: measure_peak(way, bold, mask) for way in ("nibabel", *VARIANTS)}
@@ -246,8 +257,9 @@ def main() -> int:
     # float32 data in float32, hence ~1e-5 rather than ~1e-12 as with int16 runs)
     ours = extract_ours(bold, mask, strategy)
     theirs = extract_nilearn(bold, labels, strategy, tr)
-    raw = extract_roi_means(read_nifti(bold).data, read_nifti(mask).data,
-                            RoiSet().voxels(nib.load(bold).affine, SHAPE)).signals.to_numpy()
+    raw = extract_roi_means(
+        read_nifti(bold).data, read_nifti(mask).data, RoiSet().voxels(nib.load(bold).affine, SHAPE)
+    ).signals.to_numpy()
     baseline = raw[ours.index.to_numpy()].mean(axis=0)
     expected = theirs - theirs.mean(axis=0)
     diff = np.abs(ours.to_numpy() * baseline / 100 - expected).max() / np.abs(expected).max()
@@ -257,47 +269,66 @@ def main() -> int:
         def run_it():
             with VARIANTS[name]():
                 return extract_ours(bold, mask, strategy)
+
         return run_it
 
     run = read_nifti(bold)
     brain = read_nifti(mask).data
     from isal import igzip
 
-    t = best_times({
-        "nibabel": lambda: load_nibabel(bold),
-        **{name: in_variant(name) for name in VARIANTS},
-        "nilearn": lambda: extract_nilearn(bold, labels, strategy, tr),
-        "read": lambda: read_nifti(bold),
-        "rest": lambda: (cold_confounds(), clean_roi_signals(
-            extract_roi_means(run.data, brain, RoiSet().voxels(run.affine, SHAPE)).signals,
-            *load_run_confounds(bold, strategy), run.tr_s)),
-        "hash": lambda: study_module.hashlib.sha256(bold.read_bytes()).digest(),
-        "isal_floor": lambda: igzip.decompress(bold.read_bytes()),
-    }, args.repeats)
+    t = best_times(
+        {
+            "nibabel": lambda: load_nibabel(bold),
+            **{name: in_variant(name) for name in VARIANTS},
+            "nilearn": lambda: extract_nilearn(bold, labels, strategy, tr),
+            "read": lambda: read_nifti(bold),
+            "rest": lambda: (
+                cold_confounds(),
+                clean_roi_signals(
+                    extract_roi_means(run.data, brain, RoiSet().voxels(run.affine, SHAPE)).signals,
+                    *load_run_confounds(bold, strategy),
+                    run.tr_s,
+                ),
+            ),
+            "hash": lambda: study_module.hashlib.sha256(bold.read_bytes()).digest(),
+            "isal_floor": lambda: igzip.decompress(bold.read_bytes()),
+        },
+        args.repeats,
+    )
 
     print(f"\nseconds (best of {args.repeats} interleaved rounds after a warm-up round)")
     print(f"  (a) nibabel load                        {t['nibabel']:6.2f}")
-    print(f"  (b) ours                                {t['ours']:6.2f}   ours/nibabel = "
-          f"{t['ours'] / t['nibabel']:.2f} (target <= {TARGET_RATIO})")
-    print(f"  (c) nilearn NiftiLabelsMasker           {t['nilearn']:6.2f}   nilearn/ours = "
-          f"{t['nilearn'] / t['ours']:.2f}")
-    print(f"  (b) with stdlib zlib, not ISA-L         {t['ours_zlib']:6.2f}   /nibabel = "
-          f"{t['ours_zlib'] / t['nibabel']:.2f}; ISA-L saves "
-          f"{t['ours_zlib'] - t['ours']:.2f} s ({t['ours_zlib'] / t['ours']:.2f}×)")
+    print(
+        f"  (b) ours                                {t['ours']:6.2f}   ours/nibabel = "
+        f"{t['ours'] / t['nibabel']:.2f} (target <= {TARGET_RATIO})"
+    )
+    print(
+        f"  (c) nilearn NiftiLabelsMasker           {t['nilearn']:6.2f}   nilearn/ours = "
+        f"{t['nilearn'] / t['ours']:.2f}"
+    )
+    print(
+        f"  (b) with stdlib zlib, not ISA-L         {t['ours_zlib']:6.2f}   /nibabel = "
+        f"{t['ours_zlib'] / t['nibabel']:.2f}; ISA-L saves "
+        f"{t['ours_zlib'] - t['ours']:.2f} s ({t['ours_zlib'] / t['ours']:.2f}×)"
+    )
     print("  breakdown of (b):")
     print(f"    read_nifti (gzip + CRC + sha256)      {t['read']:6.2f}")
     print(f"    sha256 of the gzipped file            {t['hash']:6.2f}")
     print(f"    ROIs + means + confounds + clean      {t['rest']:6.2f}")
     print(f"    ISA-L one-shot decompress (floor)     {t['isal_floor']:6.2f}")
 
-    print(f"\npeak memory increase over the run's {RUN_BYTES / 1e6:.0f} MB "
-          "(fresh process each; RSS = VmHWM, traced = tracemalloc)")
+    print(
+        f"\npeak memory increase over the run's {RUN_BYTES / 1e6:.0f} MB "
+        "(fresh process each; RSS = VmHWM, traced = tracemalloc)"
+    )
     for way, peak in peaks.items():
         ratio = peak["rss_increase"] / RUN_BYTES
-        print(f"  {way:14s} RSS +{peak['rss_increase'] / 1e6:6.0f} MB = {ratio:.2f}×   "
-              f"traced {peak['traced_peak'] / 1e6:6.0f} MB = "
-              f"{peak['traced_peak'] / RUN_BYTES:.2f}×"
-              + (f"   (target <= {TARGET_MEMORY}×)" if way == "ours" else ""))
+        print(
+            f"  {way:14s} RSS +{peak['rss_increase'] / 1e6:6.0f} MB = {ratio:.2f}×   "
+            f"traced {peak['traced_peak'] / 1e6:6.0f} MB = "
+            f"{peak['traced_peak'] / RUN_BYTES:.2f}×"
+            + (f"   (target <= {TARGET_MEMORY}×)" if way == "ours" else "")
+        )
     memory_ok = peaks["ours"]["rss_increase"] / RUN_BYTES <= TARGET_MEMORY
     return 0 if t["ours"] / t["nibabel"] <= TARGET_RATIO and memory_ok else 1
 

@@ -20,8 +20,13 @@ import numpy as np
 
 from kp_science.dcm import estimate_peb, group_dcm, reduce_peb, simulate_first_level
 
-FIXTURE = (Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "spm12_peb"
-           / "dev_peb_12subjects.json")
+FIXTURE = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "fixtures"
+    / "spm12_peb"
+    / "dev_peb_12subjects.json"
+)
 
 
 def _best_of(repeat: int, fn):
@@ -50,15 +55,21 @@ def fixture_parity(repeat: int) -> bool:
     d_ep = np.abs(peb.Ep - np.array(fx["peb"]["Ep"])).max()
     d_f = 100 * abs(peb.F - fx["peb"]["F"]) / abs(fx["peb"]["F"])
     d_pp = np.abs(red.Pp.ravel(order="F") - np.array(fx["bma"]["Pp"]))
-    print(f"PEB: {peb_s:.3f} s vs SPM12 {spm_peb_s:.2f} s (ratio {peb_s / spm_peb_s:.3f}), "
-          f"{peb.n_iter} iterations")
-    print(f"reduction + averaging: {red_s:.3f} s vs SPM12 {spm_red_s:.2f} s "
-          f"(ratio {red_s / spm_red_s:.3f}), {red.search.n_models} models in "
-          f"{red.search.rounds} rounds")
+    print(
+        f"PEB: {peb_s:.3f} s vs SPM12 {spm_peb_s:.2f} s (ratio {peb_s / spm_peb_s:.3f}), "
+        f"{peb.n_iter} iterations"
+    )
+    print(
+        f"reduction + averaging: {red_s:.3f} s vs SPM12 {spm_red_s:.2f} s "
+        f"(ratio {red_s / spm_red_s:.3f}), {red.search.n_models} models in "
+        f"{red.search.rounds} rounds"
+    )
     print(f"together {peb_s + red_s:.3f} s (target < 0.5 s)")
-    print(f"parity: max |ΔEp| {d_ep:.4f} (tolerance 0.02), ΔF {d_f:.4f} % (1 %), "
-          f"max |ΔPp| {d_pp.max():.1e} (0.05), max |ΔEp| after averaging "
-          f"{np.abs(red.Ep.ravel(order='F') - np.array(fx['bma']['Ep'])).max():.4f}")
+    print(
+        f"parity: max |ΔEp| {d_ep:.4f} (tolerance 0.02), ΔF {d_f:.4f} % (1 %), "
+        f"max |ΔPp| {d_pp.max():.1e} (0.05), max |ΔEp| after averaging "
+        f"{np.abs(red.Ep.ravel(order='F') - np.array(fx['bma']['Ep'])).max():.4f}"
+    )
     return peb_s + red_s < 0.5
 
 
@@ -66,10 +77,12 @@ def synthetic_speed(seed: int, repeat: int) -> bool:
     fits, params, clinical = simulate_first_level(21, seed)
     seconds, result = _best_of(repeat, lambda: group_dcm(fits, params, clinical))
     per = {name: a.peb.n_iter for name, a in result.analyses.items()}
-    print(f"both default analyses, 21 synthetic participants × 2 sessions × "
-          f"{len(result.analyses['baseline'].peb.parameters)} parameters: {seconds:.2f} s "
-          f"(target < 5 s); PEB iterations {per}; "
-          f"{len(result.effects)} rows of dcm_group_effects")
+    print(
+        f"both default analyses, 21 synthetic participants × 2 sessions × "
+        f"{len(result.analyses['baseline'].peb.parameters)} parameters: {seconds:.2f} s "
+        f"(target < 5 s); PEB iterations {per}; "
+        f"{len(result.effects)} rows of dcm_group_effects"
+    )
     return seconds < 5.0
 
 

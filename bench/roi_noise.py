@@ -45,17 +45,27 @@ def residuals(study: Path, options: SimulationOptions) -> list[np.ndarray]:
     for job in jobs:
         for run in folder.runs(job.participant_id):
             s = SESSIONS.index(run.session)
-            region, _ = region_signals(job, run.session, run.task, options,
-                                       run_rng(options.seed, job.index, s, run.task, 1))
+            region, _ = region_signals(
+                job,
+                run.session,
+                run.task,
+                options,
+                run_rng(options.seed, job.index, s, run.task, 1),
+            )
             scan = pd.Series(validate_run(run).record())
             table, _ = _run_tables(scan, roi_set, cleaning)
             measured = table.pivot(index="volume", columns="roi", values="signal")
             confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
-            planted = pd.DataFrame(BASELINE * (1 + np.column_stack(
-                [region[r] for r in ROI_NAMES]) / 100), columns=list(ROI_NAMES))
+            planted = pd.DataFrame(
+                BASELINE * (1 + np.column_stack([region[r] for r in ROI_NAMES]) / 100),
+                columns=list(ROI_NAMES),
+            )
             clean_planted = clean_roi_signals(planted, confounds, kept, float(scan["tr"]))
-            out.append((measured.loc[kept, list(ROI_NAMES)]
-                        - clean_planted.loc[kept, list(ROI_NAMES)]).to_numpy())
+            out.append(
+                (
+                    measured.loc[kept, list(ROI_NAMES)] - clean_planted.loc[kept, list(ROI_NAMES)]
+                ).to_numpy()
+            )
     return out
 
 
@@ -66,18 +76,26 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        study = simulate_study(Path(tmp) / "study", participants=args.participants,
-                               seed=args.seed, voxel_size=args.voxel_size)
-        options = SimulationOptions(args.participants, args.seed, args.voxel_size,
-                                    dict(DEFAULT_VOLUMES))
+        study = simulate_study(
+            Path(tmp) / "study",
+            participants=args.participants,
+            seed=args.seed,
+            voxel_size=args.voxel_size,
+        )
+        options = SimulationOptions(
+            args.participants, args.seed, args.voxel_size, dict(DEFAULT_VOLUMES)
+        )
         runs = residuals(study, options)
     sd = float(np.sqrt(np.mean([np.mean(r**2) for r in runs])))
     ar1 = float(np.mean([np.sum(r[1:] * r[:-1]) / np.sum(r**2) for r in runs]))
     print(f"{len(runs)} runs × {len(ROI_NAMES)} ROIs at {args.voxel_size:g} mm")
-    print(f"residual SD    {sd:.3f} % signal (in use {ROI_NOISE_SD}; "
-          f"ratio {sd / ROI_NOISE_SD:.2f})")
-    print(f"residual AR(1) {ar1:.3f}          (in use {ROI_NOISE_AR1}; ratio "
-          f"{ar1 / ROI_NOISE_AR1:.2f})")
+    print(
+        f"residual SD    {sd:.3f} % signal (in use {ROI_NOISE_SD}; ratio {sd / ROI_NOISE_SD:.2f})"
+    )
+    print(
+        f"residual AR(1) {ar1:.3f}          (in use {ROI_NOISE_AR1}; ratio "
+        f"{ar1 / ROI_NOISE_AR1:.2f})"
+    )
     return 0
 
 

@@ -56,10 +56,14 @@ def main() -> int:
         floor = write_floor(out, args.participants, workers, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"simulate {args.participants} participants at 4 mm: {seconds:.1f} s wall "
-          f"(target < 60 s), {size / 1e9:.2f} GB on disk (target < 1 GB)")
-    print(f"baseline (compress + write the same runs, {workers} workers): {floor:.1f} s; "
-          f"ratio simulate/baseline = {seconds / floor:.2f}")
+    print(
+        f"simulate {args.participants} participants at 4 mm: {seconds:.1f} s wall "
+        f"(target < 60 s), {size / 1e9:.2f} GB on disk (target < 1 GB)"
+    )
+    print(
+        f"baseline (compress + write the same runs, {workers} workers): {floor:.1f} s; "
+        f"ratio simulate/baseline = {seconds / floor:.2f}"
+    )
     return 0 if seconds < 60 and size < 1e9 else 1
 
 

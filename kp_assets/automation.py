@@ -19,8 +19,9 @@ from collections.abc import Iterable, Sequence
 import dagster as dg
 
 GROUP_REFRESH = (
-    (dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated())
-    .since_last_handled()
+    (
+        dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
+    ).since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
     & ~dg.AutomationCondition.in_progress()
@@ -37,22 +38,26 @@ def _code_versions(assets: Iterable[dg.AssetsDefinition]) -> dict[dg.AssetKey, s
     return versions
 
 
-def _stored_version(instance: dg.DagsterInstance, key: dg.AssetKey,
-                    partition: str | None) -> str | None:
+def _stored_version(
+    instance: dg.DagsterInstance, key: dg.AssetKey, partition: str | None
+) -> str | None:
     """Code version of the latest materialization, "" when it has none, None when missing."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key,
-                              asset_partitions=[partition] if partition else None),
-        limit=1).records
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition] if partition else None),
+        limit=1,
+    ).records
     if not records:
         return None
     materialization = records[0].asset_materialization
     return (materialization.tags or {}).get(CODE_VERSION_TAG, "") if materialization else ""
 
 
-def out_of_date(instance: dg.DagsterInstance, versions: dict[dg.AssetKey, str | None],
-                keys: Iterable[dg.AssetKey], partition: str | None = None
-                ) -> dict[dg.AssetKey, str]:
+def out_of_date(
+    instance: dg.DagsterInstance,
+    versions: dict[dg.AssetKey, str | None],
+    keys: Iterable[dg.AssetKey],
+    partition: str | None = None,
+) -> dict[dg.AssetKey, str]:
     """``{key: "missing" | "code version A → B"}`` for the keys that need a rerun."""
     reasons = {}
     for key in keys:
@@ -64,10 +69,11 @@ def out_of_date(instance: dg.DagsterInstance, versions: dict[dg.AssetKey, str | 
     return reasons
 
 
-def build_nightly_catch_up(assets: Sequence[dg.AssetsDefinition],
-                           participant_assets: dg.AssetSelection,
-                           partitions: dg.DynamicPartitionsDefinition,
-                           ) -> dg.ScheduleDefinition:
+def build_nightly_catch_up(
+    assets: Sequence[dg.AssetsDefinition],
+    participant_assets: dg.AssetSelection,
+    partitions: dg.DynamicPartitionsDefinition,
+) -> dg.ScheduleDefinition:
     """The nightly schedule over ``assets`` (participant assets per partition, the rest as
     group assets)."""
     versions = _code_versions(assets)
@@ -78,7 +84,7 @@ def build_nightly_catch_up(assets: Sequence[dg.AssetsDefinition],
         target=dg.AssetSelection.all(),
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Every night: rerun what is missing or was built by an older code version "
-                    "(per participant, then the group assets).",
+        "(per participant, then the group assets).",
     )
     def nightly_catch_up(context: dg.ScheduleEvaluationContext):
         instance = context.instance
@@ -89,19 +95,33 @@ def build_nightly_catch_up(assets: Sequence[dg.AssetsDefinition],
         for pid in instance.get_dynamic_partitions(partitions.name):
             reasons = out_of_date(instance, versions, sorted(participant_keys), pid)
             if reasons:
-                selection = (dg.AssetSelection.assets(*reasons).downstream()
-                             & participant_assets).resolve(assets)
-                context.log.info(f"{pid}: " + "; ".join(
-                    f"{k.to_user_string()} {why}" for k, why in reasons.items()))
-                requests.append(dg.RunRequest(
-                    run_key=None, partition_key=pid, asset_selection=sorted(selection),
-                    tags={"kp/reason": "nightly catch-up"}))
+                selection = (
+                    dg.AssetSelection.assets(*reasons).downstream() & participant_assets
+                ).resolve(assets)
+                context.log.info(
+                    f"{pid}: "
+                    + "; ".join(f"{k.to_user_string()} {why}" for k, why in reasons.items())
+                )
+                requests.append(
+                    dg.RunRequest(
+                        run_key=None,
+                        partition_key=pid,
+                        asset_selection=sorted(selection),
+                        tags={"kp/reason": "nightly catch-up"},
+                    )
+                )
         reasons = out_of_date(instance, versions, sorted(group_keys))
         if reasons:
-            selection = (dg.AssetSelection.assets(*reasons).downstream()
-                         - participant_assets).resolve(assets)
-            requests.append(dg.RunRequest(run_key=None, asset_selection=sorted(selection),
-                                          tags={"kp/reason": "nightly catch-up"}))
+            selection = (
+                dg.AssetSelection.assets(*reasons).downstream() - participant_assets
+            ).resolve(assets)
+            requests.append(
+                dg.RunRequest(
+                    run_key=None,
+                    asset_selection=sorted(selection),
+                    tags={"kp/reason": "nightly catch-up"},
+                )
+            )
         if not requests:
             return dg.SkipReason("nothing missing or stale")
         return requests

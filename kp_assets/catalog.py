@@ -11,10 +11,25 @@ from kp_resources.warehouse import Warehouse
 
 #: Asset keys the catalog waits for; later stages append their tables here.
 CATALOGUED_TABLES: list[str] = [
-    "scans", "clinical", "participant_status", "roi_timeseries", "roi_coverage", "roi_activation",
-    "task_connectivity", "rest_connectivity", "session_features", "change_scores",
-    "dcm_fits", "dcm_parameters", "enet_summary", "enet_coefficients", "enet_predictions",
-    "enet_cv_curve", "enet_exclusions", "dcm_group_effects", "paper_table",
+    "scans",
+    "clinical",
+    "participant_status",
+    "roi_timeseries",
+    "roi_coverage",
+    "roi_activation",
+    "task_connectivity",
+    "rest_connectivity",
+    "session_features",
+    "change_scores",
+    "dcm_fits",
+    "dcm_parameters",
+    "enet_summary",
+    "enet_coefficients",
+    "enet_predictions",
+    "enet_cv_curve",
+    "enet_exclusions",
+    "dcm_group_effects",
+    "paper_table",
 ]
 
 

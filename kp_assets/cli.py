@@ -35,15 +35,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         out = simulate_study(
-            args.out, participants=args.participants, seed=args.seed,
-            voxel_size=args.voxel_size, volumes=args.volumes, tr=args.tr, null=args.null,
-            progress=not args.quiet, jobs=args.jobs, overwrite=args.overwrite,
+            args.out,
+            participants=args.participants,
+            seed=args.seed,
+            voxel_size=args.voxel_size,
+            volumes=args.volumes,
+            tr=args.tr,
+            null=args.null,
+            progress=not args.quiet,
+            jobs=args.jobs,
+            overwrite=args.overwrite,
         )
     except FileExistsError as e:  # a folder kp may not replace: the message names it
         print(f"kp simulate: {e}", file=sys.stderr)
         return 2
-    print(f"simulated {args.participants} participants into {out} "
-          f"in {time.perf_counter() - start:.1f} s (truth: {out}/derivatives/simulation-truth)")
+    print(
+        f"simulated {args.participants} participants into {out} "
+        f"in {time.perf_counter() - start:.1f} s (truth: {out}/derivatives/simulation-truth)"
+    )
     return 0
 
 
@@ -79,10 +88,12 @@ def demo_study_problem(study: Path) -> str | None:
     problem = simulation_target_problem(study, overwrite=True)
     if problem is None:
         return None
-    return (f"{study}: neither a BIDS study (no dataset_description.json) nor a folder kp may "
-            f"simulate the demo study into: it {problem}. Nothing was changed. Point "
-            "KP_STUDY_DIR at a BIDS study folder (with dataset_description.json), or at a new or "
-            "empty folder for the simulated demo study")
+    return (
+        f"{study}: neither a BIDS study (no dataset_description.json) nor a folder kp may "
+        f"simulate the demo study into: it {problem}. Nothing was changed. Point "
+        "KP_STUDY_DIR at a BIDS study folder (with dataset_description.json), or at a new or "
+        "empty folder for the simulated demo study"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -119,48 +130,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"materializing assets into {warehouse}")
     failed = materialize_study(study, warehouse, instance, run_config=QUIET_RUN_CONFIG)
 
-    summary = query(warehouse, """
+    summary = query(
+        warehouse,
+        """
         SELECT count(DISTINCT participant_id) AS participants, count(*) AS runs,
                round(median(mean_fd), 3) AS median_mean_fd_mm,
                round(max(mean_fd), 3) AS worst_mean_fd_mm,
                CAST(sum(n_fd_spikes) AS INTEGER) AS fd_spikes,
                round(median(tsnr), 1) AS median_tsnr,
                round(min(tsnr), 1) AS min_tsnr
-        FROM scans""")
-    arms = query(warehouse, "SELECT arm, count(*) AS participants, "
-                            "round(avg(caps5_improvement), 1) AS mean_caps5_improvement "
-                            "FROM clinical GROUP BY arm ORDER BY arm")
+        FROM scans""",
+    )
+    arms = query(
+        warehouse,
+        "SELECT arm, count(*) AS participants, "
+        "round(avg(caps5_improvement), 1) AS mean_caps5_improvement "
+        "FROM clinical GROUP BY arm ORDER BY arm",
+    )
     print("\nscans (QC over all runs):")
     print(format_result(summary))
     print("\nclinical:")
     print(format_result(arms))
-    features = query(warehouse, """
+    features = query(
+        warehouse,
+        """
         SELECT family, count(DISTINCT feature) AS features,
                count(DISTINCT participant_id) AS participants_with_change
         FROM change_scores JOIN (SELECT DISTINCT feature, family FROM session_features)
              USING (feature)
-        GROUP BY family ORDER BY family""")
+        GROUP BY family ORDER BY family""",
+    )
     print("\nimaging features (change scores = post − pre):")
     print(format_result(features))
-    dcm = query(warehouse, """
+    dcm = query(
+        warehouse,
+        """
         SELECT model, count(*) AS fits, CAST(sum(CAST(converged AS INTEGER)) AS INTEGER)
                AS converged, round(median(explained_variance), 3) AS median_explained_variance
-        FROM dcm_fits GROUP BY model ORDER BY model""")
+        FROM dcm_fits GROUP BY model ORDER BY model""",
+    )
     print("\nDCM (amygdala–vmPFC, faces):")
     print(format_result(dcm))
     if "enet_summary" in list_tables(warehouse):
-        models = query(warehouse, """
+        models = query(
+            warehouse,
+            """
             SELECT model, status, n_participants AS n, n_selected AS selected,
                    round(loo_r, 2) AS loo_r, round(nested_r, 2) AS nested_r,
                    round(permutation_p, 3) AS permutation_p
-            FROM enet_summary ORDER BY model""")
+            FROM enet_summary ORDER BY model""",
+        )
         print("\nelastic net (CAPS-5 improvement):")
         print(format_result(models))
     if "paper_table" in list_tables(warehouse):
-        paper = query(warehouse, """
+        paper = query(
+            warehouse,
+            """
             SELECT finding, published, round(estimate, 2) AS estimate,
                    round(selection_frequency, 2) AS selection_frequency, note
-            FROM paper_table""")
+            FROM paper_table""",
+        )
         print("\nthe paper's findings beside ours:")
         print(format_result(paper))
     print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
@@ -181,31 +210,52 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--participants", type=int, default=21, help="number (default 21)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sim.add_argument("--voxel-size", type=float, default=4.0, help="mm, isotropic (default 4)")
-    sim.add_argument("--volumes", type=int, default=None,
-                     help="volumes per run for every task (default: faces 200, "
-                          "conflict 150, rest 140)")
+    sim.add_argument(
+        "--volumes",
+        type=int,
+        default=None,
+        help="volumes per run for every task (default: faces 200, conflict 150, rest 140)",
+    )
     sim.add_argument("--tr", type=float, default=2.0, help="repetition time in s (default 2)")
-    sim.add_argument("--null", action="store_true",
-                     help="plant no relation between imaging change and improvement")
+    sim.add_argument(
+        "--null",
+        action="store_true",
+        help="plant no relation between imaging change and improvement",
+    )
     sim.add_argument("--jobs", type=int, default=None, help="worker processes (default ≤ 2)")
-    sim.add_argument("--overwrite", action="store_true",
-                     help="replace a study kp simulated before (never any other folder)")
+    sim.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a study kp simulated before (never any other folder)",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
 
-    demo = sub.add_parser("demo", help="simulate the default study if needed, materialize "
-                                       "every asset, print a summary")
-    demo.add_argument("--participants", type=int, default=21,
-                      help="participants to simulate when there is no study yet (default 21)")
+    demo = sub.add_parser(
+        "demo",
+        help="simulate the default study if needed, materialize every asset, print a summary",
+    )
+    demo.add_argument(
+        "--participants",
+        type=int,
+        default=21,
+        help="participants to simulate when there is no study yet (default 21)",
+    )
     demo.set_defaults(func=cmd_demo)
 
-    sql = sub.add_parser("sql", help="run SQL on the warehouse (one view per table, plus "
-                                     "'provenance', 'table_status' and, unfiltered, "
-                                     "'all_rows.<participant table>')")
+    sql = sub.add_parser(
+        "sql",
+        help="run SQL on the warehouse (one view per table, plus "
+        "'provenance', 'table_status' and, unfiltered, "
+        "'all_rows.<participant table>')",
+    )
     sql.add_argument("query", help='e.g. "SELECT * FROM scans LIMIT 5"')
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    sql.add_argument("--warehouse", default=None,
-                     help="warehouse folder (default: $KP_WAREHOUSE_DIR or data/warehouse)")
+    sql.add_argument(
+        "--warehouse",
+        default=None,
+        help="warehouse folder (default: $KP_WAREHOUSE_DIR or data/warehouse)",
+    )
     sql.set_defaults(func=cmd_sql)
     return parser
 

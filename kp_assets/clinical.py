@@ -46,11 +46,15 @@ def clinical(context: dg.AssetExecutionContext, study: StudyFolder) -> pd.DataFr
 @dg.asset_check(
     asset=clinical,
     description="Every participant with a scan folder has an arm and CAPS-5 before and after "
-                "treatment (the prediction models need all three), and no participant has a "
-                "clinical value rejected as impossible (clinical_problems).",
+    "treatment (the prediction models need all three), and no participant has a "
+    "clinical value rejected as impossible (clinical_problems).",
 )
-def clinical_completeness_check(context: dg.AssetCheckExecutionContext, clinical: pd.DataFrame,
-                                study: StudyFolder, warehouse: Warehouse) -> dg.AssetCheckResult:
+def clinical_completeness_check(
+    context: dg.AssetCheckExecutionContext,
+    clinical: pd.DataFrame,
+    study: StudyFolder,
+    warehouse: Warehouse,
+) -> dg.AssetCheckResult:
     scanned = discover_participants(study.path)
     table = clinical.set_index("participant_id")
     problems = {}
@@ -67,14 +71,29 @@ def clinical_completeness_check(context: dg.AssetCheckExecutionContext, clinical
     rejected = {pid: why for pid, why in found.items() if isinstance(why, str) and why}
     parts = []
     if problems:
-        parts.append(f"{len(problems)} of {len(scanned)} scanned participants incomplete: "
-                     + "; ".join(f"{p}: {why}" for p, why in problems.items()))
+        parts.append(
+            f"{len(problems)} of {len(scanned)} scanned participants incomplete: "
+            + "; ".join(f"{p}: {why}" for p, why in problems.items())
+        )
     if rejected:
-        parts.append(f"{len(rejected)} participant(s) with values rejected as impossible: "
-                     + "; ".join(f"{p}: {why}" for p, why in rejected.items()))
-    summary = (". ".join(parts) if parts
-               else f"all {len(scanned)} scanned participants have arm and CAPS-5 pre/post")
-    return check_result(context, warehouse.root, "clinical", "clinical_completeness_check",
-                        not parts, summary,
-                        {"incomplete": dg.MetadataValue.json(problems),
-                         "rejected_values": dg.MetadataValue.json(rejected)})
+        parts.append(
+            f"{len(rejected)} participant(s) with values rejected as impossible: "
+            + "; ".join(f"{p}: {why}" for p, why in rejected.items())
+        )
+    summary = (
+        ". ".join(parts)
+        if parts
+        else f"all {len(scanned)} scanned participants have arm and CAPS-5 pre/post"
+    )
+    return check_result(
+        context,
+        warehouse.root,
+        "clinical",
+        "clinical_completeness_check",
+        not parts,
+        summary,
+        {
+            "incomplete": dg.MetadataValue.json(problems),
+            "rejected_values": dg.MetadataValue.json(rejected),
+        },
+    )

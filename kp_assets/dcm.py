@@ -37,33 +37,67 @@ from kp_science.figures import markdown_image
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label
 
-FIT_COLUMNS = ["participant_id", "session", "task", "run", "model", "free_energy",
-               "explained_variance", "n_iter", "converged", "seconds", "message", "n_scans",
-               "n_scrubbed", "n_confounds", "scale", "free_parameters", "covariance"]
-PARAMETER_COLUMNS = ["participant_id", "session", "task", "run", "model", "parameter", "mean",
-                     "variance", "pp", "prior_mean", "prior_variance"]
+FIT_COLUMNS = [
+    "participant_id",
+    "session",
+    "task",
+    "run",
+    "model",
+    "free_energy",
+    "explained_variance",
+    "n_iter",
+    "converged",
+    "seconds",
+    "message",
+    "n_scans",
+    "n_scrubbed",
+    "n_confounds",
+    "scale",
+    "free_parameters",
+    "covariance",
+]
+PARAMETER_COLUMNS = [
+    "participant_id",
+    "session",
+    "task",
+    "run",
+    "model",
+    "parameter",
+    "mean",
+    "variance",
+    "pp",
+    "prior_mean",
+    "prior_variance",
+]
 
 
 def _run_label(scan: pd.Series) -> str:
     return f"ses-{scan['session']} task-{scan['task']} run-{scan['run']}"
 
 
-def run_data(scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels,
-             cleaning: ConfoundCleaning) -> DCMRunData:
+def run_data(
+    scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels, cleaning: ConfoundCleaning
+) -> DCMRunData:
     """The DCM data of one run of the ``scans`` inventory (see the module docstring)."""
     label = _run_label(scan)
-    rows = roi_timeseries[(roi_timeseries["session"] == scan["session"])
-                          & (roi_timeseries["task"] == scan["task"])
-                          & (roi_timeseries["run"] == scan["run"])]
+    rows = roi_timeseries[
+        (roi_timeseries["session"] == scan["session"])
+        & (roi_timeseries["task"] == scan["task"])
+        & (roi_timeseries["run"] == scan["run"])
+    ]
     missing = [r for r in models.regions if r not in set(rows["roi"])]
     if missing:
-        raise StudyDataError(scan["bold_path"], f"DCM of {label}: no usable signal for ROI(s) "
-                                                f"{', '.join(missing)} in roi_timeseries")
+        raise StudyDataError(
+            scan["bold_path"],
+            f"DCM of {label}: no usable signal for ROI(s) {', '.join(missing)} in roi_timeseries",
+        )
     raw = rows.pivot(index="volume", columns="roi", values="raw")[list(models.regions)]
     n_volumes, tr = int(scan["n_volumes"]), float(scan["tr"])
     if not np.array_equal(raw.index.to_numpy(), np.arange(n_volumes)):
-        raise StudyDataError(scan["bold_path"], f"DCM of {label}: roi_timeseries has "
-                                                f"{len(raw)} of {n_volumes} volumes")
+        raise StudyDataError(
+            scan["bold_path"],
+            f"DCM of {label}: roi_timeseries has {len(raw)} of {n_volumes} volumes",
+        )
     # the events are checked as scans checked them, the DCM inputs' trial types included
     shared = run_model_inputs(scan, roi_timeseries, cleaning, event_requirements(models))
     inputs = models.input_trial_types()
@@ -73,25 +107,41 @@ def run_data(scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels,
     except ValueError as e:
         raise StudyDataError(scan["events_path"], f"DCM of {label}: {e}") from None
     try:
-        return prepare_run(raw, u, list(inputs), tr, shared.kept,
-                           shared.confounds.to_numpy(float), shared.slice_time_ref)
+        return prepare_run(
+            raw,
+            u,
+            list(inputs),
+            tr,
+            shared.kept,
+            shared.confounds.to_numpy(float),
+            shared.slice_time_ref,
+        )
     except ValueError as e:
         raise StudyDataError(scan["bold_path"], f"DCM of {label}: {e}") from None
 
 
-def fit_row(scan: pd.Series, model: str, data: DCMRunData, result: DCMResult,
-            names: list[str]) -> dict:
+def fit_row(
+    scan: pd.Series, model: str, data: DCMRunData, result: DCMResult, names: list[str]
+) -> dict:
     """One ``dcm_fits`` row (without participant_id) of a fit of one run; ``scan`` needs
     session, task and run, ``names`` are the spec's parameter names."""
     free = np.flatnonzero(result.free)
     return {
-        "session": scan["session"], "task": scan["task"], "run": int(scan["run"]),
-        "model": model, "free_energy": result.F,
-        "explained_variance": result.explained_variance_total, "n_iter": result.n_iter,
-        "converged": bool(result.converged), "seconds": result.seconds,
-        "message": result.message, "n_scans": len(data.y),
-        "n_scrubbed": int(data.scrubbed.sum()), "n_confounds": data.X0.shape[1],
-        "scale": result.scale, "free_parameters": [names[i] for i in free],
+        "session": scan["session"],
+        "task": scan["task"],
+        "run": int(scan["run"]),
+        "model": model,
+        "free_energy": result.F,
+        "explained_variance": result.explained_variance_total,
+        "n_iter": result.n_iter,
+        "converged": bool(result.converged),
+        "seconds": result.seconds,
+        "message": result.message,
+        "n_scans": len(data.y),
+        "n_scrubbed": int(data.scrubbed.sum()),
+        "n_confounds": data.X0.shape[1],
+        "scale": result.scale,
+        "free_parameters": [names[i] for i in free],
         "covariance": result.Cp[np.ix_(free, free)].tolist(),
     }
 
@@ -108,27 +158,40 @@ def parameter_rows(result: DCMResult, spec: DCMSpec) -> pd.DataFrame:
 @dg.multi_asset(
     outs={
         "dcm_fits": dg.AssetOut(
-            kinds={"pandas", "parquet"}, code_version="dcm_fits-1",
+            kinds={"pandas", "parquet"},
+            code_version="dcm_fits-1",
             description="One row per session × model of the first-level DCM of the faces run: "
-                        "free energy, explained variance, iterations, converged, seconds, and "
-                        "the posterior covariance of the free parameters."),
+            "free energy, explained variance, iterations, converged, seconds, and "
+            "the posterior covariance of the free parameters.",
+        ),
         "dcm_parameters": dg.AssetOut(
-            kinds={"pandas", "parquet"}, code_version="dcm_parameters-1",
+            kinds={"pandas", "parquet"},
+            code_version="dcm_parameters-1",
             description="Posterior of every estimated DCM parameter (long): mean, variance, "
-                        "Pp, prior mean and variance; names like A[amygdala->vmpfc], "
-                        "B[emotional][amygdala->vmpfc], C[faces][amygdala], transit[vmpfc]."),
+            "Pp, prior mean and variance; names like A[amygdala->vmpfc], "
+            "B[emotional][amygdala->vmpfc], C[faces][amygdala], transit[vmpfc].",
+        ),
     },
     ins={"scans": dg.AssetIn(), "roi_timeseries": dg.AssetIn()},
     partitions_def=participants,
     group_name="dcm",
-    check_specs=[dg.AssetCheckSpec(
-        "dcm_convergence_check", asset="dcm_fits",
-        description="Every DCM inversion converged within the iteration limit and explains at "
-                    "least the model space's min_explained_variance of the data.")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "dcm_convergence_check",
+            asset="dcm_fits",
+            description="Every DCM inversion converged within the iteration limit and explains at "
+            "least the model space's min_explained_variance of the data.",
+        )
+    ],
 )
-def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
-                    roi_timeseries: pd.DataFrame, dcm_models: DCMModels,
-                    cleaning: ConfoundCleaning, warehouse: Warehouse):
+def dcm_first_level(
+    context: dg.AssetExecutionContext,
+    scans: pd.DataFrame,
+    roi_timeseries: pd.DataFrame,
+    dcm_models: DCMModels,
+    cleaning: ConfoundCleaning,
+    warehouse: Warehouse,
+):
     pid = validate_participant_label(context.partition_key)
     masks = dcm_models.masks()
     runs = [scan for _, scan in scans[scans["task"] == dcm_models.task].iterrows()]
@@ -148,26 +211,37 @@ def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
     fits, parameters, figure_fits = [], [], []
     for (scan, model, data), (spec, _, _), result in zip(keys, jobs, results, strict=True):
         fits.append(fit_row(scan, model, data, result, spec.parameter_names))
-        parameters.append(parameter_rows(result, spec).assign(
-            session=scan["session"], task=scan["task"], run=int(scan["run"]), model=model))
+        parameters.append(
+            parameter_rows(result, spec).assign(
+                session=scan["session"], task=scan["task"], run=int(scan["run"]), model=model
+            )
+        )
         if model == next(iter(masks)):
             figure_fits.append((f"ses-{scan['session']}", data, result))
-        context.log.info(f"{pid} {_run_label(scan)} model {model}: {result.message}, "
-                         f"F = {result.F:.1f}, EV = {result.explained_variance_total:.0%}, "
-                         f"{result.seconds:.2f} s")
+        context.log.info(
+            f"{pid} {_run_label(scan)} model {model}: {result.message}, "
+            f"F = {result.F:.1f}, EV = {result.explained_variance_total:.0%}, "
+            f"{result.seconds:.2f} s"
+        )
 
     fit_table = pd.DataFrame(fits, columns=FIT_COLUMNS[1:]).assign(participant_id=pid)
     fit_table = fit_table[FIT_COLUMNS]
-    parameter_frame = (pd.concat(parameters, ignore_index=True) if parameters
-                       else pd.DataFrame(columns=PARAMETER_COLUMNS[1:]))
+    parameter_frame = (
+        pd.concat(parameters, ignore_index=True)
+        if parameters
+        else pd.DataFrame(columns=PARAMETER_COLUMNS[1:])
+    )
     parameter_frame = parameter_frame.assign(participant_id=pid)[PARAMETER_COLUMNS]
-    provenance = {"source_sha256": {str(s["bold_path"]): str(s["sha256"]) for s in runs}
-                  | {str(s["events_path"]): str(s["events_sha256"]) for s in runs}}
+    provenance = {
+        "source_sha256": {str(s["bold_path"]): str(s["sha256"]) for s in runs}
+        | {str(s["events_path"]): str(s["events_sha256"]) for s in runs}
+    }
     fit_table.attrs.update(provenance)
     parameter_frame.attrs.update(provenance)
 
-    summary = fit_table[["session", "model", "free_energy", "explained_variance", "n_iter",
-                         "converged", "seconds"]]
+    summary = fit_table[
+        ["session", "model", "free_energy", "explained_variance", "n_iter", "converged", "seconds"]
+    ]
     fit_metadata = {
         "model_space": dg.MetadataValue.json(dcm_models.describe()),
         "fits": dg.MetadataValue.md(markdown_table(summary) if len(summary) else "none"),
@@ -176,15 +250,24 @@ def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
     }
     if figure_fits:
         png = fit_figure_png(figure_fits)
-        fit_metadata["fit_plot"] = dg.MetadataValue.md(markdown_image(
-            png, f"{pid} DCM {next(iter(masks))}: observed vs predicted BOLD"))
+        fit_metadata["fit_plot"] = dg.MetadataValue.md(
+            markdown_image(png, f"{pid} DCM {next(iter(masks))}: observed vs predicted BOLD")
+        )
     yield dg.Output(fit_table, "dcm_fits", metadata=fit_metadata)
     key = parameter_frame[parameter_frame["parameter"].str.match(r"^[AB]\[")]
-    yield dg.Output(parameter_frame, "dcm_parameters", metadata={
-        "connections": dg.MetadataValue.md(markdown_table(key.pivot_table(
-            index="parameter", columns=["model", "session"], values="mean")) if len(key)
-            else "none"),
-    })
+    yield dg.Output(
+        parameter_frame,
+        "dcm_parameters",
+        metadata={
+            "connections": dg.MetadataValue.md(
+                markdown_table(
+                    key.pivot_table(index="parameter", columns=["model", "session"], values="mean")
+                )
+                if len(key)
+                else "none"
+            ),
+        },
+    )
 
     threshold = dcm_models.min_explained_variance
     flagged = fit_table[~fit_table["converged"] | (fit_table["explained_variance"] < threshold)]
@@ -192,16 +275,32 @@ def dcm_first_level(context: dg.AssetExecutionContext, scans: pd.DataFrame,
         "n_fits": len(fit_table),
         "n_not_converged": int((~fit_table["converged"]).sum()),
         "threshold": threshold,
-        "flagged": dg.MetadataValue.md(markdown_table(flagged[[
-            "session", "model", "converged", "n_iter", "explained_variance", "message"]])
-            if len(flagged) else "none"),
+        "flagged": dg.MetadataValue.md(
+            markdown_table(
+                flagged[
+                    ["session", "model", "converged", "n_iter", "explained_variance", "message"]
+                ]
+            )
+            if len(flagged)
+            else "none"
+        ),
     }
     if len(fit_table):
         check_metadata["min_explained_variance"] = float(fit_table["explained_variance"].min())
-    summary = (f"{len(flagged)} of {len(fit_table)} fits not converged or explaining less "
-               f"than {threshold:.0%}: " + ", ".join(
-                   f"ses-{r.session} {r.model}" for r in flagged.itertuples())
-               if len(flagged) else f"all {len(fit_table)} fits converged, explained variance "
-                                    f"≥ {threshold:.0%}")
-    yield check_result(context, warehouse.root, "dcm_fits", "dcm_convergence_check",
-                       flagged.empty, summary, check_metadata, partition=pid)
+    summary = (
+        f"{len(flagged)} of {len(fit_table)} fits not converged or explaining less "
+        f"than {threshold:.0%}: "
+        + ", ".join(f"ses-{r.session} {r.model}" for r in flagged.itertuples())
+        if len(flagged)
+        else f"all {len(fit_table)} fits converged, explained variance ≥ {threshold:.0%}"
+    )
+    yield check_result(
+        context,
+        warehouse.root,
+        "dcm_fits",
+        "dcm_convergence_check",
+        flagged.empty,
+        summary,
+        check_metadata,
+        partition=pid,
+    )

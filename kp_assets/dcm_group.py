@@ -24,26 +24,38 @@ from kp_science.figures import markdown_image
 
 
 @dg.asset(
-    ins={"dcm_fits": dg.AssetIn(), "dcm_parameters": dg.AssetIn(), "clinical": dg.AssetIn(),
-         "participant_status": dg.AssetIn()},
+    ins={
+        "dcm_fits": dg.AssetIn(),
+        "dcm_parameters": dg.AssetIn(),
+        "clinical": dg.AssetIn(),
+        "participant_status": dg.AssetIn(),
+    },
     group_name="dcm",
     kinds={"pandas", "parquet"},
     code_version="dcm_group_effects-3",
     automation_condition=GROUP_REFRESH,
     description="Group DCM effects (long): analysis (longitudinal change / baseline), "
-                "covariate (mean, CAPS-5 improvement, arm, improvement × arm, and the "
-                "slope on improvement within each arm), connection, mean and sd after "
-                "Bayesian model reduction and averaging, Pp (probability the effect is "
-                "present), the full PEB posterior, free energy.",
+    "covariate (mean, CAPS-5 improvement, arm, improvement × arm, and the "
+    "slope on improvement within each arm), connection, mean and sd after "
+    "Bayesian model reduction and averaging, Pp (probability the effect is "
+    "present), the full PEB posterior, free energy.",
 )
-def dcm_group_effects(context: dg.AssetExecutionContext, dcm_fits: pd.DataFrame,
-                      dcm_parameters: pd.DataFrame, clinical: pd.DataFrame,
-                      participant_status: pd.DataFrame, dcm_group: DCMGroupDesign,
-                      warehouse: Warehouse) -> pd.DataFrame:
+def dcm_group_effects(
+    context: dg.AssetExecutionContext,
+    dcm_fits: pd.DataFrame,
+    dcm_parameters: pd.DataFrame,
+    clinical: pd.DataFrame,
+    participant_status: pd.DataFrame,
+    dcm_group: DCMGroupDesign,
+    warehouse: Warehouse,
+) -> pd.DataFrame:
     current = current_participants(participant_status)
     dcm_fits = dcm_fits[dcm_fits["participant_id"].isin(current)] if len(dcm_fits) else dcm_fits
-    dcm_parameters = (dcm_parameters[dcm_parameters["participant_id"].isin(current)]
-                      if len(dcm_parameters) else dcm_parameters)
+    dcm_parameters = (
+        dcm_parameters[dcm_parameters["participant_id"].isin(current)]
+        if len(dcm_parameters)
+        else dcm_parameters
+    )
     left_out = not_current(participant_status).assign(analysis="all")
     try:
         result = group_dcm(dcm_fits, dcm_parameters, clinical, dcm_group.config())
@@ -55,8 +67,11 @@ def dcm_group_effects(context: dg.AssetExecutionContext, dcm_fits: pd.DataFrame,
         raise dg.Failure(description=f"group DCM not estimated: {err}") from err
 
     effects = result.effects
-    excluded = pd.concat([left_out[result.excluded.columns], result.excluded],
-                         ignore_index=True) if len(left_out) else result.excluded
+    excluded = (
+        pd.concat([left_out[result.excluded.columns], result.excluded], ignore_index=True)
+        if len(left_out)
+        else result.excluded
+    )
     findings = dcm_findings(effects)
     metadata = {
         "design": dg.MetadataValue.json(dcm_group.model_dump()),
@@ -66,7 +81,8 @@ def dcm_group_effects(context: dg.AssetExecutionContext, dcm_fits: pd.DataFrame,
     }
     for name, analysis in result.analyses.items():
         metadata[f"n_participants_{name}"] = len(analysis.participants)
-        metadata[f"plot_{name}"] = dg.MetadataValue.md(markdown_image(
-            effects_png(effects, name), f"group DCM {name}"))
+        metadata[f"plot_{name}"] = dg.MetadataValue.md(
+            markdown_image(effects_png(effects, name), f"group DCM {name}")
+        )
     context.add_output_metadata(metadata)
     return effects

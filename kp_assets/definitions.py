@@ -35,9 +35,22 @@ from kp_resources.roi_set import RoiSet
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 
-ASSETS = [scans, clinical, roi_signals, roi_activation, task_connectivity, rest_connectivity,
-          session_features, change_scores, dcm_first_level, participant_status,
-          dcm_group_effects, enet_models, paper_table, warehouse_catalog]
+ASSETS = [
+    scans,
+    clinical,
+    roi_signals,
+    roi_activation,
+    task_connectivity,
+    rest_connectivity,
+    session_features,
+    change_scores,
+    dcm_first_level,
+    participant_status,
+    dcm_group_effects,
+    enet_models,
+    paper_table,
+    warehouse_catalog,
+]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
 participant_job = dg.define_asset_job("participant_assets", selection=PARTICIPANT_ASSETS)
@@ -57,8 +70,9 @@ def _config_value(path: str | Path) -> str:
     return path if isinstance(path, str) else str(path)
 
 
-def build_definitions(study: str | Path, warehouse: str | Path,
-                      **overrides: dg.ConfigurableResource) -> dg.Definitions:
+def build_definitions(
+    study: str | Path, warehouse: str | Path, **overrides: dg.ConfigurableResource
+) -> dg.Definitions:
     """The project's definitions with resources bound to a study folder and a warehouse
     (paths, or ``dg.EnvVar`` values naming the variables that hold them); ``overrides`` replace
     resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``)."""
@@ -79,7 +93,8 @@ def build_definitions(study: str | Path, warehouse: str | Path,
             "dcm_group": DCMGroupDesign(),
             "prediction": PredictionModels(),
             "quality": QualityThresholds(),
-        } | overrides,
+        }
+        | overrides,
     )
 
 

@@ -31,19 +31,25 @@ def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
     messages = []
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
-            messages.append(f"{event.step_key}: "
-                            f"{innermost_message(event.step_failure_data.error)}")
+            messages.append(f"{event.step_key}: {innermost_message(event.step_failure_data.error)}")
     return messages
 
 
-def _run_participant(instance: dg.DagsterInstance, study: Path, warehouse: Path, pid: str,
-                     run_config: dict | None, resources: dict) -> str | None:
+def _run_participant(
+    instance: dg.DagsterInstance,
+    study: Path,
+    warehouse: Path,
+    pid: str,
+    run_config: dict | None,
+    resources: dict,
+) -> str | None:
     """Run the participant job for one participant; returns the error message or None."""
     if not instance.has_dynamic_partition(participants.name, pid):
         instance.add_dynamic_partitions(participants.name, [pid])
     job = build_definitions(study, warehouse, **resources).resolve_job_def("participant_assets")
-    result = job.execute_in_process(partition_key=pid, instance=instance, raise_on_error=False,
-                                    run_config=run_config)
+    result = job.execute_in_process(
+        partition_key=pid, instance=instance, raise_on_error=False, run_config=run_config
+    )
     return None if result.success else first_error(result)
 
 
@@ -52,9 +58,14 @@ def _portable(resources: dict[str, dg.ConfigurableResource]) -> dict[str, tuple[
     return {k: (type(v), v.model_dump(warnings=False)) for k, v in resources.items()}
 
 
-def _run_participant_in_worker(ref: Any, study: Path, warehouse: Path, pid: str,
-                               run_config: dict | None,
-                               resources: dict[str, tuple[type, dict]]) -> str | None:
+def _run_participant_in_worker(
+    ref: Any,
+    study: Path,
+    warehouse: Path,
+    pid: str,
+    run_config: dict | None,
+    resources: dict[str, tuple[type, dict]],
+) -> str | None:
     """Worker entry point: ``ref`` is the InstanceRef of a persistent instance, or None;
     ``resources`` as :func:`_portable` gives them."""
     instance = dg.DagsterInstance.from_ref(ref) if ref else dg.DagsterInstance.ephemeral()
@@ -114,19 +125,29 @@ def materialize_study(
 
     if workers == 1:
         for i, pid in enumerate(ids, 1):
-            report(i, pid, _run_participant(instance, study, warehouse, pid, run_config,
-                                            resources))
+            report(i, pid, _run_participant(instance, study, warehouse, pid, run_config, resources))
     else:
         with ProcessPoolExecutor(workers, initializer=_limit_threads) as pool:
-            futures = {pool.submit(_run_participant_in_worker, ref, study, warehouse, pid,
-                                   run_config, _portable(resources)): pid for pid in ids}
+            futures = {
+                pool.submit(
+                    _run_participant_in_worker,
+                    ref,
+                    study,
+                    warehouse,
+                    pid,
+                    run_config,
+                    _portable(resources),
+                ): pid
+                for pid in ids
+            }
             for i, future in enumerate(as_completed(futures), 1):
                 report(i, futures[future], future.result())
 
     defs = build_definitions(study, warehouse, **resources)
     for job in ("group_assets", "catalog_refresh"):
         result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config)
+            instance=instance, raise_on_error=False, run_config=run_config
+        )
         if not result.success:
             failed[job] = "; ".join(step_errors(result)) or "failed"
             log(f"  {job} FAILED: {failed[job]}")

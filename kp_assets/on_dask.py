@@ -70,7 +70,8 @@ class _KpDaskExecutor(DaskExecutor):
 
         if not plan_context.instance.is_persistent:
             raise dg.DagsterInvariantViolationError(
-                "Dask execution requires a persistent DagsterInstance (DAGSTER_HOME)")
+                "Dask execution requires a persistent DagsterInstance (DAGSTER_HOME)"
+            )
         cluster = self._make_cluster(plan_context.job_name)
         instance_ref = plan_context.instance.get_ref()
         try:
@@ -79,13 +80,22 @@ class _KpDaskExecutor(DaskExecutor):
                 for level in execution_plan.get_steps_to_execute_by_level():
                     for step in level:
                         # a step waits for the tasks of the steps it reads from
-                        dependencies = [futures[key] for step_input in step.step_inputs
-                                        for key in step_input.dependency_keys]
+                        dependencies = [
+                            futures[key]
+                            for step_input in step.step_inputs
+                            for key in step_input.dependency_keys
+                        ]
                         futures[step.key] = client.submit(
-                            _step_on_worker, dependencies,
-                            _Packed(plan_context.reconstructable_job, plan_context.dagster_run,
-                                    plan_context.run_config, [step.key], instance_ref,
-                                    execution_plan.known_state),
+                            _step_on_worker,
+                            dependencies,
+                            _Packed(
+                                plan_context.reconstructable_job,
+                                plan_context.dagster_run,
+                                plan_context.run_config,
+                                [step.key],
+                                instance_ref,
+                                execution_plan.known_state,
+                            ),
                             key=f"{plan_context.job_name}.{step.key}",
                             resources=get_dask_resource_requirements(step.tags),
                         )
@@ -106,16 +116,24 @@ class _KpDaskExecutor(DaskExecutor):
 # dagster-dask's cluster kinds (the batch-system ones need dask-jobqueue, yarn dask-yarn,
 # kube dask-kubernetes installed)
 _CLUSTER_CLASSES = {
-    "local": ("dask.distributed", "LocalCluster"), "ssh": ("dask.distributed", "SSHCluster"),
-    "yarn": ("dask_yarn", "YarnCluster"), "pbs": ("dask_jobqueue", "PBSCluster"),
-    "moab": ("dask_jobqueue", "MoabCluster"), "sge": ("dask_jobqueue", "SGECluster"),
-    "lsf": ("dask_jobqueue", "LSFCluster"), "slurm": ("dask_jobqueue", "SLURMCluster"),
-    "oar": ("dask_jobqueue", "OARCluster"), "kube": ("dask_kubernetes", "KubeCluster"),
+    "local": ("dask.distributed", "LocalCluster"),
+    "ssh": ("dask.distributed", "SSHCluster"),
+    "yarn": ("dask_yarn", "YarnCluster"),
+    "pbs": ("dask_jobqueue", "PBSCluster"),
+    "moab": ("dask_jobqueue", "MoabCluster"),
+    "sge": ("dask_jobqueue", "SGECluster"),
+    "lsf": ("dask_jobqueue", "LSFCluster"),
+    "slurm": ("dask_jobqueue", "SLURMCluster"),
+    "oar": ("dask_jobqueue", "OARCluster"),
+    "kube": ("dask_kubernetes", "KubeCluster"),
 }
 
 
-@dg.executor(name="dask", requirements=dg.multiple_process_executor_requirements(),
-             config_schema=dask_executor.config_schema)
+@dg.executor(
+    name="dask",
+    requirements=dg.multiple_process_executor_requirements(),
+    config_schema=dask_executor.config_schema,
+)
 def _kp_dask_executor(init_context) -> _KpDaskExecutor:
     ((cluster_type, cluster_configuration),) = init_context.executor_config["cluster"].items()
     return _KpDaskExecutor(cluster_type, cluster_configuration)
@@ -127,8 +145,15 @@ def dask_cluster_from_env() -> dict:
     if address != "local":
         return {"existing": {"address": address}}
     workers = int(os.environ.get("KP_DASK_WORKERS", "2"))
-    return {"local": {"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                      "host": "127.0.0.1", "dashboard_address": None}}
+    return {
+        "local": {
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+        }
+    }
 
 
 def _cluster(config: dict) -> dict:
@@ -140,10 +165,12 @@ kp_dask_executor = _kp_dask_executor.configured(
     name="dask",
     config_schema={
         "cluster": dg.Field(
-            dg.Permissive(), is_required=False, default_value=dask_cluster_from_env(),
+            dg.Permissive(),
+            is_required=False,
+            default_value=dask_cluster_from_env(),
             description="dagster-dask's cluster config: {local: {...LocalCluster arguments}} or "
-                        "{existing: {address: tcp://host:8786}}; default from KP_DASK_SCHEDULER "
-                        "and KP_DASK_WORKERS.",
+            "{existing: {address: tcp://host:8786}}; default from KP_DASK_SCHEDULER "
+            "and KP_DASK_WORKERS.",
         )
     },
 )

@@ -27,20 +27,31 @@ from kp_science.prediction import paper_table as build_paper_table
     kinds={"pandas", "parquet"},
     code_version="paper_table-2",
     description="One row per headline finding of the paper: published value and direction, "
-                "this analysis' estimate, fully standardized β, selection frequency, whether "
-                "the direction agrees, and why an estimate is missing.",
+    "this analysis' estimate, fully standardized β, selection frequency, whether "
+    "the direction agrees, and why an estimate is missing.",
 )
-def paper_table(context: dg.AssetExecutionContext, enet_summary: pd.DataFrame,
-                enet_coefficients: pd.DataFrame, warehouse: Warehouse) -> pd.DataFrame:
-    dcm = (dcm_findings(warehouse.query("SELECT * FROM dcm_group_effects"))
-           if "dcm_group_effects" in warehouse.list_tables() else None)
-    table = build_paper_table({"enet_summary": enet_summary,
-                               "enet_coefficients": enet_coefficients}, dcm)
-    shown = table[["finding", "published", "estimate", "selection_frequency", "pp",
-                   "same_direction", "note"]]
-    context.add_output_metadata({
-        "findings": dg.MetadataValue.md(markdown_table(shown)),
-        "n_estimated": int(table["estimate"].notna().sum()),
-        "n_same_direction": int((table["same_direction"] == True).sum()),  # noqa: E712
-    })
+def paper_table(
+    context: dg.AssetExecutionContext,
+    enet_summary: pd.DataFrame,
+    enet_coefficients: pd.DataFrame,
+    warehouse: Warehouse,
+) -> pd.DataFrame:
+    dcm = (
+        dcm_findings(warehouse.query("SELECT * FROM dcm_group_effects"))
+        if "dcm_group_effects" in warehouse.list_tables()
+        else None
+    )
+    table = build_paper_table(
+        {"enet_summary": enet_summary, "enet_coefficients": enet_coefficients}, dcm
+    )
+    shown = table[
+        ["finding", "published", "estimate", "selection_frequency", "pp", "same_direction", "note"]
+    ]
+    context.add_output_metadata(
+        {
+            "findings": dg.MetadataValue.md(markdown_table(shown)),
+            "n_estimated": int(table["estimate"].notna().sum()),
+            "n_same_direction": int((table["same_direction"] == True).sum()),  # noqa: E712
+        }
+    )
     return table

@@ -24,9 +24,18 @@ from kp_resources.warehouse import Warehouse
 from kp_science.study.errors import StudyDataError
 
 #: Every participant-partitioned table, upstream first (``scans`` first).
-PARTICIPANT_TABLES = ("scans", "roi_timeseries", "roi_coverage", "roi_activation",
-                      "task_connectivity", "rest_connectivity", "session_features",
-                      "change_scores", "dcm_fits", "dcm_parameters")
+PARTICIPANT_TABLES = (
+    "scans",
+    "roi_timeseries",
+    "roi_coverage",
+    "roi_activation",
+    "task_connectivity",
+    "rest_connectivity",
+    "session_features",
+    "change_scores",
+    "dcm_fits",
+    "dcm_parameters",
+)
 PARTITION_TAG = "dagster/partition"
 _RUNNING = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
 _FAILED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
@@ -40,20 +49,17 @@ def innermost_message(error: SerializableErrorInfo) -> str:
         error = error.cause
     message = error.message.strip()
     prefix = f"{StudyDataError.__module__}.{StudyDataError.__name__}: "
-    return message.removeprefix(prefix) if error.cls_name == StudyDataError.__name__ \
-        else message
+    return message.removeprefix(prefix) if error.cls_name == StudyDataError.__name__ else message
 
 
 def step_failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     """``"<step>: <message>"`` of every failed step of a stored run."""
-    records = instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records
     messages = []
     for record in records:
         event = record.event_log_entry.dagster_event
         if event is not None and event.step_failure_data.error is not None:
-            messages.append(f"{event.step_key}: "
-                            f"{innermost_message(event.step_failure_data.error)}")
+            messages.append(f"{event.step_key}: {innermost_message(event.step_failure_data.error)}")
     return messages
 
 
@@ -82,29 +88,42 @@ def latest_runs(instance: dg.DagsterInstance, pids: list[str]) -> dict[str, tupl
     kinds={"pandas", "parquet"},
     code_version="participant_status-1",
     description="One row per participant: current (complete, on the files as they are now) "
-                "or withdrawn / processing / failed / not_processed / changed / incomplete / "
-                "stale, with the reason. Group models use current participants only.",
+    "or withdrawn / processing / failed / not_processed / changed / incomplete / "
+    "stale, with the reason. Group models use current participants only.",
 )
-def participant_status(context: dg.AssetExecutionContext, study: StudyFolder,
-                       warehouse: Warehouse) -> pd.DataFrame:
+def participant_status(
+    context: dg.AssetExecutionContext, study: StudyFolder, warehouse: Warehouse
+) -> pd.DataFrame:
     listing = study.discover()
-    known = sorted(set(listing.participants)
-                   | set(context.instance.get_dynamic_partitions("participants")))
-    table = status_table(study.root, warehouse.root, PARTICIPANT_TABLES, listing.participants,
-                         listing.skipped, latest_runs(context.instance, known))
+    known = sorted(
+        set(listing.participants) | set(context.instance.get_dynamic_partitions("participants"))
+    )
+    table = status_table(
+        study.root,
+        warehouse.root,
+        PARTICIPANT_TABLES,
+        listing.participants,
+        listing.skipped,
+        latest_runs(context.instance, known),
+    )
     others = table[table["status"] != CURRENT]
     for row in others.itertuples():
-        context.log.warning(f"{row.participant_id} left out of the group models: {row.status}: "
-                            f"{row.reason}")
+        context.log.warning(
+            f"{row.participant_id} left out of the group models: {row.status}: {row.reason}"
+        )
     counts = table["status"].value_counts().to_dict()
-    context.add_output_metadata({
-        "n_current": int(counts.get(CURRENT, 0)),
-        "n_not_current": len(others),
-        "statuses": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
-        "not_current": dg.MetadataValue.md(
-            markdown_table(others[["participant_id", "status", "reason"]]) if len(others)
-            else "none"),
-    })
+    context.add_output_metadata(
+        {
+            "n_current": int(counts.get(CURRENT, 0)),
+            "n_not_current": len(others),
+            "statuses": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
+            "not_current": dg.MetadataValue.md(
+                markdown_table(others[["participant_id", "status", "reason"]])
+                if len(others)
+                else "none"
+            ),
+        }
+    )
     return table
 
 
@@ -116,5 +135,9 @@ def current_participants(status: pd.DataFrame) -> set[str]:
 def not_current(status: pd.DataFrame) -> pd.DataFrame:
     """participant_id and reason (``"<status>: <reason>"``) of everyone not current."""
     rows = status[status["status"] != CURRENT]
-    return pd.DataFrame({"participant_id": rows["participant_id"].to_numpy(),
-                         "reason": (rows["status"] + ": " + rows["reason"]).to_numpy()})
+    return pd.DataFrame(
+        {
+            "participant_id": rows["participant_id"].to_numpy(),
+            "reason": (rows["status"] + ": " + rows["reason"]).to_numpy(),
+        }
+    )

@@ -18,10 +18,11 @@ from kp_science.study.vocabulary import SESSIONS
     kinds={"pandas", "parquet"},
     code_version="rest_connectivity-1",
     description="Resting-state functional connectivity: Pearson r and Fisher z for every ROI "
-                "pair of the cleaned, scrubbed resting signals.",
+    "pair of the cleaned, scrubbed resting signals.",
 )
-def rest_connectivity(context: dg.AssetExecutionContext,
-                      roi_timeseries: pd.DataFrame) -> pd.DataFrame:
+def rest_connectivity(
+    context: dg.AssetExecutionContext, roi_timeseries: pd.DataFrame
+) -> pd.DataFrame:
     tables, plots = [], {}
     for session in SESSIONS:
         signals = run_signals(roi_timeseries, session, "rest")
@@ -30,11 +31,13 @@ def rest_connectivity(context: dg.AssetExecutionContext,
         tables.append(rest_rows(signals).assign(session=session))
         ordered = canonical_order(signals)
         title = f"{context.partition_key} ses-{session} rest: Pearson r"
-        plots[f"matrix_{session}"] = dg.MetadataValue.md(markdown_image(
-            connectivity_matrix_png(ordered.corr(), title, vmax=1.0), title))
+        plots[f"matrix_{session}"] = dg.MetadataValue.md(
+            markdown_image(connectivity_matrix_png(ordered.corr(), title, vmax=1.0), title)
+        )
     if not tables:  # no rest run was acquired: no resting features, and nothing to fail on
-        context.log.warning(f"{context.partition_key}: no rest run in roi_timeseries, so no "
-                            "resting connectivity")
+        context.log.warning(
+            f"{context.partition_key}: no rest run in roi_timeseries, so no resting connectivity"
+        )
         tables.append(empty_rows({"session": str} | REST_DTYPES))
     result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
     context.add_output_metadata(plots)

@@ -54,8 +54,9 @@ def _positions_markdown(fingerprint: str, roi_set: RoiSet) -> str:
     return markdown_image(roi_positions_png(roi_set), f"ROI set {fingerprint}")
 
 
-def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
-                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _run_tables(
+    run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     image = read_nifti(run["bold_path"])
     if image.sha256 != run["sha256"]:
         raise StudyDataError(run["bold_path"], CHANGED_SINCE_SCANS)
@@ -78,7 +79,8 @@ def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
         raise StudyDataError(
             run["bold_path"],
             f"ROI {roi['roi']} coverage {roi['coverage']:.0%} is below the minimum "
-            f"{roi_set.min_coverage:.0%} ({roi['n_used']} of {roi['n_defined']} voxels usable)")
+            f"{roi_set.min_coverage:.0%} ({roi['n_used']} of {roi['n_defined']} voxels usable)",
+        )
     usable = coverage.loc[coverage["n_used"] > 0, "roi"].tolist()
     if not usable:
         raise StudyDataError(run["bold_path"], "no ROI has a usable voxel")
@@ -89,21 +91,38 @@ def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
         raise StudyDataError(
             run["confounds_path"],
             f"scrubbing leaves {len(kept)} of {run['n_volumes']} volumes; at least {needed} "
-            f"needed ({confounds.shape[1]} confounds + {cleaning.min_free_volumes})")
+            f"needed ({confounds.shape[1]} confounds + {cleaning.min_free_volumes})",
+        )
     cleaned = clean_roi_signals(extraction.signals[usable], confounds, kept, run["tr"])
 
     n_volumes = int(run["n_volumes"])
     reference = slice_time_ref(run["sidecar_path"], run["tr"], run["sidecar_sha256"])
     times = (np.arange(n_volumes) + reference) * run["tr"]
-    raw = extraction.signals[usable].rename_axis("volume").reset_index().melt(
-        id_vars="volume", var_name="roi", value_name="raw")
+    raw = (
+        extraction.signals[usable]
+        .rename_axis("volume")
+        .reset_index()
+        .melt(id_vars="volume", var_name="roi", value_name="raw")
+    )
     signal = cleaned.reset_index().melt(id_vars="volume", var_name="roi", value_name="signal")
     table = raw.merge(signal, on=["volume", "roi"], how="left")
     table["scrubbed"] = table["signal"].isna()
     table["time_s"] = times[table["volume"].to_numpy()]
     keys = {k: run[k] for k in ("participant_id", "session", "task", "run")}
-    table = table.assign(**keys)[["participant_id", "session", "task", "run", "roi", "volume",
-                                  "time_s", "raw", "signal", "scrubbed"]]
+    table = table.assign(**keys)[
+        [
+            "participant_id",
+            "session",
+            "task",
+            "run",
+            "roi",
+            "volume",
+            "time_s",
+            "raw",
+            "signal",
+            "scrubbed",
+        ]
+    ]
     coverage = coverage.assign(**keys, n_volumes_kept=len(kept), n_volumes=n_volumes)
     return table, coverage
 
@@ -111,28 +130,42 @@ def _run_tables(run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
 @dg.multi_asset(
     outs={
         "roi_timeseries": dg.AssetOut(
-            kinds={"pandas", "parquet"}, code_version="roi_timeseries-1",
-            description="Cleaned ROI signals: run × ROI × volume (percent signal change)."),
+            kinds={"pandas", "parquet"},
+            code_version="roi_timeseries-1",
+            description="Cleaned ROI signals: run × ROI × volume (percent signal change).",
+        ),
         "roi_coverage": dg.AssetOut(
-            kinds={"pandas", "parquet"}, code_version="roi_coverage-1",
-            description="Usable voxels per run × ROI (brain mask, finite, not flat)."),
+            kinds={"pandas", "parquet"},
+            code_version="roi_coverage-1",
+            description="Usable voxels per run × ROI (brain mask, finite, not flat).",
+        ),
     },
     ins={"scans": dg.AssetIn()},
     partitions_def=participants,
     group_name="roi_signals",
     check_specs=[
         dg.AssetCheckSpec(
-            "roi_coverage_check", asset="roi_coverage",
+            "roi_coverage_check",
+            asset="roi_coverage",
             description="Every ROI's coverage in every run is at least the ROI set's "
-                        "min_coverage (a warning when partial coverage is allowed)."),
+            "min_coverage (a warning when partial coverage is allowed).",
+        ),
         dg.AssetCheckSpec(
-            "roi_scrubbing_check", asset="roi_timeseries",
+            "roi_scrubbing_check",
+            asset="roi_timeseries",
             description="No run loses more than the quality resource's "
-                        "max_scrubbed_fraction of its volumes to scrubbing."),
+            "max_scrubbed_fraction of its volumes to scrubbing.",
+        ),
     ],
 )
-def roi_signals(context: dg.AssetExecutionContext, scans: pd.DataFrame, roi_set: RoiSet,
-                cleaning: ConfoundCleaning, warehouse: Warehouse, quality: QualityThresholds):
+def roi_signals(
+    context: dg.AssetExecutionContext,
+    scans: pd.DataFrame,
+    roi_set: RoiSet,
+    cleaning: ConfoundCleaning,
+    warehouse: Warehouse,
+    quality: QualityThresholds,
+):
     pid = validate_participant_label(context.partition_key)
     tables, coverages = [], []
     for i, (_, run) in enumerate(scans.iterrows(), 1):
@@ -140,52 +173,90 @@ def roi_signals(context: dg.AssetExecutionContext, scans: pd.DataFrame, roi_set:
         tables.append(table)
         coverages.append(coverage)
         kept = int(coverage["n_volumes_kept"].iloc[0])
-        context.log.info(f"{pid} [{i}/{len(scans)}] ses-{run['session']} task-{run['task']}: "
-                         f"{kept}/{run['n_volumes']} volumes kept, "
-                         f"min ROI coverage {coverage['coverage'].min():.0%}")
+        context.log.info(
+            f"{pid} [{i}/{len(scans)}] ses-{run['session']} task-{run['task']}: "
+            f"{kept}/{run['n_volumes']} volumes kept, "
+            f"min ROI coverage {coverage['coverage'].min():.0%}"
+        )
     timeseries = pd.concat(tables, ignore_index=True)
     coverage = pd.concat(coverages, ignore_index=True)
-    provenance = {"source_sha256": dict(zip(scans["bold_path"], scans["sha256"], strict=True)),
-                  "roi_set": roi_set.definition(), "cleaning": cleaning.strategy().describe()}
+    provenance = {
+        "source_sha256": dict(zip(scans["bold_path"], scans["sha256"], strict=True)),
+        "roi_set": roi_set.definition(),
+        "cleaning": cleaning.strategy().describe(),
+    }
     timeseries.attrs.update(provenance)
     coverage.attrs.update(provenance)
     definition = json.dumps(roi_set.definition(), sort_keys=True)
-    yield dg.Output(timeseries, "roi_timeseries", metadata={
-        "roi_positions": dg.MetadataValue.md(roi_positions_markdown(roi_set)),
-        "roi_set": dg.MetadataValue.json(roi_set.definition()),
-        "cleaning": dg.MetadataValue.json(cleaning.strategy().describe()),
-        "scrubbed_fraction": float(timeseries["scrubbed"].mean()),
-    })
-    yield dg.Output(coverage, "roi_coverage", metadata={
-        "roi_set_fingerprint": roi_set.fingerprint(),
-        "min_coverage": float(coverage["coverage"].min()),
-        "roi_set_definition": definition,
-    })
+    yield dg.Output(
+        timeseries,
+        "roi_timeseries",
+        metadata={
+            "roi_positions": dg.MetadataValue.md(roi_positions_markdown(roi_set)),
+            "roi_set": dg.MetadataValue.json(roi_set.definition()),
+            "cleaning": dg.MetadataValue.json(cleaning.strategy().describe()),
+            "scrubbed_fraction": float(timeseries["scrubbed"].mean()),
+        },
+    )
+    yield dg.Output(
+        coverage,
+        "roi_coverage",
+        metadata={
+            "roi_set_fingerprint": roi_set.fingerprint(),
+            "min_coverage": float(coverage["coverage"].min()),
+            "roi_set_definition": definition,
+        },
+    )
     low = coverage[coverage["coverage"] < roi_set.min_coverage]
-    summary = (f"{len(low)} run × ROI below {roi_set.min_coverage:.0%} coverage: "
-               + ", ".join(f"ses-{r.session} task-{r.task} {r.roi} {r.coverage:.0%}"
-                           for r in low.itertuples()) if len(low)
-               else f"every ROI covered ≥ {roi_set.min_coverage:.0%} in every run")
+    summary = (
+        f"{len(low)} run × ROI below {roi_set.min_coverage:.0%} coverage: "
+        + ", ".join(
+            f"ses-{r.session} task-{r.task} {r.roi} {r.coverage:.0%}" for r in low.itertuples()
+        )
+        if len(low)
+        else f"every ROI covered ≥ {roi_set.min_coverage:.0%} in every run"
+    )
     yield check_result(
-        context, warehouse.root, "roi_coverage", "roi_coverage_check", low.empty, summary,
-        partition=pid, metadata={
+        context,
+        warehouse.root,
+        "roi_coverage",
+        "roi_coverage_check",
+        low.empty,
+        summary,
+        partition=pid,
+        metadata={
             "min_coverage": float(coverage["coverage"].min()),
             "threshold": roi_set.min_coverage,
-            "low": dg.MetadataValue.md(markdown_table(low[["session", "task", "roi",
-                                                           "coverage"]]) if len(low) else "none"),
-        })
-    scrubbed = (coverage.groupby(["session", "task", "run"], as_index=False)
-                .first()[["session", "task", "run", "n_volumes_kept", "n_volumes"]])
+            "low": dg.MetadataValue.md(
+                markdown_table(low[["session", "task", "roi", "coverage"]]) if len(low) else "none"
+            ),
+        },
+    )
+    scrubbed = coverage.groupby(["session", "task", "run"], as_index=False).first()[
+        ["session", "task", "run", "n_volumes_kept", "n_volumes"]
+    ]
     scrubbed["scrubbed_fraction"] = 1 - scrubbed["n_volumes_kept"] / scrubbed["n_volumes"]
     heavy = scrubbed[scrubbed["scrubbed_fraction"] > quality.max_scrubbed_fraction]
     rule = f"more than {quality.max_scrubbed_fraction:.0%} of volumes scrubbed"
-    summary = (f"{len(heavy)} of {len(scrubbed)} runs with {rule}: "
-               + ", ".join(f"ses-{r.session} task-{r.task} {r.scrubbed_fraction:.0%}"
-                           for r in heavy.itertuples()) if len(heavy) else f"no run with {rule}")
+    summary = (
+        f"{len(heavy)} of {len(scrubbed)} runs with {rule}: "
+        + ", ".join(
+            f"ses-{r.session} task-{r.task} {r.scrubbed_fraction:.0%}" for r in heavy.itertuples()
+        )
+        if len(heavy)
+        else f"no run with {rule}"
+    )
     yield check_result(
-        context, warehouse.root, "roi_timeseries", "roi_scrubbing_check", heavy.empty, summary,
-        partition=pid, metadata={
+        context,
+        warehouse.root,
+        "roi_timeseries",
+        "roi_scrubbing_check",
+        heavy.empty,
+        summary,
+        partition=pid,
+        metadata={
             "max_scrubbed_fraction": float(scrubbed["scrubbed_fraction"].max()),
             "threshold": quality.max_scrubbed_fraction,
             "flagged": dg.MetadataValue.md(markdown_table(heavy) if len(heavy) else "none"),
-        })
+        },
+    )

@@ -23,33 +23,52 @@ from kp_science.study.validate import (
 from kp_science.study.vocabulary import SESSIONS
 
 CHECKS = [
-    dg.AssetCheckSpec("scans_motion_check", asset="scans",
-                      description="Every run's mean framewise displacement is at most the "
-                                  "quality resource's max_mean_fd_mm."),
-    dg.AssetCheckSpec("scans_tsnr_check", asset="scans",
-                      description="Every run's mean voxel tSNR is at least the quality "
-                                  "resource's min_tsnr."),
+    dg.AssetCheckSpec(
+        "scans_motion_check",
+        asset="scans",
+        description="Every run's mean framewise displacement is at most the "
+        "quality resource's max_mean_fd_mm.",
+    ),
+    dg.AssetCheckSpec(
+        "scans_tsnr_check",
+        asset="scans",
+        description="Every run's mean voxel tSNR is at least the quality resource's min_tsnr.",
+    ),
 ]
 
 
-def _run_checks(context: dg.AssetExecutionContext, df: pd.DataFrame, root: str,
-                quality: QualityThresholds):
+def _run_checks(
+    context: dg.AssetExecutionContext, df: pd.DataFrame, root: str, quality: QualityThresholds
+):
     pid = context.partition_key
     labels = "ses-" + df["session"] + " task-" + df["task"]
     limits = {
-        "scans_motion_check": (df["mean_fd"] > quality.max_mean_fd_mm, "mean_fd",
-                               f"mean FD > {quality.max_mean_fd_mm} mm"),
-        "scans_tsnr_check": (df["tsnr"] < quality.min_tsnr, "tsnr",
-                             f"tSNR < {quality.min_tsnr}"),
+        "scans_motion_check": (
+            df["mean_fd"] > quality.max_mean_fd_mm,
+            "mean_fd",
+            f"mean FD > {quality.max_mean_fd_mm} mm",
+        ),
+        "scans_tsnr_check": (df["tsnr"] < quality.min_tsnr, "tsnr", f"tSNR < {quality.min_tsnr}"),
     }
     for name, (bad, column, rule) in limits.items():
         flagged = df.loc[bad, ["session", "task", "run", column]]
-        summary = (f"{len(flagged)} of {len(df)} runs with {rule}: "
-                   + ", ".join(labels[bad]) if len(flagged) else f"no run with {rule}")
+        summary = (
+            f"{len(flagged)} of {len(df)} runs with {rule}: " + ", ".join(labels[bad])
+            if len(flagged)
+            else f"no run with {rule}"
+        )
         yield check_result(
-            context, root, "scans", name, flagged.empty, summary, partition=pid,
-            metadata={"flagged": dg.MetadataValue.md(markdown_table(flagged) if len(flagged)
-                                                     else "none")})
+            context,
+            root,
+            "scans",
+            name,
+            flagged.empty,
+            summary,
+            partition=pid,
+            metadata={
+                "flagged": dg.MetadataValue.md(markdown_table(flagged) if len(flagged) else "none")
+            },
+        )
 
 
 @dg.asset(
@@ -65,8 +84,14 @@ def _run_checks(context: dg.AssetExecutionContext, df: pd.DataFrame, root: str,
         "sessions other than pre/post are left out with a warning."
     ),
 )
-def scans(context: dg.AssetExecutionContext, study: StudyFolder, warehouse: Warehouse,
-          quality: QualityThresholds, cleaning: ConfoundCleaning, dcm_models: DCMModels):
+def scans(
+    context: dg.AssetExecutionContext,
+    study: StudyFolder,
+    warehouse: Warehouse,
+    quality: QualityThresholds,
+    cleaning: ConfoundCleaning,
+    dcm_models: DCMModels,
+):
     # The key reaches file paths below, so it is validated before anything else.
     pid = validate_participant_label(context.partition_key)
     # taken before any file is read: a change while reading makes the inventory out of date
@@ -82,13 +107,16 @@ def scans(context: dg.AssetExecutionContext, study: StudyFolder, warehouse: Ware
         context.log.warning(
             f"{pid}: {skipped[0].bold_path.parent.parent}: {session_label_problem(label)}; its "
             f"{len(skipped)} run(s) are left out of the inventory (rename the folder and its "
-            "files to include them)")
+            "files to include them)"
+        )
     if not runs:
         label, skipped = next(iter(left_out.items()))
-        raise StudyDataError(skipped[0].bold_path.parent.parent,
-                             f"no runs in the sessions the analysis uses "
-                             f"({', '.join('ses-' + s for s in SESSIONS)}): "
-                             f"{session_label_problem(label)}")
+        raise StudyDataError(
+            skipped[0].bold_path.parent.parent,
+            f"no runs in the sessions the analysis uses "
+            f"({', '.join('ses-' + s for s in SESSIONS)}): "
+            f"{session_label_problem(label)}",
+        )
     check_one_run_per_task(runs)
     strategy, needs = cleaning.strategy(), event_requirements(dcm_models)
 
@@ -118,11 +146,14 @@ def scans(context: dg.AssetExecutionContext, study: StudyFolder, warehouse: Ware
     df["n_events"] = df["n_events"].astype("Int64")  # missing for rest, not a float NaN
     df.attrs["source_sha256"] = {p: s for info in infos for p, s in info.sha256.items()}
     df.attrs[SOURCE_FINGERPRINT_ATTR] = fingerprint
-    yield dg.Output(df, metadata={
-        "sessions": ", ".join(df["session"].unique()),  # runs come pre first
-        "n_runs": len(df),
-        "max_mean_fd_mm": float(df["mean_fd"].max()),
-        "min_tsnr": float(df["tsnr"].min()),
-        "left_out_sessions": ", ".join(f"ses-{s}" for s in left_out) or "none",
-    })
+    yield dg.Output(
+        df,
+        metadata={
+            "sessions": ", ".join(df["session"].unique()),  # runs come pre first
+            "n_runs": len(df),
+            "max_mean_fd_mm": float(df["mean_fd"].max()),
+            "min_tsnr": float(df["tsnr"].min()),
+            "left_out_sessions": ", ".join(f"ses-{s}" for s in left_out) or "none",
+        },
+    )
     yield from _run_checks(context, df, warehouse.root, quality)

@@ -70,8 +70,9 @@ def missing_files(root: str | Path, pid: str) -> list[str]:
         for task in EXPECTED_TASKS:
             run = found.get(task)
             if run is None:
-                missing.append(f"{session}/func/{pid}_{session}_task-{task}_*_desc-preproc_bold"
-                               ".nii.gz")
+                missing.append(
+                    f"{session}/func/{pid}_{session}_task-{task}_*_desc-preproc_bold.nii.gz"
+                )
                 continue
             entities = run.bold_path.name.split("_space-")[0]
             files = [run.bold_path, run.sidecar_path, run.mask_path, run.confounds_path]
@@ -98,8 +99,10 @@ def _parse_cursor(context: dg.SensorEvaluationContext) -> tuple[dict[str, str], 
         return {}, {}
     if isinstance(state.get("seen"), dict):
         pending = state.get("pending") if isinstance(state.get("pending"), dict) else {}
-        return ({str(k): str(v) for k, v in state["seen"].items()},
-                {str(k): str(v) for k, v in pending.items()})
+        return (
+            {str(k): str(v) for k, v in state["seen"].items()},
+            {str(k): str(v) for k, v in pending.items()},
+        )
     return {str(k): str(v) for k, v in state.items()}, {}
 
 
@@ -130,7 +133,8 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
         # Dagster keeps the last cursor and evaluates again at the next tick
         context.log.error(
             f"cannot list the study folder {study.root}: {e}. This tick fails and is retried "
-            "at the next one with the same cursor.")
+            "at the next one with the same cursor."
+        )
         raise
 
     next_seen: dict[str, str] = {}
@@ -152,8 +156,10 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
             missing = [] if seen.get(pid) == fingerprint else missing_files(study.root, pid)
         except (OSError, ValueError) as e:
             # this participant alone cannot be read now: keep what we knew, retry next tick
-            context.log.warning(f"cannot read participant folder {pid} this tick ({e}); "
-                                "it is retried at the next tick")
+            context.log.warning(
+                f"cannot read participant folder {pid} this tick ({e}); "
+                "it is retried at the next tick"
+            )
             if pid in seen:
                 next_seen[pid] = seen[pid]
             if pid in pending:
@@ -178,7 +184,8 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
         context.log.info(f"waiting for incomplete participant folder(s): {'; '.join(waiting)}")
     if settling:
         context.log.info(
-            f"complete, requested at the next tick if unchanged: {', '.join(settling)}")
+            f"complete, requested at the next tick if unchanged: {', '.join(settling)}"
+        )
     gone = sorted(set(seen) - set(pids) - set(skipped))
     if gone:
         # Their partitions and tables stay: deleting data is a human decision.
@@ -199,8 +206,10 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     if run_requests:
         skip_reason = None
     elif settling or waiting:
-        skip_reason = (f"{len(settling)} participant(s) settling, {len(waiting)} incomplete; "
-                       "nothing to run yet")
+        skip_reason = (
+            f"{len(settling)} participant(s) settling, {len(waiting)} incomplete; "
+            "nothing to run yet"
+        )
     else:
         skip_reason = "no new or changed participants"
     return dg.SensorResult(

@@ -36,8 +36,11 @@ def event_requirements(dcm_models: DCMModels | None = None) -> dict[str, EventRe
     task = dcm_models.task
     if task in needs:
         base = needs[task]
-        needs[task] = replace(base, required=tuple(dict.fromkeys(base.required + trial_types)),
-                              needed_by=f"{base.needed_by} and {who}")
+        needs[task] = replace(
+            base,
+            required=tuple(dict.fromkeys(base.required + trial_types)),
+            needed_by=f"{base.needed_by} and {who}",
+        )
     else:
         needs[task] = EventRequirements(required=trial_types, needed_by=who)
     return needs
@@ -45,8 +48,11 @@ def event_requirements(dcm_models: DCMModels | None = None) -> dict[str, EventRe
 
 def run_signals(roi_timeseries: pd.DataFrame, session: str, task: str) -> pd.DataFrame:
     """Cleaned signals of one run (kept volumes × ROIs) from the long table."""
-    rows = roi_timeseries[(roi_timeseries["session"] == session)
-                          & (roi_timeseries["task"] == task) & ~roi_timeseries["scrubbed"]]
+    rows = roi_timeseries[
+        (roi_timeseries["session"] == session)
+        & (roi_timeseries["task"] == task)
+        & ~roi_timeseries["scrubbed"]
+    ]
     return rows.pivot(index="volume", columns="roi", values="signal")
 
 
@@ -62,34 +68,49 @@ class RunModelInputs:
     slice_time_ref: float
 
 
-def run_model_inputs(scan: pd.Series, roi_timeseries: pd.DataFrame,
-                     cleaning: ConfoundCleaning,
-                     requirements: Mapping[str, EventRequirements] | None = None
-                     ) -> RunModelInputs:
+def run_model_inputs(
+    scan: pd.Series,
+    roi_timeseries: pd.DataFrame,
+    cleaning: ConfoundCleaning,
+    requirements: Mapping[str, EventRequirements] | None = None,
+) -> RunModelInputs:
     """Load a task run's confounds and events, checking that the cleaning settings still
     give the volumes ``roi_timeseries`` kept and validating the events as ``scans`` did
     (``requirements``: see :func:`event_requirements`; default: the task contrasts')."""
-    rows = roi_timeseries[(roi_timeseries["session"] == scan["session"])
-                          & (roi_timeseries["task"] == scan["task"])
-                          & (roi_timeseries["run"] == scan["run"])]
+    rows = roi_timeseries[
+        (roi_timeseries["session"] == scan["session"])
+        & (roi_timeseries["task"] == scan["task"])
+        & (roi_timeseries["run"] == scan["run"])
+    ]
     confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
     if not np.array_equal(kept, np.sort(rows.loc[~rows["scrubbed"], "volume"].unique())):
-        raise StudyDataError(scan["confounds_path"], "kept volumes differ from "
-                             "roi_timeseries (cleaning settings changed: rematerialize it)")
+        raise StudyDataError(
+            scan["confounds_path"],
+            "kept volumes differ from roi_timeseries (cleaning settings changed: rematerialize it)",
+        )
     if pd.isna(scan["events_path"]):
-        raise StudyDataError(scan["bold_path"], f"task run '{scan['task']}' has no events file "
-                                                "in the scans inventory")
+        raise StudyDataError(
+            scan["bold_path"],
+            f"task run '{scan['task']}' has no events file in the scans inventory",
+        )
     needs = event_requirements() if requirements is None else requirements
-    events, sha = read_events(Path(scan["events_path"]), needs.get(scan["task"]),
-                              int(scan["n_volumes"]), float(scan["tr"]))
+    events, sha = read_events(
+        Path(scan["events_path"]),
+        needs.get(scan["task"]),
+        int(scan["n_volumes"]),
+        float(scan["tr"]),
+    )
     if sha != scan["events_sha256"]:
         raise StudyDataError(scan["events_path"], CHANGED_SINCE_SCANS)
-    return RunModelInputs(confounds, kept, events,
-                          float(rows["time_s"].min()) / float(scan["tr"]))
+    return RunModelInputs(confounds, kept, events, float(rows["time_s"].min()) / float(scan["tr"]))
 
 
-def task_runs(scans: pd.DataFrame, roi_timeseries: pd.DataFrame, cleaning: ConfoundCleaning,
-              tasks: tuple[str, ...] = EVENT_TASKS) -> list[tuple[str, TaskRun]]:
+def task_runs(
+    scans: pd.DataFrame,
+    roi_timeseries: pd.DataFrame,
+    cleaning: ConfoundCleaning,
+    tasks: tuple[str, ...] = EVENT_TASKS,
+) -> list[tuple[str, TaskRun]]:
     """(session, run ready for its models) of every task run of ``scans`` in ``tasks``: the
     cleaned signals of ``roi_timeseries`` with the design
     :func:`kp_science.run_measures.task_run` builds from the run's events and confounds."""
@@ -97,8 +118,19 @@ def task_runs(scans: pd.DataFrame, roi_timeseries: pd.DataFrame, cleaning: Confo
     for _, scan in scans[scans["task"].isin(tasks)].iterrows():
         session, task = scan["session"], scan["task"]
         shared = run_model_inputs(scan, roi_timeseries, cleaning)
-        runs.append((session, task_run(run_signals(roi_timeseries, session, task),
-                                       shared.events, task, shared.confounds, shared.kept,
-                                       int(scan["n_volumes"]), float(scan["tr"]),
-                                       shared.slice_time_ref)))
+        runs.append(
+            (
+                session,
+                task_run(
+                    run_signals(roi_timeseries, session, task),
+                    shared.events,
+                    task,
+                    shared.confounds,
+                    shared.kept,
+                    int(scan["n_volumes"]),
+                    float(scan["tr"]),
+                    shared.slice_time_ref,
+                ),
+            )
+        )
     return runs

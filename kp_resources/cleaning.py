@@ -24,5 +24,6 @@ class ConfoundCleaning(dg.ConfigurableResource):
 
     def strategy(self) -> CleaningStrategy:
         """The configured strategy as the science code's :class:`CleaningStrategy`."""
-        return CleaningStrategy(**{f.name: getattr(self, f.name)
-                                   for f in dataclasses.fields(CleaningStrategy)})
+        return CleaningStrategy(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(CleaningStrategy)}
+        )

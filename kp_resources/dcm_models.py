@@ -47,8 +47,10 @@ class DCMModel(dg.Config):
 FULL_MODEL = {
     "name": "full",
     "a": [[1, 1], [1, 1]],
-    "b": [[[0, 0], [0, 0]],  # faces modulate nothing
-          [[0, 1], [1, 0]]],  # emotional faces modulate amygdala->vmpfc and vmpfc->amygdala
+    "b": [
+        [[0, 0], [0, 0]],  # faces modulate nothing
+        [[0, 1], [1, 0]],
+    ],  # emotional faces modulate amygdala->vmpfc and vmpfc->amygdala
     "c": [[1, 0], [0, 0]],  # faces drive the amygdala
 }
 
@@ -97,8 +99,7 @@ class DCMModels(dg.ConfigurableResource):
         models = [_fields(x)["name"] for x in self.models]
         n, m = len(self.regions), len(inputs)
         if n == 0 or m == 0 or not models:
-            raise ValueError("DCMModels: at least one region, one input and one model are "
-                             "needed")
+            raise ValueError("DCMModels: at least one region, one input and one model are needed")
         for label, names in (("region", self.regions), ("input", inputs), ("model", models)):
             if len(set(names)) != len(names):
                 raise ValueError(f"DCMModels: {label} names must be unique, got {names}")
@@ -109,17 +110,20 @@ class DCMModels(dg.ConfigurableResource):
                 if arr.shape != shape:
                     raise ValueError(
                         f"DCMModels: model {name!r} mask {label} has shape {arr.shape}, "
-                        f"expected {shape} for regions {self.regions} and inputs {inputs}")
+                        f"expected {shape} for regions {self.regions} and inputs {inputs}"
+                    )
             out[name] = (a, np.moveaxis(b, 0, -1), c)
         return out
 
     def describe(self) -> dict:
         """The whole configuration as plain JSON-able data (for metadata)."""
         return {
-            "task": self.task, "regions": list(self.regions),
+            "task": self.task,
+            "regions": list(self.regions),
             "inputs": self.input_trial_types(),
             "models": self.model_masks(),
-            "max_iter": self.max_iter, "min_explained_variance": self.min_explained_variance,
+            "max_iter": self.max_iter,
+            "min_explained_variance": self.min_explained_variance,
             "workers": self.workers,
         }
 
@@ -157,7 +161,11 @@ class DCMGroupDesign(dg.ConfigurableResource):
     def config(self) -> GroupDCMConfig:
         """The design as the science code's :class:`GroupDCMConfig` (lists → tuples)."""
         return GroupDCMConfig(
-            model=self.model, analyses=tuple(self.analyses),
+            model=self.model,
+            analyses=tuple(self.analyses),
             parameters=tuple(self.parameters) if self.parameters is not None else None,
-            max_exhaustive=self.max_exhaustive, change=self.change,
-            components=self.components, hyperprior_variance=self.hyperprior_variance)
+            max_exhaustive=self.max_exhaustive,
+            change=self.change,
+            components=self.components,
+            hyperprior_variance=self.hyperprior_variance,
+        )

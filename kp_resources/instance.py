@@ -27,9 +27,19 @@ from kp_resources.locations import REPO_ROOT
 
 CONFIG_FILE = "dagster.yaml"
 # top-level keys whose value is a configurable class: {module, class, config}
-_CLASS_KEYS = ("local_artifact_storage", "compute_logs", "run_storage", "event_log_storage",
-               "schedule_storage", "scheduler", "run_coordinator", "run_launcher",
-               "defs_state_storage", "secrets", "instance_class")
+_CLASS_KEYS = (
+    "local_artifact_storage",
+    "compute_logs",
+    "run_storage",
+    "event_log_storage",
+    "schedule_storage",
+    "scheduler",
+    "run_coordinator",
+    "run_launcher",
+    "defs_state_storage",
+    "secrets",
+    "instance_class",
+)
 
 
 class InstanceConfigError(ValueError):
@@ -80,7 +90,8 @@ def _error_key(error: Any, prefix: str = "") -> str:
             parts.append(str(entry.map_key))
     data = error.error_data
     names = getattr(data, "field_names", None) or (
-        [data.field_name] if getattr(data, "field_name", None) else [])
+        [data.field_name] if getattr(data, "field_name", None) else []
+    )
     key = ".".join(parts)
     if names:
         key = ", ".join(f"{key}.{n}" if key else n for n in names)
@@ -118,12 +129,14 @@ def _check_class(path: Path, key: str, spec: Any) -> None:
     try:
         module = importlib.import_module(spec["module"])
     except ImportError as e:
-        raise InstanceConfigError(path, f"{key}.module",
-                                  f"cannot import module {spec['module']!r} ({e})") from e
+        raise InstanceConfigError(
+            path, f"{key}.module", f"cannot import module {spec['module']!r} ({e})"
+        ) from e
     klass = getattr(module, spec["class"], None)
     if klass is None:
-        raise InstanceConfigError(path, f"{key}.class",
-                                  f"module {spec['module']!r} has no class {spec['class']!r}")
+        raise InstanceConfigError(
+            path, f"{key}.class", f"module {spec['module']!r} has no class {spec['class']!r}"
+        )
     config_type = getattr(klass, "config_type", None)
     if callable(config_type):
         _check_schema(path, config_type(), spec.get("config") or {}, prefix=f"{key}.config")
@@ -139,8 +152,11 @@ def check_instance_config(home: str | os.PathLike[str] | None = None) -> dict[st
     path = home / CONFIG_FILE
     if not path.is_file():
         raise InstanceConfigError(
-            path, "(file)", "not found: DAGSTER_HOME must be a folder holding a dagster.yaml "
-            "(the repository's, or a link to dagster.postgres.yaml)")
+            path,
+            "(file)",
+            "not found: DAGSTER_HOME must be a folder holding a dagster.yaml "
+            "(the repository's, or a link to dagster.postgres.yaml)",
+        )
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.MarkedYAMLError as e:
@@ -174,8 +190,9 @@ def check_instance_config(home: str | os.PathLike[str] | None = None) -> dict[st
         try:
             importlib.import_module("dagster_postgres")
         except ImportError as e:
-            raise InstanceConfigError(path, "storage.postgres",
-                                      "needs the dagster-postgres package (make install)") from e
+            raise InstanceConfigError(
+                path, "storage.postgres", "needs the dagster-postgres package (make install)"
+            ) from e
     return config
 
 
@@ -193,10 +210,12 @@ def load_instance(home: str | os.PathLike[str] | None = None):
     except Exception as e:
         message = f"{type(e).__name__}: {e}"
         raise InstanceConfigError(path, _key_named_in(config, message, "storage"), message) from e
-    for key, attribute in (("run_coordinator", "run_coordinator"),
-                           ("run_launcher", "run_launcher"),
-                           ("compute_logs", "compute_log_manager"),
-                           ("local_artifact_storage", "_local_artifact_storage")):
+    for key, attribute in (
+        ("run_coordinator", "run_coordinator"),
+        ("run_launcher", "run_launcher"),
+        ("compute_logs", "compute_log_manager"),
+        ("local_artifact_storage", "_local_artifact_storage"),
+    ):
         try:
             getattr(instance, attribute)
         except Exception as e:
@@ -212,8 +231,10 @@ def describe(home: str | os.PathLike[str] | None = None) -> str:
     storage = next(iter(config.get("storage") or {"sqlite": None}))
     limit = ((config.get("concurrency") or {}).get("runs") or {}).get("max_concurrent_runs")
     coordinator = (config.get("run_coordinator") or {}).get("class", "default run coordinator")
-    return (f"{home / CONFIG_FILE}: ok ({storage} storage, {coordinator}, "
-            f"max_concurrent_runs {limit if limit is not None else 'default'})")
+    return (
+        f"{home / CONFIG_FILE}: ok ({storage} storage, {coordinator}, "
+        f"max_concurrent_runs {limit if limit is not None else 'default'})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

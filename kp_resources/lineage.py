@@ -39,19 +39,32 @@ from kp_science.study.layout import BIDS_LABEL, participant_fingerprint
 CURRENT = "current"
 #: Statuses in the order they are tested; the first that applies is reported.
 STATUSES = (
-    "withdrawn",      # the folder is no longer in the study (or discovery skipped it)
-    "processing",     # a run of this participant is in progress
-    "failed",         # the latest run of this participant failed
+    "withdrawn",  # the folder is no longer in the study (or discovery skipped it)
+    "processing",  # a run of this participant is in progress
+    "failed",  # the latest run of this participant failed
     "not_processed",  # no scans inventory yet
-    "changed",        # files changed since scans read them: a rerun is pending
-    "incomplete",     # a participant table lacks its partition (a step failed or never ran)
-    "stale",          # a table was computed from an earlier version of its input
+    "changed",  # files changed since scans read them: a rerun is pending
+    "incomplete",  # a participant table lacks its partition (a step failed or never ran)
+    "stale",  # a table was computed from an earlier version of its input
     CURRENT,
 )
-STATUS_COLUMNS = ["participant_id", "status", "reason", "scans_run_id", "processed_at",
-                  "checked_at"]
-TABLE_STATUS_COLUMNS = ["table", "partitioned", "files", "current", "reason", "run_ids",
-                        "written_at"]
+STATUS_COLUMNS = [
+    "participant_id",
+    "status",
+    "reason",
+    "scans_run_id",
+    "processed_at",
+    "checked_at",
+]
+TABLE_STATUS_COLUMNS = [
+    "table",
+    "partitioned",
+    "files",
+    "current",
+    "reason",
+    "run_ids",
+    "written_at",
+]
 
 
 @dataclass(frozen=True)
@@ -86,8 +99,10 @@ def read_footers(root: str | os.PathLike[str], tables: Sequence[str]) -> Footers
         except OSError:
             entries = []
         candidates = [("", folder / name)] + [
-            (e.name[len(prefix):], Path(e.path) / name)
-            for e in entries if e.name.startswith(prefix) and e.is_dir()]
+            (e.name[len(prefix) :], Path(e.path) / name)
+            for e in entries
+            if e.name.startswith(prefix) and e.is_dir()
+        ]
         for partition, path in candidates:
             try:
                 files[partition] = WarehouseFile(table, partition, path, read_parquet_kv(path))
@@ -150,26 +165,40 @@ def participant_status(
     scans = footers.get(participant_tables[0], {})
     present = set(participants)
     # skipped folders with a participant's name are listed too: someone has to fix them
-    everyone = sorted(present | {p for files in footers.values() for p in files if p}
-                      | {name for name in skipped if BIDS_LABEL.fullmatch(name)})
+    everyone = sorted(
+        present
+        | {p for files in footers.values() for p in files if p}
+        | {name for name in skipped if BIDS_LABEL.fullmatch(name)}
+    )
     checked_at = datetime.now(UTC)
     rows = []
     for pid in everyone:
-        status, reason = _status(study_root, pid, present, skipped, runs, participant_tables,
-                                 footers)
+        status, reason = _status(
+            study_root, pid, present, skipped, runs, participant_tables, footers
+        )
         scan = scans.get(pid)
-        rows.append({
-            "participant_id": pid, "status": status, "reason": reason,
-            "scans_run_id": scan.kv.get("kp.run_id", "") if scan else "",
-            "processed_at": scan.kv.get("kp.written_at", "") if scan else "",
-            "checked_at": checked_at,
-        })
+        rows.append(
+            {
+                "participant_id": pid,
+                "status": status,
+                "reason": reason,
+                "scans_run_id": scan.kv.get("kp.run_id", "") if scan else "",
+                "processed_at": scan.kv.get("kp.written_at", "") if scan else "",
+                "checked_at": checked_at,
+            }
+        )
     return pd.DataFrame(rows, columns=STATUS_COLUMNS)
 
 
-def _status(study_root: str | os.PathLike[str], pid: str, present: set[str],
-            skipped: Mapping[str, str], runs: Mapping[str, tuple[str, str]],
-            tables: Sequence[str], footers: Footers) -> tuple[str, str]:
+def _status(
+    study_root: str | os.PathLike[str],
+    pid: str,
+    present: set[str],
+    skipped: Mapping[str, str],
+    runs: Mapping[str, tuple[str, str]],
+    tables: Sequence[str],
+    footers: Footers,
+) -> tuple[str, str]:
     folder = Path(study_root) / pid
     if pid not in present:
         if pid in skipped:
@@ -180,8 +209,10 @@ def _status(study_root: str | os.PathLike[str], pid: str, present: set[str],
         return state, message
     scans = footers.get(tables[0], {}).get(pid)
     if scans is None:
-        return "not_processed", f"{folder}: no {tables[0]} inventory yet (not run, or its " \
-                                "first run failed)"
+        return (
+            "not_processed",
+            f"{folder}: no {tables[0]} inventory yet (not run, or its first run failed)",
+        )
     recorded = scans.kv.get("kp.source_fingerprint")
     try:
         now = participant_fingerprint(study_root, pid)
@@ -189,17 +220,22 @@ def _status(study_root: str | os.PathLike[str], pid: str, present: set[str],
         return "changed", f"{folder}: cannot be read now ({e})"
     if recorded != now:
         when = scans.kv.get("kp.written_at", "?")
-        return "changed", (f"{folder}: files changed since {tables[0]} read them ({when}); "
-                           "a rerun of this participant is pending")
+        return "changed", (
+            f"{folder}: files changed since {tables[0]} read them ({when}); "
+            "a rerun of this participant is pending"
+        )
     missing = [t for t in tables if pid not in footers.get(t, {})]
     if missing:
-        return "incomplete", (f"no {', '.join(missing)} for {pid}: a step failed or has not "
-                              "run since")
+        return "incomplete", (
+            f"no {', '.join(missing)} for {pid}: a step failed or has not run since"
+        )
     for table in tables:
         stale = stale_inputs(footers[table][pid], footers)
         if stale:
-            return "stale", (f"{table} of {pid} was computed from an earlier "
-                             f"{', '.join(stale)}: its rerun failed or has not run")
+            return "stale", (
+                f"{table} of {pid} was computed from an earlier "
+                f"{', '.join(stale)}: its rerun failed or has not run"
+            )
     return CURRENT, ""
 
 
@@ -219,16 +255,25 @@ def table_status(root: str | os.PathLike[str], tables: Sequence[str]) -> pd.Data
             reason = ""
         elif partitioned:
             inputs = sorted({t for s in stale.values() for t in s})
-            reason = (f"{len(stale)} of {len(files)} partitions computed from an earlier "
-                      f"{', '.join(inputs)} (see participant_status)")
+            reason = (
+                f"{len(stale)} of {len(files)} partitions computed from an earlier "
+                f"{', '.join(inputs)} (see participant_status)"
+            )
         else:
-            reason = (f"computed from an earlier {', '.join(stale[''])}: a refresh is pending "
-                      "or failed")
-        rows.append({
-            "table": table, "partitioned": partitioned, "files": len(files),
-            "current": not stale, "reason": reason,
-            "run_ids": ", ".join(sorted({f.kv.get("kp.run_id", "") for f in files.values()}))
-            if not partitioned else f"{len({f.kv.get('kp.run_id') for f in files.values()})} runs",
-            "written_at": max(f.kv.get("kp.written_at", "") for f in files.values()),
-        })
+            reason = (
+                f"computed from an earlier {', '.join(stale[''])}: a refresh is pending or failed"
+            )
+        rows.append(
+            {
+                "table": table,
+                "partitioned": partitioned,
+                "files": len(files),
+                "current": not stale,
+                "reason": reason,
+                "run_ids": ", ".join(sorted({f.kv.get("kp.run_id", "") for f in files.values()}))
+                if not partitioned
+                else f"{len({f.kv.get('kp.run_id') for f in files.values()})} runs",
+                "written_at": max(f.kv.get("kp.written_at", "") for f in files.values()),
+            }
+        )
     return pd.DataFrame(rows, columns=TABLE_STATUS_COLUMNS)

@@ -165,8 +165,9 @@ def write_parquet_atomic(
         raise TypeError(f"footer metadata keys and values must be str, got {bad}")
     table = _frame_to_table(df)
     metadata = dict(table.schema.metadata or {})
-    metadata.update({k.encode(): v.encode()
-                     for k, v in ({WRITE_ID_KEY: uuid.uuid4().hex} | kv).items()})
+    metadata.update(
+        {k.encode(): v.encode() for k, v in ({WRITE_ID_KEY: uuid.uuid4().hex} | kv).items()}
+    )
     table = table.replace_schema_metadata(metadata)
 
     path.parent.mkdir(parents=True, exist_ok=True)

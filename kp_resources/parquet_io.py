@@ -149,8 +149,11 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
         partition = context.asset_partition_key if context.has_asset_partitions else ""
         source_sha256 = df.attrs.get(SOURCE_SHA256_ATTR, {}) or {}
         reads = self._reads.get((context.run_id, _step_key(context)), {})
-        inherited = {f"kp.{name}": json.dumps(df.attrs[name], sort_keys=True)
-                     for name in PROVENANCE_ATTRS if name in df.attrs}
+        inherited = {
+            f"kp.{name}": json.dumps(df.attrs[name], sort_keys=True)
+            for name in PROVENANCE_ATTRS
+            if name in df.attrs
+        }
         fingerprint = df.attrs.get(SOURCE_FINGERPRINT_ATTR)
         if fingerprint:
             inherited["kp.source_fingerprint"] = str(fingerprint)
@@ -165,8 +168,9 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
             ),
             "kp.package_versions": json.dumps(package_versions(), sort_keys=True),
             "kp.written_at": datetime.now(UTC).isoformat(),
-            INPUTS_KEY: json.dumps({table: inputs_digest(ids) for table, ids in reads.items()},
-                                   sort_keys=True),
+            INPUTS_KEY: json.dumps(
+                {table: inputs_digest(ids) for table, ids in reads.items()}, sort_keys=True
+            ),
         }
 
     def dump_to_path(self, context: dg.OutputContext, obj: pd.DataFrame, path: UPath) -> None:
@@ -181,8 +185,11 @@ class HiveParquetUPathIOManager(dg.UPathIOManager):
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         # Read the file alone (not the folder) so no hive column is added on the way in.
         table = pq.read_table(os.fspath(path))
-        kv = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()
-              if k.startswith(b"kp.")}
+        kv = {
+            k.decode(): v.decode()
+            for k, v in (table.schema.metadata or {}).items()
+            if k.startswith(b"kp.")
+        }
         self._record_read(context, file_write_id(os.fspath(path), kv))
         df = table.to_pandas()
         # pyarrow restores df.attrs; drop the upstream's source hashes so a downstream file

@@ -47,14 +47,19 @@ class PredictionVariant(dg.Config):
 
     def variant(self) -> ModelVariant:
         """This model as the science code's :class:`ModelVariant` (lists → tuples)."""
-        return ModelVariant(**{
-            f.name: tuple(value) if isinstance(value := getattr(self, f.name), list) else value
-            for f in dataclasses.fields(ModelVariant)})
+        return ModelVariant(
+            **{
+                f.name: tuple(value) if isinstance(value := getattr(self, f.name), list) else value
+                for f in dataclasses.fields(ModelVariant)
+            }
+        )
 
 
 def _variant_dict(variant: ModelVariant) -> dict:
-    return {f.name: list(value) if isinstance(value := getattr(variant, f.name), tuple)
-            else value for f in dataclasses.fields(ModelVariant)}
+    return {
+        f.name: list(value) if isinstance(value := getattr(variant, f.name), tuple) else value
+        for f in dataclasses.fields(ModelVariant)
+    }
 
 
 # Plain dicts, as Dagster's config schema needs for defaults (see DCMModels).
@@ -96,7 +101,8 @@ class PredictionModels(dg.ConfigurableResource):
         Raises ValueError if two variants share a name."""
         out = tuple(
             (PredictionVariant.model_validate(item) if isinstance(item, dict) else item).variant()
-            for item in self.variants)
+            for item in self.variants
+        )
         names = [v.name for v in out]
         if len(set(names)) != len(names):
             raise ValueError(f"prediction variants need unique names, got {names}")
@@ -105,9 +111,14 @@ class PredictionModels(dg.ConfigurableResource):
     def settings(self) -> EnetSettings:
         """The analysis settings as :class:`EnetSettings`."""
         return EnetSettings(
-            l1_ratios=tuple(self.l1_ratios), n_alphas=self.n_alphas, eps=self.eps,
-            n_permutations=self.n_permutations, n_bootstraps=self.n_bootstraps,
-            nested=self.nested, seed=self.seed, min_participants=self.min_participants,
+            l1_ratios=tuple(self.l1_ratios),
+            n_alphas=self.n_alphas,
+            eps=self.eps,
+            n_permutations=self.n_permutations,
+            n_bootstraps=self.n_bootstraps,
+            nested=self.nested,
+            seed=self.seed,
+            min_participants=self.min_participants,
             n_jobs=self.workers,
         )
 
@@ -115,8 +126,12 @@ class PredictionModels(dg.ConfigurableResource):
         """JSON-friendly description for metadata and provenance."""
         return {
             "variants": [_variant_dict(v) for v in self.model_variants()],
-            "min_participants": self.min_participants, "l1_ratios": list(self.l1_ratios),
-            "n_alphas": self.n_alphas, "eps": self.eps, "nested": self.nested,
-            "n_permutations": self.n_permutations, "n_bootstraps": self.n_bootstraps,
+            "min_participants": self.min_participants,
+            "l1_ratios": list(self.l1_ratios),
+            "n_alphas": self.n_alphas,
+            "eps": self.eps,
+            "nested": self.nested,
+            "n_permutations": self.n_permutations,
+            "n_bootstraps": self.n_bootstraps,
             "seed": self.seed,
         }

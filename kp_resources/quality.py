@@ -39,31 +39,57 @@ class QualityThresholds(dg.ConfigurableResource):
     min_tsnr: float = 20.0
 
 
-def record_check(root: str | os.PathLike[str], asset: str, check_name: str,
-                 partition: str | None, passed: bool, summary: str, run_id: str,
-                 severity: str = "WARN") -> Path:
+def record_check(
+    root: str | os.PathLike[str],
+    asset: str,
+    check_name: str,
+    partition: str | None,
+    passed: bool,
+    summary: str,
+    run_id: str,
+    severity: str = "WARN",
+) -> Path:
     """Write one check evaluation to ``<root>/checks/`` (see the module docstring)."""
-    row = pd.DataFrame([{
-        "asset": asset, "check_name": check_name, "partition": partition or "",
-        "passed": bool(passed), "severity": severity, "summary": summary, "run_id": run_id,
-        "evaluated_at": datetime.now(UTC),
-    }])
+    row = pd.DataFrame(
+        [
+            {
+                "asset": asset,
+                "check_name": check_name,
+                "partition": partition or "",
+                "passed": bool(passed),
+                "severity": severity,
+                "summary": summary,
+                "run_id": run_id,
+                "evaluated_at": datetime.now(UTC),
+            }
+        ]
+    )
     name = f"{asset}.{check_name}.{partition or 'all'}.parquet"
     return write_parquet_atomic(row, Path(root) / CHECKS_TABLE / name, {"kp.asset": asset})
 
 
-def check_result(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
-                 warehouse_root: str, asset: str, check_name: str, passed: bool,
-                 summary: str, metadata: dict | None = None,
-                 partition: str | None = None) -> dg.AssetCheckResult:
+def check_result(
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+    warehouse_root: str,
+    asset: str,
+    check_name: str,
+    passed: bool,
+    summary: str,
+    metadata: dict | None = None,
+    partition: str | None = None,
+) -> dg.AssetCheckResult:
     """The check's result for Dagster, recorded in the warehouse's ``checks`` table too."""
     run_id = context.run.run_id if context.run else ""
     record_check(warehouse_root, asset, check_name, partition, passed, summary, run_id)
     if not passed:
-        context.log.warning(f"check {check_name} on {asset}"
-                            f"{f' [{partition}]' if partition else ''} failed: {summary}")
+        context.log.warning(
+            f"check {check_name} on {asset}"
+            f"{f' [{partition}]' if partition else ''} failed: {summary}"
+        )
     return dg.AssetCheckResult(
-        check_name=check_name, asset_key=asset, passed=bool(passed),
+        check_name=check_name,
+        asset_key=asset,
+        passed=bool(passed),
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"summary": summary, **(metadata or {})},
     )

@@ -54,7 +54,8 @@ class RoiSet(dg.ConfigurableResource):
         if (self.atlas_path is None) != (self.lookup_path is None):
             raise ValueError(
                 "RoiSet: atlas_path and lookup_path must be set together "
-                f"(got atlas_path={self.atlas_path!r}, lookup_path={self.lookup_path!r})")
+                f"(got atlas_path={self.atlas_path!r}, lookup_path={self.lookup_path!r})"
+            )
         return self.atlas_path is not None
 
     def lookup(self) -> dict[int, str]:
@@ -73,14 +74,15 @@ class RoiSet(dg.ConfigurableResource):
         """The ROIs' voxels on an image grid (4×4 affine in mm, 3-D shape), in :attr:`names`
         order. Spheres raise ValueError on overlap unless ``allow_overlap``."""
         if not self.uses_atlas:
-            return sphere_voxels(affine, shape, ROI_CENTRES_MM, self.radius_mm,
-                                 self.allow_overlap)
+            return sphere_voxels(affine, shape, ROI_CENTRES_MM, self.radius_mm, self.allow_overlap)
         atlas_key = file_key(self.atlas_path)
         lookup = self.lookup()
         absent = sorted(set(lookup) - atlas_labels(*atlas_key))
         if absent:  # a typo in the lookup would otherwise look like a zero-coverage ROI
-            raise ValueError(f"{self.atlas_path}: ROI atlas has no voxel with label(s) "
-                             f"{', '.join(map(str, absent))} named in {self.lookup_path}")
+            raise ValueError(
+                f"{self.atlas_path}: ROI atlas has no voxel with label(s) "
+                f"{', '.join(map(str, absent))} named in {self.lookup_path}"
+            )
         return atlas_voxels(atlas_on_grid(read_atlas(*atlas_key), affine, shape), lookup)
 
     def definition(self) -> dict:
@@ -103,12 +105,17 @@ class RoiSet(dg.ConfigurableResource):
             labels.setdefault(name, []).append(index)
         return {
             "kind": "atlas",
-            "atlas": {"path": str(self.atlas_path), "sha256": file_sha256(
-                *file_key(self.atlas_path)), "shape": list(atlas.shape),
-                "affine": np.round(atlas.affine, 6).tolist()},
-            "lookup": {"path": str(self.lookup_path),
-                       "sha256": file_sha256(*file_key(self.lookup_path)),
-                       "labels": labels},
+            "atlas": {
+                "path": str(self.atlas_path),
+                "sha256": file_sha256(*file_key(self.atlas_path)),
+                "shape": list(atlas.shape),
+                "affine": np.round(atlas.affine, 6).tolist(),
+            },
+            "lookup": {
+                "path": str(self.lookup_path),
+                "sha256": file_sha256(*file_key(self.lookup_path)),
+                "labels": labels,
+            },
             "resampling": "nearest",
             **coverage,
         }
@@ -157,8 +164,10 @@ def read_lookup(path: str, size: int, mtime_ns: int) -> dict[int, str]:
         raise ValueError(f"{path}: ROI lookup table cannot be parsed ({e})") from e
     missing = {"index", "name"} - set(table.columns)
     if missing:
-        raise ValueError(f"{path}: ROI lookup table lacks column(s) {', '.join(sorted(missing))}"
-                         f" (has {', '.join(map(str, table.columns))})")
+        raise ValueError(
+            f"{path}: ROI lookup table lacks column(s) {', '.join(sorted(missing))}"
+            f" (has {', '.join(map(str, table.columns))})"
+        )
     if table.empty:
         raise ValueError(f"{path}: ROI lookup table has no rows")
     index = pd.to_numeric(table["index"], errors="coerce")
@@ -167,18 +176,23 @@ def read_lookup(path: str, size: int, mtime_ns: int) -> dict[int, str]:
         raise ValueError(f"{path}: ROI lookup index {bad!r} is not an integer label")
     index = index.astype(np.int64)
     if (index <= 0).any():
-        raise ValueError(f"{path}: ROI lookup index {int(index[index <= 0].iloc[0])} is not a "
-                         "positive label (0 is the background)")
+        raise ValueError(
+            f"{path}: ROI lookup index {int(index[index <= 0].iloc[0])} is not a "
+            "positive label (0 is the background)"
+        )
     duplicated = index[index.duplicated()]
     if len(duplicated):
         raise ValueError(f"{path}: ROI lookup index {int(duplicated.iloc[0])} appears twice")
     names = table["name"].str.strip()
     unknown = sorted(set(names) - set(ROI_NAMES))
     if unknown:
-        raise ValueError(f"{path}: unknown ROI name(s) {', '.join(map(repr, unknown))}; "
-                         f"names must be among {', '.join(ROI_NAMES)}")
-    pairs = sorted(zip(index.tolist(), names, strict=True),
-                   key=lambda p: (ROI_NAMES.index(p[1]), p[0]))
+        raise ValueError(
+            f"{path}: unknown ROI name(s) {', '.join(map(repr, unknown))}; "
+            f"names must be among {', '.join(ROI_NAMES)}"
+        )
+    pairs = sorted(
+        zip(index.tolist(), names, strict=True), key=lambda p: (ROI_NAMES.index(p[1]), p[0])
+    )
     return dict(pairs)
 
 
@@ -207,8 +221,9 @@ def atlas_labels(path: str, size: int, mtime_ns: int) -> frozenset[int]:
     return frozenset(int(v) for v in np.unique(read_atlas(path, size, mtime_ns).dataobj))
 
 
-def atlas_on_grid(atlas: nib.Nifti1Image, affine: np.ndarray,
-                  shape: tuple[int, int, int]) -> np.ndarray:
+def atlas_on_grid(
+    atlas: nib.Nifti1Image, affine: np.ndarray, shape: tuple[int, int, int]
+) -> np.ndarray:
     """Labels (x, y, z) of ``atlas`` on the grid (``affine``, ``shape``): the atlas itself when
     the grids match, otherwise nearest-neighbour resampling (labels must not be blended)."""
     shape = tuple(int(n) for n in shape[:3])
@@ -216,6 +231,12 @@ def atlas_on_grid(atlas: nib.Nifti1Image, affine: np.ndarray,
         return np.asarray(atlas.dataobj)
     from nilearn.image import resample_img
 
-    resampled = resample_img(atlas, target_affine=np.asarray(affine), target_shape=shape,
-                             interpolation="nearest", force_resample=True, copy_header=True)
+    resampled = resample_img(
+        atlas,
+        target_affine=np.asarray(affine),
+        target_shape=shape,
+        interpolation="nearest",
+        force_resample=True,
+        copy_header=True,
+    )
     return np.rint(np.asarray(resampled.dataobj)).astype(np.int32)

@@ -1,5 +1,5 @@
-"""Helpers for the configuration resources that wrap science dataclasses: defaults read from
-the dataclass, and lists of choices Dagster checks when the configuration loads.
+"""Resource fields defined by science dataclasses: defaults read from the dataclass, and lists
+of choices Dagster checks when the configuration loads.
 
 A resource field is declared as ``motion: ConfoundModel = science_default(CleaningStrategy,
 "motion")``, so the default lives only on the science side. A single choice is typed with the
@@ -42,5 +42,8 @@ def choice_enum(values: Iterable[str]) -> Any:
     holds plain strings."""
     values = tuple(values)
     name = f"Literal[{', '.join(repr(v) for v in values)}]"
-    return Annotated[enum.StrEnum(name, {v: v for v in values}), AfterValidator(str),
-                     PlainSerializer(str, return_type=str)]
+    return Annotated[
+        enum.StrEnum(name, {v: v for v in values}),
+        AfterValidator(str),
+        PlainSerializer(str, return_type=str),
+    ]

@@ -119,20 +119,27 @@ def view_statements(root: str | os.PathLike[str]) -> list[str]:
     partitioned = set(participant_tables(base))
 
     def source(t: str) -> str:
-        return (f"SELECT * FROM read_parquet({_table_glob(base, t)}, hive_partitioning = true, "
-                "union_by_name = true)")
+        return (
+            f"SELECT * FROM read_parquet({_table_glob(base, t)}, hive_partitioning = true, "
+            "union_by_name = true)"
+        )
 
-    statements = [f"CREATE OR REPLACE VIEW {_ident(t)} AS {source(t)}"
-                  for t in tables if t not in partitioned]
+    statements = [
+        f"CREATE OR REPLACE VIEW {_ident(t)} AS {source(t)}" for t in tables if t not in partitioned
+    ]
     if partitioned:
         statements.append(f"CREATE SCHEMA IF NOT EXISTS {ALL_ROWS}")
     for t in sorted(partitioned):
         statements.append(f"CREATE OR REPLACE VIEW {ALL_ROWS}.{_ident(t)} AS {source(t)}")
-        current = (f" WHERE {PARTITION_COLUMN} IN (SELECT participant_id FROM "
-                   f"{_ident(PARTICIPANT_STATUS)} WHERE status = {_sql_string(CURRENT)})"
-                   if PARTICIPANT_STATUS in tables else "")
-        statements.append(f"CREATE OR REPLACE VIEW {_ident(t)} AS SELECT * FROM "
-                          f"{ALL_ROWS}.{_ident(t)}{current}")
+        current = (
+            f" WHERE {PARTITION_COLUMN} IN (SELECT participant_id FROM "
+            f"{_ident(PARTICIPANT_STATUS)} WHERE status = {_sql_string(CURRENT)})"
+            if PARTICIPANT_STATUS in tables
+            else ""
+        )
+        statements.append(
+            f"CREATE OR REPLACE VIEW {_ident(t)} AS SELECT * FROM {ALL_ROWS}.{_ident(t)}{current}"
+        )
     # One branch per table so the "table" column comes from a validated name, not path parsing.
     branches = [
         f'SELECT file_name, {_sql_string(t)} AS "table", '
@@ -156,8 +163,9 @@ def warehouse_table_status(root: str | os.PathLike[str]) -> pd.DataFrame:
     return table_status(_root(root), [t for t in list_tables(root) if t not in _NO_LINEAGE])
 
 
-def connect(root: str | os.PathLike[str], database: str = ":memory:",
-            status: bool = False) -> duckdb.DuckDBPyConnection:
+def connect(
+    root: str | os.PathLike[str], database: str = ":memory:", status: bool = False
+) -> duckdb.DuckDBPyConnection:
     """Open DuckDB on ``database`` with one view per warehouse table and a ``provenance`` view.
 
     Table views read ``<root>/<table>/**/*.parquet`` with hive partitioning (so partitioned
@@ -191,14 +199,19 @@ def currency_notes(root: str | os.PathLike[str]) -> list[str]:
     current, and tables computed from inputs that have changed since."""
     notes = []
     if PARTICIPANT_STATUS in list_tables(root):
-        status = query(root, f"SELECT participant_id, status FROM {_ident(PARTICIPANT_STATUS)} "
-                             f"WHERE status <> {_sql_string(CURRENT)} ORDER BY participant_id")
+        status = query(
+            root,
+            f"SELECT participant_id, status FROM {_ident(PARTICIPANT_STATUS)} "
+            f"WHERE status <> {_sql_string(CURRENT)} ORDER BY participant_id",
+        )
         if len(status):
             shown = ", ".join(f"{p} ({s})" for p, s in status.head(5).itertuples(index=False))
             more = f" and {len(status) - 5} more" if len(status) > 5 else ""
-            notes.append(f"{len(status)} participant(s) not current, hidden from the "
-                         f"participant tables: {shown}{more} — SELECT * FROM "
-                         f"{PARTICIPANT_STATUS}; every row: {ALL_ROWS}.<table>")
+            notes.append(
+                f"{len(status)} participant(s) not current, hidden from the "
+                f"participant tables: {shown}{more} — SELECT * FROM "
+                f"{PARTICIPANT_STATUS}; every row: {ALL_ROWS}.<table>"
+            )
     stale = warehouse_table_status(root)
     for row in stale[~stale["current"] & ~stale["partitioned"]].itertuples(index=False):
         notes.append(f"{row.table} is out of date: {row.reason}")

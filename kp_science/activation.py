@@ -60,8 +60,9 @@ def task_conditions(events: pd.DataFrame, task: str) -> pd.DataFrame:
         labels = ["first" if i == 0 else short[i - 1] + s.upper() for i, s in enumerate(short)]
     else:
         labels = list(kind)
-    return pd.DataFrame({"onset": onset, "duration": duration,
-                         "trial_type": np.array(labels, dtype=object)})
+    return pd.DataFrame(
+        {"onset": onset, "duration": duration, "trial_type": np.array(labels, dtype=object)}
+    )
 
 
 def _condition_labels(events: pd.DataFrame, task: str) -> list[str]:
@@ -86,13 +87,16 @@ def contrast_event_rules() -> dict[str, dict]:
                 "required": tuple(k for k, s in CONGRUENCY.items() if s in letters),
                 "allowed": tuple(CONGRUENCY),
                 "needed_by": f"the conflict contrasts {names} (conditions: previous trial's "
-                             "congruency c/i, then the trial's own C/I)",
+                "congruency c/i, then the trial's own C/I)",
                 "conditions": partial(_condition_labels, task=task),
                 "required_conditions": tuple(conditions),
             }
         else:
-            rules[task] = {"required": tuple(conditions), "allowed": None,
-                           "needed_by": f"the {task} contrast(s) {names}"}
+            rules[task] = {
+                "required": tuple(conditions),
+                "allowed": None,
+                "needed_by": f"the {task} contrast(s) {names}",
+            }
     return rules
 
 
@@ -108,12 +112,14 @@ def high_res_times(times: np.ndarray) -> np.ndarray:
     first, last = times.min(), times.max()
     n_high = (n - 1) * 1.0 / (last - first)
     n_high *= (last * (1 + 1.0 / (n - 1)) - first - MIN_ONSET) * OVERSAMPLING
-    return np.linspace(first + MIN_ONSET, last * (1 + 1.0 / (n - 1)),
-                       np.rint(n_high + 1).astype(int))
+    return np.linspace(
+        first + MIN_ONSET, last * (1 + 1.0 / (n - 1)), np.rint(n_high + 1).astype(int)
+    )
 
 
-def event_boxcar(grid: np.ndarray, onsets: np.ndarray, durations: np.ndarray,
-                 amplitudes: np.ndarray) -> np.ndarray:
+def event_boxcar(
+    grid: np.ndarray, onsets: np.ndarray, durations: np.ndarray, amplitudes: np.ndarray
+) -> np.ndarray:
     """Sum of the events' boxcars (amplitude units) on ``grid`` (s), nilearn's sampling:
     each event from the first grid point ≥ onset to the first ≥ offset, at least one point."""
     last = grid.size - 1
@@ -155,8 +161,11 @@ def glover_regressors(events: pd.DataFrame, times: np.ndarray) -> tuple[list, np
     kinds = kinds.to_numpy(object)[valid]
     onsets = events["onset"].to_numpy(float)[valid]
     durations = events["duration"].to_numpy(float)[valid]
-    amplitudes = (events["modulation"].to_numpy(float)[valid] if "modulation" in events
-                  else np.ones(len(onsets)))
+    amplitudes = (
+        events["modulation"].to_numpy(float)[valid]
+        if "modulation" in events
+        else np.ones(len(onsets))
+    )
     names = sorted(set(kinds))
     grid = high_res_times(times)
     boxcars = np.zeros((grid.size, len(names)))
@@ -169,7 +178,10 @@ def glover_regressors(events: pd.DataFrame, times: np.ndarray) -> tuple[list, np
 
 
 def task_design(
-    events: pd.DataFrame, n_volumes: int, tr: float, slice_time_ref: float = 0.0,
+    events: pd.DataFrame,
+    n_volumes: int,
+    tr: float,
+    slice_time_ref: float = 0.0,
     hrf_model: str = "glover",
 ) -> pd.DataFrame:
     """HRF-convolved task regressors (n_volumes × conditions), no drift, no constant.
@@ -180,14 +192,14 @@ def task_design(
     times = frame_times(n_volumes, tr, slice_time_ref)
     if hrf_model == "glover" and n_volumes > 1:
         names, regressors = glover_regressors(events, times)
-        singular = np.linalg.svd(np.column_stack([regressors, np.ones(n_volumes)]),
-                                 compute_uv=False)
+        singular = np.linalg.svd(
+            np.column_stack([regressors, np.ones(n_volumes)]), compute_uv=False
+        )
         if names and singular.max() < MAX_CONDITION * singular.min():
             return pd.DataFrame(regressors, columns=names, index=times)
     from nilearn.glm.first_level import make_first_level_design_matrix
 
-    design = make_first_level_design_matrix(times, events, hrf_model=hrf_model,
-                                            drift_model=None)
+    design = make_first_level_design_matrix(times, events, hrf_model=hrf_model, drift_model=None)
     return design.drop(columns="constant")
 
 
@@ -197,8 +209,9 @@ def clean_design(
     """Apply to the regressors the confound cleaning the ROI signals had, keep the kept
     volumes, add a constant. ``tr`` (s) is unused (no filtering) and kept for symmetry."""
     kept = _as_indices(kept, len(design))
-    cleaned = regress_out(design.to_numpy(float), confound_basis(confounds.to_numpy(float),
-                                                                 kept), kept)
+    cleaned = regress_out(
+        design.to_numpy(float), confound_basis(confounds.to_numpy(float), kept), kept
+    )
     out = pd.DataFrame(cleaned, index=pd.Index(kept, name="volume"), columns=design.columns)
     out["constant"] = 1.0
     return out
@@ -232,14 +245,26 @@ def contrast_matrix(
     return names, vectors
 
 
-def contrast_table(targets: Sequence | np.ndarray, names: Sequence[str], effect: np.ndarray,
-                   se: np.ndarray, t: np.ndarray, target_column: str = "roi") -> pd.DataFrame:
+def contrast_table(
+    targets: Sequence | np.ndarray,
+    names: Sequence[str],
+    effect: np.ndarray,
+    se: np.ndarray,
+    t: np.ndarray,
+    target_column: str = "roi",
+) -> pd.DataFrame:
     """Rows contrast-major (each contrast, then each target) from (targets × contrasts)."""
     k, q = len(targets), len(names)
-    return pd.DataFrame({  # fresh arrays: no copy needed
-        target_column: np.tile(np.asarray(targets, dtype=object), q),
-        "contrast": np.repeat(np.asarray(names, dtype=object), k),
-        "beta": effect.T.ravel(), "se": se.T.ravel(), "t": t.T.ravel()}, copy=False)
+    return pd.DataFrame(
+        {  # fresh arrays: no copy needed
+            target_column: np.tile(np.asarray(targets, dtype=object), q),
+            "contrast": np.repeat(np.asarray(names, dtype=object), k),
+            "beta": effect.T.ravel(),
+            "se": se.T.ravel(),
+            "t": t.T.ravel(),
+        },
+        copy=False,
+    )
 
 
 def fit_roi_glm(
@@ -261,5 +286,6 @@ def fit_roi_glm(
     fit = fit_ar1_glm(signals.to_numpy(float), design.to_numpy(float), noise_model)
     names, vectors = contrast_matrix(design.columns.tolist(), contrasts)
     result = t_contrasts(fit, vectors)
-    return contrast_table(signals.columns.to_numpy(object), names, result.effect, result.se,
-                          result.t)
+    return contrast_table(
+        signals.columns.to_numpy(object), names, result.effect, result.se, result.t
+    )

@@ -18,8 +18,11 @@ CONFOUND_MODELS: tuple[str, ...] = get_args(ConfoundModel)
 MOTION_PARAMETERS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 # fMRIPrep's expansions of a confound that each load_confounds model adds to the base column
 EXPANSIONS: dict[str, tuple[str, ...]] = {
-    "basic": (), "derivatives": ("derivative1",), "power2": ("power2",),
-    "full": ("derivative1", "power2", "derivative1_power2")}
+    "basic": (),
+    "derivatives": ("derivative1",),
+    "power2": ("power2",),
+    "full": ("derivative1", "power2", "derivative1_power2"),
+}
 # load_confounds takes every column whose name contains these (high-pass DCT regressors,
 # and fMRIPrep's non-steady-state volume indicators, which it always reads)
 HIGH_PASS_PATTERN = "cosine"
@@ -53,8 +56,10 @@ class CleaningStrategy:
         for setting in ("motion", "wm_csf"):
             value = getattr(self, setting)
             if value not in CONFOUND_MODELS:
-                raise ValueError(f"CleaningStrategy: {setting} must be one of "
-                                 f"{', '.join(CONFOUND_MODELS)}, got {value!r}")
+                raise ValueError(
+                    f"CleaningStrategy: {setting} must be one of "
+                    f"{', '.join(CONFOUND_MODELS)}, got {value!r}"
+                )
 
     def nilearn_arguments(self) -> dict:
         """Keyword arguments for ``nilearn.interfaces.fmriprep.load_confounds``."""
@@ -76,8 +81,10 @@ class CleaningStrategy:
         ``load_confounds`` reads by name for this strategy (the ``cosine*`` columns of
         ``high_pass`` are found by name pattern instead, see :data:`HIGH_PASS_PATTERN`)."""
         columns = {}
-        for setting, model, bases in (("motion", self.motion, MOTION_PARAMETERS),
-                                      ("wm_csf", self.wm_csf, ("white_matter", "csf"))):
+        for setting, model, bases in (
+            ("motion", self.motion, MOTION_PARAMETERS),
+            ("wm_csf", self.wm_csf, ("white_matter", "csf")),
+        ):
             for base in bases:
                 for suffix in ("", *EXPANSIONS[model]):
                     columns[f"{base}_{suffix}" if suffix else base] = f"{setting}={model!r}"

@@ -20,8 +20,9 @@ DPI = 80  # keeps a figure around 20–60 KB, below the metadata budget
 MAX_PNG_BYTES = 100_000  # Dagster stores metadata in its run database: keep it small
 
 
-def figure_png(figure: Figure, max_bytes: int = MAX_PNG_BYTES, dpi: int = DPI,
-               tight: bool = False) -> bytes:
+def figure_png(
+    figure: Figure, max_bytes: int = MAX_PNG_BYTES, dpi: int = DPI, tight: bool = False
+) -> bytes:
     """PNG bytes of a figure (Agg canvas) at ``dpi``, halving the resolution while the file
     is above ``max_bytes``; ``tight`` crops it to what is drawn (``bbox_inches="tight"``)."""
     if not isinstance(figure.canvas, FigureCanvasAgg):
@@ -30,8 +31,13 @@ def figure_png(figure: Figure, max_bytes: int = MAX_PNG_BYTES, dpi: int = DPI,
     while True:
         buffer.seek(0)
         buffer.truncate()
-        figure.savefig(buffer, format="png", dpi=dpi, facecolor=figure.get_facecolor(),
-                       bbox_inches="tight" if tight else None)
+        figure.savefig(
+            buffer,
+            format="png",
+            dpi=dpi,
+            facecolor=figure.get_facecolor(),
+            bbox_inches="tight" if tight else None,
+        )
         if buffer.tell() <= max_bytes or dpi <= 20:
             return buffer.getvalue()
         dpi //= 2

@@ -102,8 +102,9 @@ def whiten_ar1(values: np.ndarray, rho: np.ndarray) -> np.ndarray:
     return out
 
 
-def refit_pinv(design: np.ndarray, white_y: np.ndarray, rho: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def refit_pinv(
+    design: np.ndarray, white_y: np.ndarray, rho: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whitened refit by the pseudo-inverse of each target's whitened design (any rank).
 
     ``design`` (..., n, p), ``white_y`` (..., k, n), ``rho`` (..., k) → beta (..., k, p),
@@ -116,8 +117,9 @@ def refit_pinv(design: np.ndarray, white_y: np.ndarray, rho: np.ndarray
     return beta, white_pinv @ swap(white_pinv), residuals
 
 
-def refit_svd_basis(u: np.ndarray, s: np.ndarray, vt: np.ndarray, white_y: np.ndarray,
-                    rho: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def refit_svd_basis(
+    u: np.ndarray, s: np.ndarray, vt: np.ndarray, white_y: np.ndarray, rho: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The same refit for a well-conditioned design given its SVD ``X = U·diag(s)·Vᵀ``.
 
     Whitening is linear, so ``W = L·X = (L·U)·diag(s)·Vᵀ`` with ``A = L·U`` as well
@@ -175,5 +177,6 @@ def t_contrasts(fit: GlmFit, contrasts: np.ndarray) -> TContrasts:
     effect = fit.beta @ contrasts.T
     variance = np.einsum("qi,...ij,qj->...q", contrasts, fit.cov, contrasts)
     variance = variance * fit.dispersion[..., None]
-    return TContrasts(effect=effect, se=np.sqrt(variance),
-                      t=effect / np.sqrt(np.maximum(variance, TINY_VARIANCE)))
+    return TContrasts(
+        effect=effect, se=np.sqrt(variance), t=effect / np.sqrt(np.maximum(variance, TINY_VARIANCE))
+    )

@@ -80,8 +80,9 @@ def convolve_sample(micro: np.ndarray, hrf: np.ndarray, samples: np.ndarray) -> 
 
 
 @lru_cache(maxsize=16)
-def _forward_operator(n_volumes: int, tr: float, slice_time_ref: float
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _forward_operator(
+    n_volumes: int, tr: float, slice_time_ref: float
+) -> tuple[np.ndarray, np.ndarray]:
     """DCT basis at microtime and its HRF-convolved samples (n_volumes × n_volumes)."""
     basis = dct_basis(n_volumes * MICROTIME_BINS, n_volumes)
     forward = convolve_sample(basis, microtime_hrf(tr), sample_indices(n_volumes, slice_time_ref))
@@ -89,8 +90,9 @@ def _forward_operator(n_volumes: int, tr: float, slice_time_ref: float
 
 
 @lru_cache(maxsize=16)
-def _ridge_operator(n_volumes: int, tr: float, slice_time_ref: float, kept: tuple[int, ...]
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ridge_operator(
+    n_volumes: int, tr: float, slice_time_ref: float, kept: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """SVD (u, s, vt) of the forward operator restricted to the kept volumes."""
     _, forward = _forward_operator(n_volumes, tr, slice_time_ref)
     return np.linalg.svd(forward[list(kept)], full_matrices=False)
@@ -105,8 +107,9 @@ def deconvolve(
     once (result (n_volumes·16, seeds)); ``kept``: indices of those volumes.
     """
     basis, _ = _forward_operator(n_volumes, float(tr), float(slice_time_ref))
-    u, s, vt = _ridge_operator(n_volumes, float(tr), float(slice_time_ref),
-                               tuple(np.asarray(kept, int).tolist()))
+    u, s, vt = _ridge_operator(
+        n_volumes, float(tr), float(slice_time_ref), tuple(np.asarray(kept, int).tolist())
+    )
     y = np.asarray(bold, float)
     y = (y - y.mean(axis=0)).reshape(len(y), -1)  # (n_kept, seeds)
     uty = u.T @ y
@@ -123,8 +126,7 @@ def deconvolve(
     return neural if np.ndim(bold) > 1 else neural[:, 0]
 
 
-def boxcar_matrix(events: pd.DataFrame, n_volumes: int, tr: float
-                  ) -> tuple[list[str], np.ndarray]:
+def boxcar_matrix(events: pd.DataFrame, n_volumes: int, tr: float) -> tuple[list[str], np.ndarray]:
     """Condition names (sorted) and their 0/1 boxcars on the microtime grid
     (n_volumes·16 × conditions): 1 from the bin nearest the onset to the bin nearest the
     offset (at least one bin), overlapping events merged; untyped events are ignored."""
@@ -158,12 +160,15 @@ def seed_designs(task: np.ndarray, bold: np.ndarray, ppi: np.ndarray) -> np.ndar
     interaction terms, constant]. ``task`` (n_kept × tasks) without constant, ``bold``
     (n_kept × seeds), ``ppi`` (n_kept × seeds × conditions)."""
     n_kept, n_seeds = bold.shape
-    return np.concatenate([
-        np.broadcast_to(task, (n_seeds, *task.shape)),
-        bold.T[:, :, None],
-        np.moveaxis(ppi, 1, 0),
-        np.ones((n_seeds, n_kept, 1)),
-    ], axis=2)
+    return np.concatenate(
+        [
+            np.broadcast_to(task, (n_seeds, *task.shape)),
+            bold.T[:, :, None],
+            np.moveaxis(ppi, 1, 0),
+            np.ones((n_seeds, n_kept, 1)),
+        ],
+        axis=2,
+    )
 
 
 def fit_gppi(
@@ -192,8 +197,9 @@ def fit_gppi(
     conditions, boxcars = boxcar_matrix(events, n_volumes, tr)
     neural = deconvolve(bold, kept, n_volumes, tr, slice_time_ref)  # (n_micro, seeds)
     hrf = _microtime_hrf(float(tr), 32.0)
-    ppi = convolve_sample(boxcars[:, None, :] * neural[:, :, None], hrf,
-                          sample_indices(n_volumes, slice_time_ref))  # (n_volumes, seeds, cond)
+    ppi = convolve_sample(
+        boxcars[:, None, :] * neural[:, :, None], hrf, sample_indices(n_volumes, slice_time_ref)
+    )  # (n_volumes, seeds, cond)
     basis = confound_basis(confounds.to_numpy(float), kept)
     ppi = regress_out(ppi.reshape(n_volumes, -1), basis, kept).reshape(len(bold), len(rois), -1)
     regressor_names = list(task_regressors.columns)
@@ -203,13 +209,18 @@ def fit_gppi(
     task_columns = [regressor_names[i] for i in task_index]
     designs = seed_designs(task_regressors.to_numpy(float)[:, task_index], bold, ppi)
     # targets of seed i: every other ROI, in column order
-    others = np.array([[j for j in range(len(rois)) if j != i] for i in range(len(rois))],
-                      dtype=int).reshape(len(rois), -1)
+    others = np.array(
+        [[j for j in range(len(rois)) if j != i] for i in range(len(rois))], dtype=int
+    ).reshape(len(rois), -1)
     columns = [*task_columns, "seed", *(f"ppi:{c}" for c in conditions), "constant"]
     all_contrasts = {c: {c: 1.0} for c in conditions} | dict(contrasts)
-    names, vectors = contrast_matrix(columns, {
-        name: {f"ppi:{c}": w for c, w in weights.items()}
-        for name, weights in all_contrasts.items()})
+    names, vectors = contrast_matrix(
+        columns,
+        {
+            name: {f"ppi:{c}": w for c, w in weights.items()}
+            for name, weights in all_contrasts.items()
+        },
+    )
     if others.size == 0:  # a single ROI: no pairs
         empty = np.zeros((len(rois), 0, len(names)))
         return gppi_table(rois, names, others, TContrasts(empty, empty, empty))
@@ -217,8 +228,9 @@ def fit_gppi(
     return gppi_table(rois, names, others, t_contrasts(fit, vectors))
 
 
-def gppi_table(rois: list, names: list[str], others: np.ndarray, result: TContrasts
-               ) -> pd.DataFrame:
+def gppi_table(
+    rois: list, names: list[str], others: np.ndarray, result: TContrasts
+) -> pd.DataFrame:
     """Rows seed-major, then contrast, then target; ``result`` arrays are (seeds × targets ×
     contrasts) and ``others[i]`` holds the ROI indices of seed i's targets."""
     n_seeds, n_targets = others.shape
@@ -227,8 +239,13 @@ def gppi_table(rois: list, names: list[str], others: np.ndarray, result: TContra
     def flat(values: np.ndarray) -> np.ndarray:
         return np.swapaxes(values, 1, 2).ravel()
 
-    return pd.DataFrame({
-        "seed": np.repeat(rois_array, len(names) * n_targets),
-        "target": rois_array[np.repeat(others[:, None, :], len(names), axis=1)].ravel(),
-        "contrast": np.tile(np.repeat(np.asarray(names, dtype=object), n_targets), n_seeds),
-        "beta": flat(result.effect), "se": flat(result.se), "t": flat(result.t)})
+    return pd.DataFrame(
+        {
+            "seed": np.repeat(rois_array, len(names) * n_targets),
+            "target": rois_array[np.repeat(others[:, None, :], len(names), axis=1)].ravel(),
+            "contrast": np.tile(np.repeat(np.asarray(names, dtype=object), n_targets), n_seeds),
+            "beta": flat(result.effect),
+            "se": flat(result.se),
+            "t": flat(result.t),
+        }
+    )

@@ -14,7 +14,14 @@ def pair_correlations(signals: pd.DataFrame) -> pd.DataFrame:
     """
     r = np.corrcoef(signals.to_numpy(float), rowvar=False)
     names = list(signals.columns)
-    rows = [{"roi_a": names[i], "roi_b": names[j], "r": float(r[i, j]),
-             "z": float(np.arctanh(np.clip(r[i, j], -0.999999, 0.999999)))}
-            for i in range(len(names)) for j in range(i + 1, len(names))]
+    rows = [
+        {
+            "roi_a": names[i],
+            "roi_b": names[j],
+            "r": float(r[i, j]),
+            "z": float(np.arctanh(np.clip(r[i, j], -0.999999, 0.999999))),
+        }
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+    ]
     return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ and averaging, since both steps are linear, at a fraction of the cost.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,7 +55,7 @@ class RoiVoxels:
 def sphere_voxels(
     affine: np.ndarray,
     shape: tuple[int, int, int],
-    centres: Mapping[str, tuple[tuple[float, float, float], ...]],
+    centres: Mapping[str, Sequence[Sequence[float]]],
     radius_mm: float,
     allow_overlap: bool = False,
 ) -> list[RoiVoxels]:
@@ -66,19 +66,23 @@ def sphere_voxels(
     rois = []
     for name, region_centres in centres.items():
         ijk = np.unique(
-            np.concatenate([lattice_sphere(affine, np.asarray(c, float), radius_mm)
-                            for c in region_centres]), axis=0)
+            np.concatenate(
+                [lattice_sphere(affine, np.asarray(c, float), radius_mm) for c in region_centres]
+            ),
+            axis=0,
+        )
         inside = np.all((ijk >= 0) & (ijk < np.asarray(shape)), axis=1)
         flat = np.ravel_multi_index(tuple(ijk[inside].T), shape, order="F")
         rois.append(RoiVoxels(name, np.sort(flat), len(ijk)))
     if not allow_overlap:
         for i, a in enumerate(rois):
-            for b in rois[i + 1:]:
+            for b in rois[i + 1 :]:
                 shared = np.intersect1d(a.flat, b.flat).size
                 if shared:
                     raise ValueError(
                         f"ROI spheres {a.name!r} and {b.name!r} overlap by {shared} voxel(s) at "
-                        f"radius {radius_mm} mm: use a smaller radius or allow overlap")
+                        f"radius {radius_mm} mm: use a smaller radius or allow overlap"
+                    )
     return rois
 
 
@@ -131,17 +135,23 @@ def extract_roi_means(
         flat_signal[finite] = np.ptp(values[finite], axis=1) == 0
         use = finite & ~flat_signal
         means[roi.name] = values[use].mean(axis=0) if use.any() else np.full(n_volumes, np.nan)
-        rows.append({
-            "roi": roi.name, "n_defined": roi.n_defined, "n_in_brain": len(flat),
-            "n_nonfinite": int((~finite).sum()), "n_flat": int(flat_signal.sum()),
-            "n_used": int(use.sum()),
-            "coverage": use.sum() / roi.n_defined if roi.n_defined else 0.0,
-        })
+        rows.append(
+            {
+                "roi": roi.name,
+                "n_defined": roi.n_defined,
+                "n_in_brain": len(flat),
+                "n_nonfinite": int((~finite).sum()),
+                "n_flat": int(flat_signal.sum()),
+                "n_used": int(use.sum()),
+                "coverage": use.sum() / roi.n_defined if roi.n_defined else 0.0,
+            }
+        )
     return Extraction(pd.DataFrame(means), pd.DataFrame(rows))
 
 
-def load_run_confounds(bold_path: Path | str, strategy: CleaningStrategy
-                       ) -> tuple[pd.DataFrame, np.ndarray]:
+def load_run_confounds(
+    bold_path: Path | str, strategy: CleaningStrategy
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Confounds and the indices of kept volumes for a run, from nilearn's load_confounds
     (it finds ``*_desc-confounds_timeseries.tsv`` beside the fMRIPrep BOLD file).
 
@@ -187,8 +197,10 @@ def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:
     scale = centred.std(axis=0, ddof=1)
     scale[scale < np.finfo(np.float64).eps] = 1.0  # constant confounds: left centred (zero)
     # Q, R and the pivots (scipy infers a union over all of qr's modes)
-    basis, _, _ = cast("tuple[np.ndarray, np.ndarray, np.ndarray]",
-                       qr(centred / scale, mode="economic", pivoting=True))
+    basis, _, _ = cast(
+        "tuple[np.ndarray, np.ndarray, np.ndarray]",
+        qr(centred / scale, mode="economic", pivoting=True),
+    )
     return basis
 
 

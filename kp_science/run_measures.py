@@ -39,10 +39,21 @@ from kp_science.roi_signals import clean_roi_signals
 from kp_science.rois import ROI_NAMES
 
 # columns and types of each measure's rows (without the run's keys)
-ACTIVATION_DTYPES: dict[str, type] = {"roi": str, "contrast": str, "beta": float, "se": float,
-                                      "t": float}
-GPPI_DTYPES: dict[str, type] = {"seed": str, "target": str, "contrast": str, "beta": float,
-                                "se": float, "t": float}
+ACTIVATION_DTYPES: dict[str, type] = {
+    "roi": str,
+    "contrast": str,
+    "beta": float,
+    "se": float,
+    "t": float,
+}
+GPPI_DTYPES: dict[str, type] = {
+    "seed": str,
+    "target": str,
+    "contrast": str,
+    "beta": float,
+    "se": float,
+    "t": float,
+}
 REST_DTYPES: dict[str, type] = {"roi_a": str, "roi_b": str, "r": float, "z": float}
 
 
@@ -75,8 +86,16 @@ class TaskRun:
     slice_time_ref: float
 
 
-def task_run(signals: pd.DataFrame, events: pd.DataFrame, task: str, confounds: pd.DataFrame,
-             kept: np.ndarray, n_volumes: int, tr: float, slice_time_ref: float) -> TaskRun:
+def task_run(
+    signals: pd.DataFrame,
+    events: pd.DataFrame,
+    task: str,
+    confounds: pd.DataFrame,
+    kept: np.ndarray,
+    n_volumes: int,
+    tr: float,
+    slice_time_ref: float,
+) -> TaskRun:
     """A task run's conditions and cleaned design, with what its models need.
 
     ``signals``: cleaned ROI signals (kept volumes × ROIs); ``events``: onset (s), duration
@@ -85,10 +104,12 @@ def task_run(signals: pd.DataFrame, events: pd.DataFrame, task: str, confounds: 
     ``signals``; ``tr`` (s); ``slice_time_ref``: fraction of TR.
     """
     conditions = task_conditions(events, task)
-    design = clean_design(task_design(conditions, n_volumes, tr, slice_time_ref),
-                          confounds, kept, tr)
-    return TaskRun(task, signals, conditions, design, confounds, kept, n_volumes, tr,
-                   slice_time_ref)
+    design = clean_design(
+        task_design(conditions, n_volumes, tr, slice_time_ref), confounds, kept, tr
+    )
+    return TaskRun(
+        task, signals, conditions, design, confounds, kept, n_volumes, tr, slice_time_ref
+    )
 
 
 def activation_rows(run: TaskRun) -> pd.DataFrame:
@@ -100,8 +121,17 @@ def activation_rows(run: TaskRun) -> pd.DataFrame:
 def gppi_rows(run: TaskRun) -> pd.DataFrame:
     """gPPI of every ordered ROI pair: rows seed, target, contrast, beta, se, t, for every
     condition and the task's contrasts over the interaction terms (:func:`.gppi.fit_gppi`)."""
-    return fit_gppi(run.signals, run.design, run.conditions, run.confounds, run.kept,
-                    run.n_volumes, run.tr, run.slice_time_ref, CONTRASTS[run.task])
+    return fit_gppi(
+        run.signals,
+        run.design,
+        run.conditions,
+        run.confounds,
+        run.kept,
+        run.n_volumes,
+        run.tr,
+        run.slice_time_ref,
+        CONTRASTS[run.task],
+    )
 
 
 def canonical_order(signals: pd.DataFrame) -> pd.DataFrame:
@@ -128,9 +158,15 @@ class RunMeasures:
     rest: pd.DataFrame
 
 
-def run_measures(raw: pd.DataFrame, confounds: pd.DataFrame, kept: np.ndarray, tr: float,
-                 task: str, events: pd.DataFrame | None = None,
-                 slice_time_ref: float = 0.0) -> RunMeasures:
+def run_measures(
+    raw: pd.DataFrame,
+    confounds: pd.DataFrame,
+    kept: np.ndarray,
+    tr: float,
+    task: str,
+    events: pd.DataFrame | None = None,
+    slice_time_ref: float = 0.0,
+) -> RunMeasures:
     """The whole chain on one run, from its raw ROI means.
 
     ``raw``: ROI means (n_volumes × ROIs, image intensity); ``confounds`` (n_volumes ×
@@ -141,8 +177,9 @@ def run_measures(raw: pd.DataFrame, confounds: pd.DataFrame, kept: np.ndarray, t
     """
     signals = clean_roi_signals(raw, confounds, kept, tr)
     if events is None:
-        return RunMeasures(empty_rows(ACTIVATION_DTYPES), empty_rows(GPPI_DTYPES),
-                           rest_rows(signals))
+        return RunMeasures(
+            empty_rows(ACTIVATION_DTYPES), empty_rows(GPPI_DTYPES), rest_rows(signals)
+        )
     run = task_run(signals, events, task, confounds, kept, len(raw), tr, slice_time_ref)
     return RunMeasures(activation_rows(run), gppi_rows(run), empty_rows(REST_DTYPES))
 
@@ -169,6 +206,9 @@ def stack_measures(runs: Iterable[tuple[Mapping[str, object], RunMeasures]]) -> 
                 kind.append(with_keys(table, keys))
     stacked = []
     for kind, dtypes in zip(parts, (ACTIVATION_DTYPES, GPPI_DTYPES, REST_DTYPES), strict=True):
-        stacked.append(pd.concat(kind, ignore_index=True) if kind
-                       else empty_rows(dict.fromkeys(names, str) | dtypes))
+        stacked.append(
+            pd.concat(kind, ignore_index=True)
+            if kind
+            else empty_rows(dict.fromkeys(names, str) | dtypes)
+        )
     return RunMeasures(*stacked)

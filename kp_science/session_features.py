@@ -23,8 +23,9 @@ COLUMNS = ["participant_id", "session", "feature", "family", "value"]
 CHANGE_COLUMNS = ["participant_id", "feature", "pre", "post", "change"]
 
 
-def feature_table(activation: pd.DataFrame, connectivity: pd.DataFrame,
-                  rest: pd.DataFrame) -> pd.DataFrame:
+def feature_table(
+    activation: pd.DataFrame, connectivity: pd.DataFrame, rest: pd.DataFrame
+) -> pd.DataFrame:
     """The long session × feature table (:data:`COLUMNS`) from the three measure tables.
 
     ``activation``: participant_id, session, task, roi, contrast, beta (% signal change);
@@ -35,21 +36,38 @@ def feature_table(activation: pd.DataFrame, connectivity: pd.DataFrame,
     row order kept.
     """
     task_contrasts = {(task, name) for task, contrasts in CONTRASTS.items() for name in contrasts}
-    is_condition = [(t, c) not in task_contrasts
-                    for t, c in zip(connectivity["task"], connectivity["contrast"], strict=True)]
+    is_condition = [
+        (t, c) not in task_contrasts
+        for t, c in zip(connectivity["task"], connectivity["contrast"], strict=True)
+    ]
     # a Series, not a list: an empty list would select columns (none), not rows
     connectivity = connectivity[pd.Series(is_condition, index=connectivity.index, dtype=bool)]
     parts = [
         activation.assign(
-            feature=activation["task"] + ".activation." + activation["roi"] + "."
-            + activation["contrast"], family=activation["task"] + ".activation",
-            value=activation["beta"]),
+            feature=activation["task"]
+            + ".activation."
+            + activation["roi"]
+            + "."
+            + activation["contrast"],
+            family=activation["task"] + ".activation",
+            value=activation["beta"],
+        ),
         connectivity.assign(
-            feature=connectivity["task"] + ".gppi." + connectivity["seed"] + "->"
-            + connectivity["target"] + "." + connectivity["contrast"],
-            family=connectivity["task"] + ".gppi", value=connectivity["beta"]),
-        rest.assign(feature="rest.fc." + rest["roi_a"] + "~" + rest["roi_b"], family="rest.fc",
-                    value=rest["z"]),
+            feature=connectivity["task"]
+            + ".gppi."
+            + connectivity["seed"]
+            + "->"
+            + connectivity["target"]
+            + "."
+            + connectivity["contrast"],
+            family=connectivity["task"] + ".gppi",
+            value=connectivity["beta"],
+        ),
+        rest.assign(
+            feature="rest.fc." + rest["roi_a"] + "~" + rest["roi_b"],
+            family="rest.fc",
+            value=rest["z"],
+        ),
     ]
     return pd.concat([p[COLUMNS] for p in parts], ignore_index=True)
 
@@ -58,8 +76,9 @@ def change_table(features: pd.DataFrame) -> pd.DataFrame:
     """post − pre per participant × feature (:data:`CHANGE_COLUMNS`, sorted by participant
     and feature) from a :func:`feature_table`; features missing a session are left out, and
     without both sessions the table is empty."""
-    wide = features.pivot_table(index=["participant_id", "feature"], columns="session",
-                                values="value", aggfunc="first")
+    wide = features.pivot_table(
+        index=["participant_id", "feature"], columns="session", values="value", aggfunc="first"
+    )
     if not {"pre", "post"} <= set(wide.columns):
         return pd.DataFrame(columns=CHANGE_COLUMNS)
     wide = wide[["pre", "post"]].dropna().reset_index()

@@ -27,18 +27,33 @@ class DCMFinding:
 DCM_FINDINGS: tuple[DCMFinding, ...] = (
     # improvement (either drug) ~ decreased emotional modulation of amygdala→vmPFC:
     # the change's slope on improvement, averaged over arms, is negative
-    DCMFinding("dcm_amygdala_to_vmpfc", "longitudinal", "caps5_improvement",
-               "B[emotional][amygdala->vmpfc]", -1),
+    DCMFinding(
+        "dcm_amygdala_to_vmpfc",
+        "longitudinal",
+        "caps5_improvement",
+        "B[emotional][amygdala->vmpfc]",
+        -1,
+    ),
     # increased vmPFC→amygdala inhibition (more negative) in those who improved on
     # ketamine: the change's slope on improvement within the ketamine arm is negative (the
     # ketamine − midazolam difference of slopes, caps5_improvement:arm, is in the effects
     # table too, but two slopes over ~10 participants each rarely separate with Pp ≥ 0.9)
-    DCMFinding("dcm_vmpfc_to_amygdala_ketamine", "longitudinal",
-               "caps5_improvement[ketamine]", "A[vmpfc->amygdala]", -1),
+    DCMFinding(
+        "dcm_vmpfc_to_amygdala_ketamine",
+        "longitudinal",
+        "caps5_improvement[ketamine]",
+        "A[vmpfc->amygdala]",
+        -1,
+    ),
     # low baseline inhibition (a less negative pre value) predicts improvement on ketamine:
     # the pre value's slope on improvement within the ketamine arm is positive
-    DCMFinding("dcm_baseline_inhibition", "baseline", "caps5_improvement[ketamine]",
-               "A[vmpfc->amygdala]", +1),
+    DCMFinding(
+        "dcm_baseline_inhibition",
+        "baseline",
+        "caps5_improvement[ketamine]",
+        "A[vmpfc->amygdala]",
+        +1,
+    ),
 )
 
 
@@ -48,15 +63,29 @@ def dcm_findings(effects: pd.DataFrame) -> pd.DataFrame:
     ``note`` (the direction and Pp in words, or why it is missing)."""
     rows = []
     for f in DCM_FINDINGS:
-        hit = effects[(effects["analysis"] == f.analysis) & (effects["covariate"] == f.covariate)
-                      & (effects["parameter"] == f.parameter)]
+        hit = effects[
+            (effects["analysis"] == f.analysis)
+            & (effects["covariate"] == f.covariate)
+            & (effects["parameter"] == f.parameter)
+        ]
         if hit.empty:
-            rows.append({"finding": f.key, "estimate": np.nan, "pp": np.nan,
-                         "note": f"no {f.analysis} effect of {f.covariate} on {f.parameter}"})
+            rows.append(
+                {
+                    "finding": f.key,
+                    "estimate": np.nan,
+                    "pp": np.nan,
+                    "note": f"no {f.analysis} effect of {f.covariate} on {f.parameter}",
+                }
+            )
             continue
         estimate, pp = float(hit["mean"].iloc[0]), float(hit["Pp"].iloc[0])
         sign = "+" if estimate > 0 else "−" if estimate < 0 else "0"
-        rows.append({"finding": f.key, "estimate": estimate, "pp": pp,
-                     "note": f"{f.analysis}: {f.covariate} → {f.parameter}, {sign}, "
-                             f"Pp = {pp:.2f}"})
+        rows.append(
+            {
+                "finding": f.key,
+                "estimate": estimate,
+                "pp": pp,
+                "note": f"{f.analysis}: {f.covariate} → {f.parameter}, {sign}, Pp = {pp:.2f}",
+            }
+        )
     return pd.DataFrame(rows, columns=["finding", "estimate", "pp", "note"])

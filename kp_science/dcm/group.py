@@ -78,8 +78,19 @@ COVARIATES = ("mean", "caps5_improvement", "arm", "caps5_improvement:arm")
 # within-arm slopes on improvement as weights on (improvement, interaction) columns
 ARM_SLOPES = {f"caps5_improvement[{arm}]": code for arm, code in ARM_CODE.items()}
 SESSION_CODE = (-0.5, 0.5)  # pre, post: the within-participant session regressor
-EFFECT_COLUMNS = ["analysis", "covariate", "parameter", "mean", "sd", "Pp", "peb_mean",
-                  "peb_sd", "prob_positive", "n_participants", "free_energy"]
+EFFECT_COLUMNS = [
+    "analysis",
+    "covariate",
+    "parameter",
+    "mean",
+    "sd",
+    "Pp",
+    "peb_mean",
+    "peb_sd",
+    "prob_positive",
+    "n_participants",
+    "free_energy",
+]
 EXCLUDED_COLUMNS = ["analysis", "participant_id", "reason"]
 
 # the choices of GroupDCMConfig (the DCMGroupDesign resource types its fields with them)
@@ -127,15 +138,21 @@ class GroupDCMConfig:
     def __post_init__(self) -> None:
         unknown = [a for a in self.analyses if a not in get_args(Analysis)]
         if unknown:
-            raise ValueError(f"GroupDCMConfig: unknown analysis(es) {unknown}; analyses must "
-                             f"be among {', '.join(get_args(Analysis))}")
+            raise ValueError(
+                f"GroupDCMConfig: unknown analysis(es) {unknown}; analyses must "
+                f"be among {', '.join(get_args(Analysis))}"
+            )
         if self.change not in get_args(ChangeMethod):
-            raise ValueError(f"GroupDCMConfig: unknown change method {self.change!r}; change "
-                             f"must be one of {', '.join(get_args(ChangeMethod))}")
+            raise ValueError(
+                f"GroupDCMConfig: unknown change method {self.change!r}; change "
+                f"must be one of {', '.join(get_args(ChangeMethod))}"
+            )
         if isinstance(self.components, str) and self.components not in get_args(ComponentName):
-            raise ValueError(f"GroupDCMConfig: components must be one of "
-                             f"{', '.join(get_args(ComponentName))} or index groups, got "
-                             f"{self.components!r}")
+            raise ValueError(
+                f"GroupDCMConfig: components must be one of "
+                f"{', '.join(get_args(ComponentName))} or index groups, got "
+                f"{self.components!r}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,14 +188,15 @@ def clinical_covariates(clinical: pd.DataFrame) -> pd.DataFrame:
     if "caps5_improvement" in table.columns:
         improvement = pd.to_numeric(table["caps5_improvement"], errors="coerce")
     elif {"caps5_pre", "caps5_post"} <= set(table.columns):
-        improvement = (pd.to_numeric(table["caps5_pre"], errors="coerce")
-                       - pd.to_numeric(table["caps5_post"], errors="coerce"))
+        improvement = pd.to_numeric(table["caps5_pre"], errors="coerce") - pd.to_numeric(
+            table["caps5_post"], errors="coerce"
+        )
     else:
         raise ValueError("clinical table needs caps5_improvement (or caps5_pre and caps5_post)")
-    arm = table["arm"].map(lambda a: ARM_CODE.get(str(a).strip().lower(), np.nan)
-                           if pd.notna(a) else np.nan)
-    return pd.DataFrame({"caps5_improvement": improvement.astype(float),
-                         "arm": arm.astype(float)})
+    arm = table["arm"].map(
+        lambda a: ARM_CODE.get(str(a).strip().lower(), np.nan) if pd.notna(a) else np.nan
+    )
+    return pd.DataFrame({"caps5_improvement": improvement.astype(float), "arm": arm.astype(float)})
 
 
 def design_matrix(covariates: pd.DataFrame) -> np.ndarray:
@@ -190,24 +208,30 @@ def design_matrix(covariates: pd.DataFrame) -> np.ndarray:
     arm = covariates["arm"].to_numpy(float)
     improvement = improvement - improvement.mean()
     interaction = improvement * arm
-    X = np.column_stack([np.ones(len(arm)), improvement, arm - arm.mean(),
-                         interaction - interaction.mean()])
+    X = np.column_stack(
+        [np.ones(len(arm)), improvement, arm - arm.mean(), interaction - interaction.mean()]
+    )
     return X
 
 
 def _check_design(X: np.ndarray, analysis: str) -> None:
     n, k = X.shape
     if n < k:
-        raise ValueError(f"{analysis}: {n} participants are fewer than the {k} second-level "
-                         f"parameters (design columns {', '.join(COVARIATES)})")
+        raise ValueError(
+            f"{analysis}: {n} participants are fewer than the {k} second-level "
+            f"parameters (design columns {', '.join(COVARIATES)})"
+        )
     if np.linalg.matrix_rank(X) < k:
-        raise ValueError(f"{analysis}: the design [{', '.join(COVARIATES)}] is rank deficient "
-                         f"over its {n} participants (e.g. one arm only, or no spread in "
-                         f"improvement)")
+        raise ValueError(
+            f"{analysis}: the design [{', '.join(COVARIATES)}] is rank deficient "
+            f"over its {n} participants (e.g. one arm only, or no spread in "
+            f"improvement)"
+        )
 
 
-def _eligible(first: FirstLevel, covariates: pd.DataFrame, sessions: Sequence[str],
-              analysis: str) -> tuple[list[str], list[dict]]:
+def _eligible(
+    first: FirstLevel, covariates: pd.DataFrame, sessions: Sequence[str], analysis: str
+) -> tuple[list[str], list[dict]]:
     """Participants with converged fits of every session and complete covariates."""
     participants = sorted({pid for pid, _ in first.posteriors})
     keep, excluded = [], []
@@ -224,9 +248,9 @@ def _eligible(first: FirstLevel, covariates: pd.DataFrame, sessions: Sequence[st
         if reason is None:
             if pid not in covariates.index:
                 reason = "no clinical record"
-            elif np.isnan(covariates.at[pid, "arm"]):
+            elif covariates["arm"].isna()[pid]:
                 reason = "arm unknown"
-            elif np.isnan(covariates.at[pid, "caps5_improvement"]):
+            elif covariates["caps5_improvement"].isna()[pid]:
                 reason = "CAPS-5 improvement unknown"
         if reason:
             excluded.append({"analysis": analysis, "participant_id": pid, "reason": reason})
@@ -238,47 +262,68 @@ def _eligible(first: FirstLevel, covariates: pd.DataFrame, sessions: Sequence[st
 # --- analyses -------------------------------------------------------------------------------
 
 
-def baseline_analysis(first: FirstLevel, covariates: pd.DataFrame,
-                      config: GroupDCMConfig = GroupDCMConfig(),
-                      ) -> tuple[GroupAnalysis, list[dict]]:
+def baseline_analysis(
+    first: FirstLevel,
+    covariates: pd.DataFrame,
+    config: GroupDCMConfig = GroupDCMConfig(),
+) -> tuple[GroupAnalysis, list[dict]]:
     """PEB of the pre-treatment parameters on [mean, improvement, arm, improvement × arm]."""
     keep, excluded = _eligible(first, covariates, [config.pre], "baseline")
     X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(COVARIATES)))
     _check_design(X, "baseline")
     posts = [first.posteriors[(pid, config.pre)] for pid in keep]
-    peb = estimate_peb(np.array([q[0] for q in posts]), np.array([q[1] for q in posts]),
-                       first.pE, first.pC, X, F_first=np.array([q[2] for q in posts]),
-                       parameters=first.names, covariates=COVARIATES,
-                       components=config.components,
-                       hC=config.hyperprior_variance)
+    peb = estimate_peb(
+        np.array([q[0] for q in posts]),
+        np.array([q[1] for q in posts]),
+        first.pE,
+        first.pC,
+        X,
+        F_first=np.array([q[2] for q in posts]),
+        parameters=first.names,
+        covariates=COVARIATES,
+        components=config.components,
+        hC=config.hyperprior_variance,
+    )
     reduction = reduce_peb(peb, config.max_exhaustive)
     return GroupAnalysis("baseline", tuple(keep), peb, reduction), excluded
 
 
-def within_participant_change(first: FirstLevel, participant: str,
-                              config: GroupDCMConfig = GroupDCMConfig(),
-                              ) -> tuple[PEBResult, np.ndarray, np.ndarray]:
+def within_participant_change(
+    first: FirstLevel,
+    participant: str,
+    config: GroupDCMConfig = GroupDCMConfig(),
+) -> tuple[PEBResult, np.ndarray, np.ndarray]:
     """Within-participant PEB over pre and post: returns the PEB, the change's posterior
     mean (p,) and covariance (p, p) (the session column of its group effects)."""
     posts = [first.posteriors[(participant, s)] for s in (config.pre, config.post)]
     X = np.column_stack([np.ones(2), SESSION_CODE])
-    peb = estimate_peb(np.array([q[0] for q in posts]), np.array([q[1] for q in posts]),
-                       first.pE, first.pC, X, F_first=np.array([q[2] for q in posts]),
-                       parameters=first.names, covariates=("mean", "session"),
-                       components=config.components,
-                       hC=config.hyperprior_variance)
+    peb = estimate_peb(
+        np.array([q[0] for q in posts]),
+        np.array([q[1] for q in posts]),
+        first.pE,
+        first.pC,
+        X,
+        F_first=np.array([q[2] for q in posts]),
+        parameters=first.names,
+        covariates=("mean", "session"),
+        components=config.components,
+        hC=config.hyperprior_variance,
+    )
     p = first.pE.size
     return peb, peb.Ep[:, 1], peb.Cp[p:, p:]
 
 
-def longitudinal_analysis(first: FirstLevel, covariates: pd.DataFrame,
-                          config: GroupDCMConfig = GroupDCMConfig(),
-                          ) -> tuple[GroupAnalysis, list[dict]]:
+def longitudinal_analysis(
+    first: FirstLevel,
+    covariates: pd.DataFrame,
+    config: GroupDCMConfig = GroupDCMConfig(),
+) -> tuple[GroupAnalysis, list[dict]]:
     """PEB of each participant's change (post − pre) on [mean, improvement, arm,
     improvement × arm]; the change is formed as ``config.change`` says (module docstring)."""
     if config.change not in ("difference", "within_peb"):
-        raise ValueError(f"unknown change method {config.change!r}; choose 'difference' or "
-                         f"'within_peb'")
+        raise ValueError(
+            f"unknown change method {config.change!r}; choose 'difference' or 'within_peb'"
+        )
     keep, excluded = _eligible(first, covariates, [config.pre, config.post], "longitudinal")
     X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(COVARIATES)))
     _check_design(X, "longitudinal")
@@ -294,15 +339,24 @@ def longitudinal_analysis(first: FirstLevel, covariates: pd.DataFrame,
             F.append(peb.F)
         else:
             (pre, c_pre, f_pre, _), (post, c_post, f_post, _) = (
-                first.posteriors[(pid, s)] for s in (config.pre, config.post))
+                first.posteriors[(pid, s)] for s in (config.pre, config.post)
+            )
             mean, cov = post - pre, c_pre + c_post
             F.append(f_pre + f_post)
         means.append(mean)
         covs.append(cov)
-    peb = estimate_peb(np.array(means), np.array(covs), prior_mean, prior_cov, X,
-                       F_first=np.array(F), parameters=first.names, covariates=COVARIATES,
-                       components=config.components,
-                       hC=config.hyperprior_variance)
+    peb = estimate_peb(
+        np.array(means),
+        np.array(covs),
+        prior_mean,
+        prior_cov,
+        X,
+        F_first=np.array(F),
+        parameters=first.names,
+        covariates=COVARIATES,
+        components=config.components,
+        hC=config.hyperprior_variance,
+    )
     reduction = reduce_peb(peb, config.max_exhaustive)
     return GroupAnalysis("longitudinal", tuple(keep), peb, reduction, within), excluded
 
@@ -324,8 +378,11 @@ def contrast_posterior(peb: PEBResult, weights: np.ndarray) -> tuple[float, floa
     rC = pC - np.outer(gain, pc)
     rC = (rC + rC.T) / 2.0
     dF = free_energy_change(pE, pC, qE, peb.Cp, rE, rC)
-    return float(c @ qE), float(np.sqrt(max(c @ peb.Cp @ c, 0.0))), float(
-        1.0 / (1.0 + np.exp(np.clip(dF, -700.0, 700.0))))
+    return (
+        float(c @ qE),
+        float(np.sqrt(max(c @ peb.Cp @ c, 0.0))),
+        float(1.0 / (1.0 + np.exp(np.clip(dF, -700.0, 700.0)))),
+    )
 
 
 def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
@@ -345,33 +402,53 @@ def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
     rows = []
     for j in range(k):
         for i in range(p):
-            rows.append({
-                "analysis": analysis.name, "covariate": peb.covariates[j],
-                "parameter": peb.parameters[i], "mean": red.Ep[i, j], "sd": red.sd[i, j],
-                "Pp": red.Pp[i, j], "peb_mean": peb.Ep[i, j], "peb_sd": sd[i, j],
-                "prob_positive": positive[i, j], **common,
-            })
+            rows.append(
+                {
+                    "analysis": analysis.name,
+                    "covariate": peb.covariates[j],
+                    "parameter": peb.parameters[i],
+                    "mean": red.Ep[i, j],
+                    "sd": red.sd[i, j],
+                    "Pp": red.Pp[i, j],
+                    "peb_mean": peb.Ep[i, j],
+                    "peb_sd": sd[i, j],
+                    "prob_positive": positive[i, j],
+                    **common,
+                }
+            )
     columns = list(peb.covariates)
     if {"caps5_improvement", "caps5_improvement:arm"} <= set(columns):
-        slope, interaction = (columns.index(c) for c in ("caps5_improvement",
-                                                          "caps5_improvement:arm"))
+        slope, interaction = (
+            columns.index(c) for c in ("caps5_improvement", "caps5_improvement:arm")
+        )
         for name, code in ARM_SLOPES.items():
             for i in range(p):
                 c = np.zeros((p, k))
                 c[i, slope], c[i, interaction] = 1.0, code
                 mean, sd_c, pp = contrast_posterior(peb, c.ravel(order="F"))
-                rows.append({
-                    "analysis": analysis.name, "covariate": name,
-                    "parameter": peb.parameters[i], "mean": mean, "sd": sd_c, "Pp": pp,
-                    "peb_mean": mean, "peb_sd": sd_c,
-                    "prob_positive": float(ndtr(mean / sd_c)) if sd_c > 0 else np.nan,
-                    **common,
-                })
+                rows.append(
+                    {
+                        "analysis": analysis.name,
+                        "covariate": name,
+                        "parameter": peb.parameters[i],
+                        "mean": mean,
+                        "sd": sd_c,
+                        "Pp": pp,
+                        "peb_mean": mean,
+                        "peb_sd": sd_c,
+                        "prob_positive": float(ndtr(mean / sd_c)) if sd_c > 0 else np.nan,
+                        **common,
+                    }
+                )
     return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
 
 
-def group_dcm(fits: pd.DataFrame, parameters: pd.DataFrame, clinical: pd.DataFrame,
-              config: GroupDCMConfig = GroupDCMConfig()) -> GroupDCMResult:
+def group_dcm(
+    fits: pd.DataFrame,
+    parameters: pd.DataFrame,
+    clinical: pd.DataFrame,
+    config: GroupDCMConfig = GroupDCMConfig(),
+) -> GroupDCMResult:
     """Run the configured group analyses on the first-level tables.
 
     Returns
@@ -397,8 +474,11 @@ def group_dcm(fits: pd.DataFrame, parameters: pd.DataFrame, clinical: pd.DataFra
         analyses[name] = analysis
         excluded.extend(left_out)
         tables.append(effects_table(analysis))
-    effects = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
-        columns=EFFECT_COLUMNS)
-    return GroupDCMResult(effects=effects,
-                          excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
-                          analyses=analyses)
+    effects = (
+        pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=EFFECT_COLUMNS)
+    )
+    return GroupDCMResult(
+        effects=effects,
+        excluded=pd.DataFrame(excluded, columns=EXCLUDED_COLUMNS),
+        analyses=analyses,
+    )

@@ -24,12 +24,14 @@ def effects_png(effects: pd.DataFrame, analysis: str) -> bytes:
         colours = [(0.8 * (1 - pp), 0.3, 0.8 * pp) for pp in shade]
         ax.barh(y, part["mean"], xerr=1.645 * part["sd"], color=colours, capsize=2)
         for i, pp in enumerate(part["Pp"]):
-            ax.annotate(f"Pp {pp:.2f}", (0, i), xytext=(3, -3), textcoords="offset points",
-                        fontsize=6)
+            ax.annotate(
+                f"Pp {pp:.2f}", (0, i), xytext=(3, -3), textcoords="offset points", fontsize=6
+            )
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(y, part["parameter"], fontsize=6)
         ax.set_title(covariate, fontsize=8)
-    figure.suptitle(f"group DCM, {analysis}: effects after model reduction (blue = Pp high)",
-                    fontsize=8)
+    figure.suptitle(
+        f"group DCM, {analysis}: effects after model reduction (blue = Pp high)", fontsize=8
+    )
     figure.tight_layout()
     return figure_png(figure)

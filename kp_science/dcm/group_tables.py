@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,13 +57,17 @@ def _names(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in np.asarray(value, dtype=object).ravel())
 
 
-def _matrix(value: object) -> np.ndarray:
+def _matrix(value: Any) -> np.ndarray:
+    """A covariance stored as a list of rows (a Parquet list column) as a 2-D float array."""
     return np.array([np.asarray(row, dtype=float) for row in value], dtype=float)
 
 
-def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
-                           model: str | None = None,
-                           names: Sequence[str] | None = None) -> FirstLevel:
+def first_level_posteriors(
+    fits: pd.DataFrame,
+    parameters: pd.DataFrame,
+    model: str | None = None,
+    names: Sequence[str] | None = None,
+) -> FirstLevel:
     """Collect the first-level posteriors of one model from the ``dcm_fits`` tables.
 
     Parameters
@@ -82,8 +87,14 @@ def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
     ValueError : no fits, an ambiguous or unknown model, fits whose free parameters or
         priors differ (the participants are named), or requested parameters not estimated.
     """
-    missing = {"participant_id", "session", "model", "converged", "free_parameters",
-               "covariance"} - set(fits.columns)
+    missing = {
+        "participant_id",
+        "session",
+        "model",
+        "converged",
+        "free_parameters",
+        "covariance",
+    } - set(fits.columns)
     if missing:
         raise ValueError(f"dcm_fits lacks column(s): {', '.join(sorted(missing))}")
     missing = {"participant_id", "session", "model", "parameter", "mean"} - set(parameters.columns)
@@ -94,6 +105,7 @@ def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
         if len(models) != 1:
             raise ValueError(f"dcm_fits holds models {models}: choose one")
         model = models[0]
+    model = str(model)
     rows = fits[fits["model"].astype(str) == model]
     if rows.empty:
         raise ValueError(f"no first-level fits of model {model!r} (have {models})")
@@ -101,45 +113,64 @@ def first_level_posteriors(fits: pd.DataFrame, parameters: pd.DataFrame,
         rows = rows.sort_values("run", kind="stable")
     rows = rows.drop_duplicates(["participant_id", "session"], keep="first")
 
-    structures = {(str(r.participant_id), str(r.session)): _names(r.free_parameters)
-                  for r in rows.itertuples()}
+    structures = {
+        (str(r.participant_id), str(r.session)): _names(r.free_parameters)
+        for r in rows.itertuples()
+    }
     common, _ = Counter(structures.values()).most_common(1)[0]
     odd = sorted({pid for (pid, _), s in structures.items() if s != common})
     if odd:
-        raise ValueError(f"model {model!r} has different free parameters (model structure) "
-                         f"for participant(s) {', '.join(odd)}; expected {list(common)}")
+        raise ValueError(
+            f"model {model!r} has different free parameters (model structure) "
+            f"for participant(s) {', '.join(odd)}; expected {list(common)}"
+        )
     free = common
     if names is None:
-        names = [n for n in free if n.startswith("B[")
-                 or (n.startswith("A[") and not _is_self_connection(n))]
+        names = [
+            n
+            for n in free
+            if n.startswith("B[") or (n.startswith("A[") and not _is_self_connection(n))
+        ]
     names = tuple(names)
     unknown = [n for n in names if n not in free]
     if unknown or not names:
-        raise ValueError(f"parameter(s) {unknown or names} are not free parameters of model "
-                         f"{model!r} ({list(free)})")
+        raise ValueError(
+            f"parameter(s) {unknown or names} are not free parameters of model "
+            f"{model!r} ({list(free)})"
+        )
     index = np.array([free.index(n) for n in names])
 
     table = parameters[parameters["model"].astype(str) == model]
     if "run" in table.columns and "run" in rows.columns:
-        table = table.merge(rows[["participant_id", "session", "run"]],
-                            on=["participant_id", "session", "run"])
+        table = table.merge(
+            rows[["participant_id", "session", "run"]], on=["participant_id", "session", "run"]
+        )
     pE, pC = _priors(table, names, model)
-    means = table.pivot_table(index=["participant_id", "session"], columns="parameter",
-                              values="mean", aggfunc="first")
+    means = table.pivot_table(
+        index=["participant_id", "session"], columns="parameter", values="mean", aggfunc="first"
+    )
     posteriors = {}
     for r in rows.itertuples():
         key = (str(r.participant_id), str(r.session))
-        if key not in means.index or means.loc[key, list(names)].isna().any():
-            raise ValueError(f"dcm_parameters lacks the posterior means of {key[0]} session "
-                             f"{key[1]} model {model!r}")
+        if key not in means.index or means.loc[key, list(names)].isna().to_numpy().any():
+            raise ValueError(
+                f"dcm_parameters lacks the posterior means of {key[0]} session "
+                f"{key[1]} model {model!r}"
+            )
         cov = _matrix(r.covariance)
         if cov.shape != (len(free), len(free)):
-            raise ValueError(f"covariance of {key[0]} session {key[1]} is {cov.shape}, "
-                             f"expected {len(free)} × {len(free)}")
+            raise ValueError(
+                f"covariance of {key[0]} session {key[1]} is {cov.shape}, "
+                f"expected {len(free)} × {len(free)}"
+            )
         F = float(getattr(r, "free_energy", 0.0))
         F = F if np.isfinite(F) else 0.0  # unknown: the PEB's F then omits this term
-        posteriors[key] = (means.loc[key, list(names)].to_numpy(float),
-                           cov[np.ix_(index, index)], F, bool(r.converged))
+        posteriors[key] = (
+            means.loc[key, list(names)].to_numpy(float),
+            cov[np.ix_(index, index)],
+            F,
+            bool(r.converged),
+        )
     return FirstLevel(names=names, pE=pE, pC=pC, posteriors=posteriors)
 
 
@@ -149,28 +180,42 @@ def _is_self_connection(name: str) -> bool:
     return source == target
 
 
-def _priors(table: pd.DataFrame, names: tuple[str, ...],
-            model: str) -> tuple[np.ndarray, np.ndarray]:
+def _priors(
+    table: pd.DataFrame, names: tuple[str, ...], model: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Shared first-level prior of the chosen parameters (table columns, else by name)."""
     if {"prior_mean", "prior_variance"} <= set(table.columns):
         sub = table[table["parameter"].isin(names)]
         spread = sub.groupby("parameter")[["prior_mean", "prior_variance"]].agg(["min", "max"])
-        differs = [n for n in names if n in spread.index and not (
-            np.isclose(spread.loc[n, ("prior_mean", "min")], spread.loc[n, ("prior_mean", "max")])
-            and np.isclose(spread.loc[n, ("prior_variance", "min")],
-                           spread.loc[n, ("prior_variance", "max")]))]
+        lowest, highest = spread.xs("min", axis=1, level=1), spread.xs("max", axis=1, level=1)
+        same = np.asarray(np.isclose(lowest.to_numpy(float), highest.to_numpy(float)).all(axis=1))
+        differs = [n for n in names if n in spread.index and not same[spread.index.get_loc(n)]]
         if differs:
-            first = sub.groupby("parameter").first()
-            who = sorted({str(r.participant_id) for r in sub.itertuples()
-                          if r.parameter in differs and not (
-                              np.isclose(r.prior_mean, first.loc[r.parameter, "prior_mean"])
-                              and np.isclose(r.prior_variance,
-                                             first.loc[r.parameter, "prior_variance"]))})
-            raise ValueError(f"model {model!r} has different priors (model structure) on "
-                             f"{', '.join(differs)} for participant(s) {', '.join(who)}")
+            first = sub.groupby("parameter")[["prior_mean", "prior_variance"]].first()
+            expected = first.reindex(sub["parameter"]).to_numpy(float)
+            agrees = np.asarray(
+                np.isclose(sub[["prior_mean", "prior_variance"]].to_numpy(float), expected).all(
+                    axis=1
+                )
+            )
+            who = sorted(
+                {
+                    str(pid)
+                    for pid, parameter, ok in zip(
+                        sub["participant_id"], sub["parameter"], agrees, strict=True
+                    )
+                    if parameter in differs and not ok
+                }
+            )
+            raise ValueError(
+                f"model {model!r} has different priors (model structure) on "
+                f"{', '.join(differs)} for participant(s) {', '.join(who)}"
+            )
         first = sub.groupby("parameter").first()
         if all(n in first.index for n in names):
-            return (first.loc[list(names), "prior_mean"].to_numpy(float),
-                    np.diag(first.loc[list(names), "prior_variance"].to_numpy(float)))
+            return (
+                first.loc[list(names), "prior_mean"].to_numpy(float),
+                np.diag(first.loc[list(names), "prior_variance"].to_numpy(float)),
+            )
     prior = np.array([default_prior(n) for n in names])
     return prior[:, 0], np.diag(prior[:, 1])

@@ -123,9 +123,9 @@ def bilinear_operators(
 
     nn = n * n
     A = theta[:, :nn].reshape(P, n, n, order="F")
-    B = theta[:, nn:nn + nn * m].reshape(P, n, n, m, order="F")
-    C = theta[:, nn + nn * m:nn + nn * m + n * m].reshape(P, n, m, order="F")
-    transit = theta[:, -n - 2:-2]
+    B = theta[:, nn : nn + nn * m].reshape(P, n, n, m, order="F")
+    C = theta[:, nn + nn * m : nn + nn * m + n * m].reshape(P, n, m, order="F")
+    transit = theta[:, -n - 2 : -2]
     decay = theta[:, -2]
     d = 1 + 5 * n
     diag = np.arange(n)
@@ -135,7 +135,7 @@ def bilinear_operators(
     M0 = np.zeros((P, d, d))
     coupling = A.copy()
     coupling[:, diag, diag] = self_inhibition
-    M0[:, 1:1 + n, 1:1 + n] = coupling  # neuronal equation is linear in x
+    M0[:, 1 : 1 + n, 1 : 1 + n] = coupling  # neuronal equation is linear in x
     tau = TAU * np.exp(transit)  # (P, n)
     kappa = KAPPA * np.exp(decay)  # (P,)
     M0[:, is_, ix] = 1.0
@@ -155,11 +155,11 @@ def bilinear_operators(
     M0[:, iq, iv] = -slope(1.0 / ALPHA - 1.0) / tau
     M0[:, iq, iq] = slope(-1.0) / tau
     M1 = np.zeros((P, m, d, d))
-    M1[:, :, 1:1 + n, 0] = np.moveaxis(C, 2, 1) / 16.0  # C·u/16 is linear in u
+    M1[:, :, 1 : 1 + n, 0] = np.moveaxis(C, 2, 1) / 16.0  # C·u/16 is linear in u
     dcoupling = np.moveaxis(B, 3, 1).copy()  # (P, m, n, n)
     # the self-connection −½·exp(A_ii + Σ_j u_j·B_jii) varies with u_j as −½·e^{A_ii}·B_jii
     dcoupling[:, :, diag, diag] = self_inhibition[:, None, :] * slope(dcoupling[:, :, diag, diag])
-    M1[:, :, 1:1 + n, 1:1 + n] = dcoupling
+    M1[:, :, 1 : 1 + n, 1 : 1 + n] = dcoupling
     return M0, M1
 
 
@@ -211,13 +211,14 @@ def predict_bold_batch(theta: np.ndarray, spec: DCMSpec) -> np.ndarray:
             states[i + 1] = z[..., 0]
     norms = np.abs(states).sum(axis=2)  # (n_events, P)
     bad = ~(norms <= DIVERGED)
-    lnv = states[:, :, 1 + 3 * n:1 + 4 * n]  # (n_events, P, n)
-    lnq = states[:, :, 1 + 4 * n:1 + 5 * n]
+    lnv = states[:, :, 1 + 3 * n : 1 + 4 * n]  # (n_events, P, n)
+    lnq = states[:, :, 1 + 4 * n : 1 + 5 * n]
     regions = np.arange(n)
     ev = sched.sample_event  # (n_scans, n)
     with np.errstate(over="ignore", invalid="ignore"):
-        y = observe(lnv[ev, :, regions[None, :]], lnq[ev, :, regions[None, :]],
-                    theta[:, -1], spec.te)  # (n_scans, n, P)
+        y = observe(
+            lnv[ev, :, regions[None, :]], lnq[ev, :, regions[None, :]], theta[:, -1], spec.te
+        )  # (n_scans, n, P)
     if bad.any():
         # SPM breaks out of the loop after the first diverging step: later samples stay 0
         first = np.where(bad.any(0), bad.argmax(0), len(states))  # (P,)
@@ -229,15 +230,43 @@ def predict_bold_batch(theta: np.ndarray, spec: DCMSpec) -> np.ndarray:
 _PADE = {
     3: (1.495585217958292e-2, (120.0, 60.0, 12.0, 1.0)),
     5: (2.539398330063230e-1, (30240.0, 15120.0, 3360.0, 420.0, 30.0, 1.0)),
-    7: (9.504178996162932e-1, (17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0,
-                               56.0, 1.0)),
-    9: (2.097847961257068e0, (17643225600.0, 8821612800.0, 2075673600.0, 302702400.0,
-                              30270240.0, 2162160.0, 110880.0, 3960.0, 90.0, 1.0)),
+    7: (
+        9.504178996162932e-1,
+        (17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0, 56.0, 1.0),
+    ),
+    9: (
+        2.097847961257068e0,
+        (
+            17643225600.0,
+            8821612800.0,
+            2075673600.0,
+            302702400.0,
+            30270240.0,
+            2162160.0,
+            110880.0,
+            3960.0,
+            90.0,
+            1.0,
+        ),
+    ),
 }
 _THETA13 = 5.371920351148152
-_B13 = (64764752532480000.0, 32382376266240000.0, 7771770303897600.0, 1187353796428800.0,
-        129060195264000.0, 10559470521600.0, 670442572800.0, 33522128640.0, 1323241920.0,
-        40840800.0, 960960.0, 16380.0, 182.0, 1.0)
+_B13 = (
+    64764752532480000.0,
+    32382376266240000.0,
+    7771770303897600.0,
+    1187353796428800.0,
+    129060195264000.0,
+    10559470521600.0,
+    670442572800.0,
+    33522128640.0,
+    1323241920.0,
+    40840800.0,
+    960960.0,
+    16380.0,
+    182.0,
+    1.0,
+)
 
 
 def expm_batch(X: np.ndarray) -> np.ndarray:
@@ -273,10 +302,10 @@ def expm_batch(X: np.ndarray) -> np.ndarray:
     X4 = X2 @ X2
     X6 = X4 @ X2
     b = _B13
-    U = X @ (X6 @ (b[13] * X6 + b[11] * X4 + b[9] * X2)
-             + b[7] * X6 + b[5] * X4 + b[3] * X2 + b[1] * eye)
-    V = X6 @ (b[12] * X6 + b[10] * X4 + b[8] * X2) + b[6] * X6 + b[4] * X4 + b[2] * X2 \
-        + b[0] * eye
+    U = X @ (
+        X6 @ (b[13] * X6 + b[11] * X4 + b[9] * X2) + b[7] * X6 + b[5] * X4 + b[3] * X2 + b[1] * eye
+    )
+    V = X6 @ (b[12] * X6 + b[10] * X4 + b[8] * X2) + b[6] * X6 + b[4] * X4 + b[2] * X2 + b[0] * eye
     R = np.linalg.solve(V - U, V + U)
     for k in range(int(s.max(initial=0))):
         squared = R @ R

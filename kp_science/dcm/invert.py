@@ -192,8 +192,9 @@ def invert_dcm(
     npar = V.shape[1]
     dfdu = np.kron(np.eye(n), X0)  # confounds act on each region separately
     nu = dfdu.shape[1]
-    ipC = np.diag(np.concatenate([1.0 / np.diag(V.T @ pC @ V),
-                                  np.full(nu, 1.0 / CONFOUND_PRIOR_VAR)]))
+    ipC = np.diag(
+        np.concatenate([1.0 / np.diag(V.T @ pC @ V), np.full(nu, 1.0 / CONFOUND_PRIOR_VAR)])
+    )
     ip, iu = slice(0, npar), slice(npar, npar + nu)
     region_of = np.repeat(np.arange(n), ns)  # noise component of each data point
     ihC = np.eye(n) / hC
@@ -256,8 +257,11 @@ def invert_dcm(
                 for i in range(n):
                     rows = region_of == i
                     Ji = J[rows]
-                    dFdh[i] = (ns * share[i] - np.exp(h[i]) * (e[rows] @ e[rows])
-                               - np.exp(h[i]) * np.sum(Cp * (Ji.T @ Ji))) / 2.0
+                    dFdh[i] = (
+                        ns * share[i]
+                        - np.exp(h[i]) * (e[rows] @ e[rows])
+                        - np.exp(h[i]) * np.sum(Cp * (Ji.T @ Ji))
+                    ) / 2.0
                 dFdhh = np.diag(-ns * share**2 / 2.0)
                 d = h - hE
                 dFdh = dFdh - ihC @ d
@@ -384,13 +388,15 @@ def parameter_table(result: DCMResult, spec: DCMSpec, free_only: bool = True) ->
     ``variance``, ``pp`` (posterior probability, NaN if fixed) and ``free``. With
     ``free_only`` (default) only estimated parameters are listed.
     """
-    table = pd.DataFrame({
-        "parameter": parameter_names(spec),
-        "mean": result.Ep_vector,
-        "variance": np.diag(result.Cp),
-        "pp": result.Pp,
-        "free": result.free,
-    })
+    table = pd.DataFrame(
+        {
+            "parameter": parameter_names(spec),
+            "mean": result.Ep_vector,
+            "variance": np.diag(result.Cp),
+            "pp": result.Pp,
+            "free": result.free,
+        }
+    )
     if free_only:
         table = table[table["free"]].reset_index(drop=True)
     return table

@@ -102,16 +102,21 @@ class DCMSpec:
             raise ValueError(f"delays must have one value per region ({n}), got {delays.shape}")
         if np.any(delays < 0) or np.any(delays > self.tr):
             raise ValueError(f"delays must lie in [0, TR={self.tr}] s, got {delays.tolist()}")
-        for name, value in (("regions", regions), ("inputs", inputs), ("a", a), ("b", b),
-                            ("c", c), ("u", u), ("delays", delays)):
+        for name, value in (
+            ("regions", regions),
+            ("inputs", inputs),
+            ("a", a),
+            ("b", b),
+            ("c", c),
+            ("u", u),
+            ("delays", delays),
+        ):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "tr", float(self.tr))
         object.__setattr__(self, "te", float(self.te))
         n_free = int(np.count_nonzero(np.diag(prior_covariance(self))))
         if self.n_scans < n_free:
-            raise ValueError(
-                f"{self.n_scans} scans are fewer than the {n_free} free parameters"
-            )
+            raise ValueError(f"{self.n_scans} scans are fewer than the {n_free} free parameters")
 
     @property
     def n(self) -> int:
@@ -163,19 +168,27 @@ def _mask(value: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
 
 
 def _sizes(n: int, m: int) -> list[tuple[str, tuple[int, ...]]]:
-    return [("A", (n, n)), ("B", (n, n, m)), ("C", (n, m)), ("transit", (n,)),
-            ("decay", ()), ("epsilon", ())]
+    return [
+        ("A", (n, n)),
+        ("B", (n, n, m)),
+        ("C", (n, m)),
+        ("transit", (n,)),
+        ("decay", ()),
+        ("epsilon", ()),
+    ]
 
 
 def pack(params: DCMParameters) -> np.ndarray:
     """Full parameter vector (SPM order, column-major) from :class:`DCMParameters`."""
-    return np.concatenate([
-        np.asarray(params.A, float).ravel(order="F"),
-        np.asarray(params.B, float).ravel(order="F"),
-        np.asarray(params.C, float).ravel(order="F"),
-        np.asarray(params.transit, float).ravel(),
-        [float(params.decay), float(params.epsilon)],
-    ])
+    return np.concatenate(
+        [
+            np.asarray(params.A, float).ravel(order="F"),
+            np.asarray(params.B, float).ravel(order="F"),
+            np.asarray(params.C, float).ravel(order="F"),
+            np.asarray(params.transit, float).ravel(),
+            [float(params.decay), float(params.epsilon)],
+        ]
+    )
 
 
 def unpack(theta: np.ndarray, n: int, m: int) -> DCMParameters:
@@ -185,7 +198,7 @@ def unpack(theta: np.ndarray, n: int, m: int) -> DCMParameters:
     i = 0
     for name, shape in _sizes(n, m):
         size = int(np.prod(shape))
-        chunk = theta[i:i + size]
+        chunk = theta[i : i + size]
         parts[name] = float(chunk[0]) if shape == () else chunk.reshape(shape, order="F")
         i += size
     if i != theta.size:
@@ -200,8 +213,7 @@ def parameter_names(spec: DCMSpec) -> list[str]:
     r, inp = spec.regions, spec.inputs
     n, m = spec.n, spec.m
     names = [f"A[{r[j]}->{r[i]}]" for j in range(n) for i in range(n)]
-    names += [f"B[{inp[k]}][{r[j]}->{r[i]}]" for k in range(m) for j in range(n)
-              for i in range(n)]
+    names += [f"B[{inp[k]}][{r[j]}->{r[i]}]" for k in range(m) for j in range(n) for i in range(n)]
     names += [f"C[{inp[k]}][{r[i]}]" for k in range(m) for i in range(n)]
     names += [f"transit[{x}]" for x in r]
     names += ["decay", "epsilon"]
@@ -234,18 +246,22 @@ def priors(spec: DCMSpec) -> tuple[np.ndarray, np.ndarray, float, float]:
     var_a = np.where(a_off | eye, A_VAR, 0.0)  # self-connections are always estimated
     b = np.asarray(spec.b) != 0
     c = np.asarray(spec.c) != 0
-    pE = np.concatenate([
-        mean_a.ravel(order="F"),
-        np.zeros(n * n * m),
-        np.zeros(n * m),
-        np.zeros(n + 2),
-    ])
-    var = np.concatenate([
-        var_a.ravel(order="F"),
-        np.where(b, B_VAR, 0.0).ravel(order="F"),
-        np.where(c, C_VAR, 0.0).ravel(order="F"),
-        np.full(n + 2, HEMO_VAR),
-    ])
+    pE = np.concatenate(
+        [
+            mean_a.ravel(order="F"),
+            np.zeros(n * n * m),
+            np.zeros(n * m),
+            np.zeros(n + 2),
+        ]
+    )
+    var = np.concatenate(
+        [
+            var_a.ravel(order="F"),
+            np.where(b, B_VAR, 0.0).ravel(order="F"),
+            np.where(c, C_VAR, 0.0).ravel(order="F"),
+            np.full(n + 2, HEMO_VAR),
+        ]
+    )
     return pE, np.diag(var), H_MEAN, H_VAR
 
 
@@ -289,5 +305,5 @@ def inputs_from_events(
             start = int(round(onset / dt))
             duration = 0.0 if not np.isfinite(duration) else duration
             stop = max(start + 1, int(round((onset + duration) / dt)))
-            u[max(start, 0):min(stop, n_micro), k] = 1.0
+            u[max(start, 0) : min(stop, n_micro), k] = 1.0
     return u

@@ -151,9 +151,12 @@ def _field(name: str) -> str:
     return name.split("[", 1)[0].split("(", 1)[0]
 
 
-def precision_components(pC: np.ndarray, components: Components = "single",
-                         parameters: Sequence[str] | None = None,
-                         beta: float = BETA) -> np.ndarray:
+def precision_components(
+    pC: np.ndarray,
+    components: Components = "single",
+    parameters: Sequence[str] | None = None,
+    beta: float = BETA,
+) -> np.ndarray:
     """(m, p, p) precision components of the between-participant random effects.
 
     'single': one component, beta·pC⁻¹; 'all': one per parameter; 'fields': one per field
@@ -174,22 +177,26 @@ def precision_components(pC: np.ndarray, components: Components = "single",
             fields = list(dict.fromkeys(_field(n) for n in parameters))
             groups = [[i for i, n in enumerate(parameters) if _field(n) == f] for f in fields]
         else:
-            raise ValueError(f"components must be 'single', 'fields', 'all' or index groups, "
-                             f"got {components!r}")
+            raise ValueError(
+                f"components must be 'single', 'fields', 'all' or index groups, got {components!r}"
+            )
     else:
         groups = [sorted({int(i) for i in g}) for g in components]
     covered = sorted(i for g in groups for i in g)
     if covered != list(range(p)):
-        raise ValueError(f"precision component groups must cover each of the {p} parameters "
-                         f"exactly once, got {groups}")
+        raise ValueError(
+            f"precision component groups must cover each of the {p} parameters "
+            f"exactly once, got {groups}"
+        )
     Q = np.zeros((len(groups), p, p))
     for j, g in enumerate(groups):
         Q[j][np.ix_(g, g)] = beta * pP[np.ix_(g, g)]
     return Q
 
 
-def second_level_prior(pE: np.ndarray, pC: np.ndarray, X: np.ndarray,
-                       alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def second_level_prior(
+    pE: np.ndarray, pC: np.ndarray, X: np.ndarray, alpha: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Prior mean (p, k) and covariance (p·k, p·k) of the group effects β.
 
     The first (constant) column's effects ~ N(pE, pC/alpha); column j's ~ N(0,
@@ -203,16 +210,21 @@ def second_level_prior(pE: np.ndarray, pC: np.ndarray, X: np.ndarray,
     return mean, np.kron(np.diag(scale), pC) / alpha
 
 
-def _check_inputs(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray,
-                  X: np.ndarray, parameters: Sequence[str] | None) -> None:
+def _check_inputs(
+    qE: np.ndarray,
+    qC: np.ndarray,
+    pE: np.ndarray,
+    pC: np.ndarray,
+    X: np.ndarray,
+    parameters: Sequence[str] | None,
+) -> None:
     if qE.ndim != 2:
         raise ValueError(f"qE must be (participants, parameters), got shape {qE.shape}")
     N, p = qE.shape
     if qC.shape != (N, p, p):
         raise ValueError(f"qC must have shape ({N}, {p}, {p}), got {qC.shape}")
     if pE.shape != (p,) or pC.shape != (p, p):
-        raise ValueError(f"pE, pC must have shapes ({p},), ({p}, {p}); got {pE.shape}, "
-                         f"{pC.shape}")
+        raise ValueError(f"pE, pC must have shapes ({p},), ({p}, {p}); got {pE.shape}, {pC.shape}")
     if X.ndim != 2 or X.shape[0] != N:
         raise ValueError(f"X must have one row per participant ({N}), got shape {X.shape}")
     for name, arr in (("qE", qE), ("qC", qC), ("pE", pE), ("pC", pC), ("X", X)):
@@ -223,14 +235,18 @@ def _check_inputs(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray
     fixed = np.flatnonzero(np.diag(pC) <= 0)
     if fixed.size:
         names = [parameters[i] if parameters else str(i) for i in fixed.tolist()]
-        raise ValueError(f"parameters with zero prior variance cannot vary between "
-                         f"participants: {', '.join(names)}")
+        raise ValueError(
+            f"parameters with zero prior variance cannot vary between "
+            f"participants: {', '.join(names)}"
+        )
     if not np.allclose(X[:, 0], X[0, 0]) or X[0, 0] == 0:
         raise ValueError("the first column of X must be the constant (group mean)")
     k = X.shape[1]
     if N < k:
-        raise ValueError(f"{N} participants are fewer than the {k} second-level parameters "
-                         f"(design columns) per connection")
+        raise ValueError(
+            f"{N} participants are fewer than the {k} second-level parameters "
+            f"(design columns) per connection"
+        )
     if np.linalg.matrix_rank(X) < k:
         raise ValueError(f"the design X ({N} × {k}) is rank deficient")
 
@@ -251,20 +267,21 @@ class _Data:
     Q: np.ndarray  # (m, p, p)
 
 
-def _data(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray, X: np.ndarray,
-          Q: np.ndarray) -> _Data:
+def _data(
+    qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray, X: np.ndarray, Q: np.ndarray
+) -> _Data:
     qC = (qC + np.swapaxes(qC, 1, 2)) / 2.0
     sign, ld_qC = np.linalg.slogdet(qC)
     if np.any(sign <= 0):
         bad = np.flatnonzero(sign <= 0)
-        raise ValueError(f"posterior covariance of participant(s) {bad.tolist()} is not "
-                         f"positive definite")
+        raise ValueError(
+            f"posterior covariance of participant(s) {bad.tolist()} is not positive definite"
+        )
     qP = np.linalg.inv(qC)
     pP = np.linalg.inv(pC)
     c = np.einsum("nij,nj->ni", qP, qE) - pP @ pE
     const = np.einsum("ni,nij,nj->n", qE, qP, qE) - pE @ pP @ pE
-    return _Data(X=X, qP=qP, c=c, const=const, logdet=-ld_qC + np.linalg.slogdet(pC)[1],
-                 pP=pP, Q=Q)
+    return _Data(X=X, qP=qP, c=c, const=const, logdet=-ld_qC + np.linalg.slogdet(pC)[1], pP=pP, Q=Q)
 
 
 def _terms(data: _Data, B: np.ndarray, g: np.ndarray, hessian: bool = True):
@@ -287,12 +304,12 @@ def _terms(data: _Data, B: np.ndarray, g: np.ndarray, hessian: bool = True):
     bb = data.c + rE @ rP
     sE = np.einsum("nij,nj->ni", sC, bb)
     dF = 0.5 * (np.linalg.slogdet(rP)[1] + data.logdet - ld_sP) - 0.5 * (
-        data.const + np.einsum("ni,ij,nj->n", rE, rP, rE) - np.einsum("ni,ni->n", bb, sE))
+        data.const + np.einsum("ni,ij,nj->n", rE, rP, rE) - np.einsum("ni,ni->n", bb, sE)
+    )
     d = sE - rE  # (N, p)
     grad_B = (rP @ d.T @ X).ravel(order="F")
     Pd = np.einsum("mab,nb->mna", P, d)  # (m, N, p)
-    grad_g = 0.5 * np.einsum("mab,nba->m", P, rC[None] - sC) - 0.5 * np.einsum(
-        "mna,na->m", Pd, d)
+    grad_g = 0.5 * np.einsum("mab,nba->m", P, rC[None] - sC) - 0.5 * np.einsum("mna,na->m", Pd, d)
     grad = np.concatenate([grad_B, grad_g])
     if not hessian:
         return dF, grad, None
@@ -303,9 +320,11 @@ def _terms(data: _Data, B: np.ndarray, g: np.ndarray, hessian: bool = True):
     H_Bg = np.einsum("mna,nk->kam", v, X).reshape(k * p, -1)
     sCP = np.einsum("nab,mbc->mnac", sC, P)  # sCᵢ·Pⱼ
     rCP = np.einsum("ab,mbc->mac", rC, P)
-    H_gg = (0.5 * np.einsum("lnab,mnba->ml", sCP, sCP)
-            - 0.5 * N * np.einsum("lab,mba->ml", rCP, rCP)
-            + np.einsum("mna,lnab,nb->ml", Pd, sCP, d))
+    H_gg = (
+        0.5 * np.einsum("lnab,mnba->ml", sCP, sCP)
+        - 0.5 * N * np.einsum("lab,mba->ml", rCP, rCP)
+        + np.einsum("mna,lnab,nb->ml", Pd, sCP, d)
+    )
     H_gg = H_gg + np.diag(grad_g)
     H = np.block([[H_BB, H_Bg], [H_Bg.T, H_gg]])
     return dF, grad, (H + H.T) / 2.0
@@ -314,13 +333,23 @@ def _terms(data: _Data, B: np.ndarray, g: np.ndarray, hessian: bool = True):
 # --- estimation -----------------------------------------------------------------------------
 
 
-def estimate_peb(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray,
-                 X: np.ndarray, *, F_first: np.ndarray | None = None,
-                 parameters: Sequence[str] | None = None,
-                 covariates: Sequence[str] | None = None,
-                 components: Components = "single", beta: float = BETA, alpha: float = 1.0,
-                 hE: float = H_MEAN, hC: float = H_VAR,
-                 max_iter: int = MAX_ITER) -> PEBResult:
+def estimate_peb(
+    qE: np.ndarray,
+    qC: np.ndarray,
+    pE: np.ndarray,
+    pC: np.ndarray,
+    X: np.ndarray,
+    *,
+    F_first: np.ndarray | None = None,
+    parameters: Sequence[str] | None = None,
+    covariates: Sequence[str] | None = None,
+    components: Components = "single",
+    beta: float = BETA,
+    alpha: float = 1.0,
+    hE: float = H_MEAN,
+    hC: float = H_VAR,
+    max_iter: int = MAX_ITER,
+) -> PEBResult:
     """Estimate a PEB model from first-level posteriors.
 
     Parameters
@@ -351,8 +380,11 @@ def estimate_peb(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray,
     N, p = qE.shape
     k = X.shape[1]
     names = tuple(parameters) if parameters is not None else tuple(f"p{i}" for i in range(p))
-    cov_names = (tuple(covariates) if covariates is not None
-                 else ("mean",) + tuple(f"x{j}" for j in range(1, k)))
+    cov_names = (
+        tuple(covariates)
+        if covariates is not None
+        else ("mean",) + tuple(f"x{j}" for j in range(1, k))
+    )
     if len(cov_names) != k:
         raise ValueError(f"{len(cov_names)} covariate names for {k} design columns")
     pC = (pC + pC.T) / 2.0
@@ -367,8 +399,8 @@ def estimate_peb(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray,
     theta0 = np.concatenate([bE.ravel(order="F"), gE])
 
     def objective(theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        B = theta[:p * k].reshape(p, k, order="F")
-        dF, grad, H = _terms(data, B, theta[p * k:])
+        B = theta[: p * k].reshape(p, k, order="F")
+        dF, grad, H = _terms(data, B, theta[p * k :])
         assert H is not None  # _terms computes the Hessian unless told not to
         e = theta - theta0
         L = float(dF.sum() - 0.5 * e @ prior_P @ e)
@@ -394,7 +426,7 @@ def estimate_peb(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray,
             step = np.linalg.solve(A, grad)
             # at most one unit of log-precision per step: far from the prior the reduced
             # evidence loses precision, and a wild step could look like a gain
-            step[p * k:] = np.clip(step[p * k:], -MAX_LOG_STEP, MAX_LOG_STEP)
+            step[p * k :] = np.clip(step[p * k :], -MAX_LOG_STEP, MAX_LOG_STEP)
             try:
                 L_new, dF_new, grad_new, H_new = objective(theta + step)
             except np.linalg.LinAlgError:
@@ -422,14 +454,31 @@ def estimate_peb(qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray,
     C = (C + C.T) / 2.0
     e = theta - theta0
     F_first_sum = 0.0 if F_first is None else float(np.sum(F_first))
-    F = (F_first_sum + float(dF.sum()) - 0.5 * logdet + 0.5 * np.linalg.slogdet(prior_P)[1]
-         - 0.5 * e @ prior_P @ e)
+    F = (
+        F_first_sum
+        + float(dF.sum())
+        - 0.5 * logdet
+        + 0.5 * np.linalg.slogdet(prior_P)[1]
+        - 0.5 * e @ prior_P @ e
+    )
     return PEBResult(
-        parameters=names, covariates=cov_names, X=X,
-        Ep=theta[:p * k].reshape(p, k, order="F"), Cp=C[:p * k, :p * k],
-        Eh=theta[p * k:], Ch=C[p * k:, p * k:], F=float(F),
-        prior_mean=bE, prior_cov=bC, components=Q, pE=pE, pC=pC, dF=dF,
-        F_first=F_first_sum, n_iter=n_iter, converged=converged,
+        parameters=names,
+        covariates=cov_names,
+        X=X,
+        Ep=theta[: p * k].reshape(p, k, order="F"),
+        Cp=C[: p * k, : p * k],
+        Eh=theta[p * k :],
+        Ch=C[p * k :, p * k :],
+        F=float(F),
+        prior_mean=bE,
+        prior_cov=bC,
+        components=Q,
+        pE=pE,
+        pC=pC,
+        dF=dF,
+        F_first=F_first_sum,
+        n_iter=n_iter,
+        converged=converged,
     )
 
 
@@ -441,10 +490,14 @@ def empirical_priors(result: PEBResult) -> tuple[np.ndarray, np.ndarray]:
     return result.empirical_prior_means, result.random_covariance
 
 
-def empirical_posteriors(result: PEBResult, qE: np.ndarray, qC: np.ndarray,
-                         pE: np.ndarray | None = None, pC: np.ndarray | None = None,
-                         index: Sequence[int] | None = None,
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def empirical_posteriors(
+    result: PEBResult,
+    qE: np.ndarray,
+    qC: np.ndarray,
+    pE: np.ndarray | None = None,
+    pC: np.ndarray | None = None,
+    index: Sequence[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Re-estimate each participant under the PEB's empirical priors, by model reduction.
 
     Parameters
@@ -471,14 +524,11 @@ def empirical_posteriors(result: PEBResult, qE: np.ndarray, qC: np.ndarray,
     pC = result.pC if pC is None else np.asarray(pC, dtype=float)
     n = pE.size
     if qE.ndim != 2 or qE.shape[1] != n or qC.shape != (qE.shape[0], n, n):
-        raise ValueError(f"qE, qC must be (N, {n}) and (N, {n}, {n}); got {qE.shape}, "
-                         f"{qC.shape}")
+        raise ValueError(f"qE, qC must be (N, {n}) and (N, {n}, {n}); got {qE.shape}, {qC.shape}")
     if qE.shape[0] != result.X.shape[0]:
-        raise ValueError(f"{qE.shape[0]} posteriors for a PEB of {result.X.shape[0]} "
-                         f"participants")
+        raise ValueError(f"{qE.shape[0]} posteriors for a PEB of {result.X.shape[0]} participants")
     if not (np.allclose(pE[idx], result.pE) and np.allclose(pC[np.ix_(idx, idx)], result.pC)):
-        raise ValueError("the first-level prior of the modelled parameters differs from the "
-                         "PEB's")
+        raise ValueError("the first-level prior of the modelled parameters differs from the PEB's")
     rest = np.setdiff1d(np.arange(n), idx)
     if np.abs(pC[np.ix_(idx, rest)]).max(initial=0.0) > 0:
         raise ValueError("modelled parameters are correlated a priori with the others")
@@ -510,8 +560,18 @@ def reduce_peb(result: PEBResult, max_exhaustive: int = 8) -> PEBReduction:
     """
     p, k = result.Ep.shape
     search = search_reduced_models(
-        result.prior_mean.ravel(order="F"), result.prior_cov, result.Ep.ravel(order="F"),
-        result.Cp, max_exhaustive=max_exhaustive, off_mean=np.zeros(p * k))
+        result.prior_mean.ravel(order="F"),
+        result.prior_cov,
+        result.Ep.ravel(order="F"),
+        result.Cp,
+        max_exhaustive=max_exhaustive,
+        off_mean=np.zeros(p * k),
+    )
     sd = np.sqrt(np.clip(np.diag(search.Cp), 0.0, None))
-    return PEBReduction(Ep=search.Ep.reshape(p, k, order="F"), sd=sd.reshape(p, k, order="F"),
-                        Pp=search.Pp.reshape(p, k, order="F"), Cp=search.Cp, search=search)
+    return PEBReduction(
+        Ep=search.Ep.reshape(p, k, order="F"),
+        sd=sd.reshape(p, k, order="F"),
+        Pp=search.Pp.reshape(p, k, order="F"),
+        Cp=search.Cp,
+        search=search,
+    )

@@ -178,8 +178,9 @@ def _full_model(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray) 
         Lp = np.linalg.cholesky((pCz + pCz.T) / 2.0)
         Lq = np.linalg.cholesky((qCz + qCz.T) / 2.0)
     except np.linalg.LinAlgError:
-        raise ValueError("prior or posterior covariance is not positive definite on the "
-                         "prior's support") from None
+        raise ValueError(
+            "prior or posterior covariance is not positive definite on the prior's support"
+        ) from None
     eye = np.eye(U.shape[1])
     pP = _chol_inverse(Lp, eye)
     qP = _chol_inverse(Lq, eye)
@@ -194,8 +195,9 @@ def _chol_inverse(L: np.ndarray, eye: np.ndarray) -> np.ndarray:
     return Linv.T @ Linv
 
 
-def _ln_integral(Lam: np.ndarray, b: np.ndarray, m: np.ndarray,
-                 L: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def _ln_integral(
+    Lam: np.ndarray, b: np.ndarray, m: np.ndarray, L: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
     """ln ∫ exp(−½θᵀΛθ + θᵀb)·N(θ; m, LLᵀ) dθ, and the tilted posterior's mean and covariance.
 
     Λ (k, k), b (k,), m (k,), L (k, r). Returns (ln I, mean (k,), covariance (k, k)).
@@ -204,8 +206,10 @@ def _ln_integral(Lam: np.ndarray, b: np.ndarray, m: np.ndarray,
     g = L.T @ (b - Lam @ m)
     sign, logdet = np.linalg.slogdet(M)
     if sign <= 0:
-        raise ValueError("the reduced prior is broader than the data can normalise "
-                         "(I + LᵀΛL is not positive definite)")
+        raise ValueError(
+            "the reduced prior is broader than the data can normalise "
+            "(I + LᵀΛL is not positive definite)"
+        )
     Minv = np.linalg.inv(M)
     Minv = (Minv + Minv.T) / 2.0
     u = Minv @ g
@@ -227,8 +231,9 @@ def _factor(C: np.ndarray) -> np.ndarray:
 # --- one reduced prior ---------------------------------------------------------------------------
 
 
-def reduce_posterior(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray,
-                     rE: np.ndarray, rC: np.ndarray) -> ReducedPosterior:
+def reduce_posterior(
+    pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray, rE: np.ndarray, rC: np.ndarray
+) -> ReducedPosterior:
     """Free-energy change and posterior of a model when its prior is replaced (BMR).
 
     Parameters
@@ -248,26 +253,24 @@ def reduce_posterior(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndar
     rC = np.asarray(rC, dtype=float)
     n = full.pE.size
     if rE.shape != (n,) or rC.shape != (n, n):
-        raise ValueError(f"rE, rC must have shapes ({n},), ({n}, {n}); got {rE.shape}, "
-                         f"{rC.shape}")
+        raise ValueError(f"rE, rC must have shapes ({n},), ({n}, {n}); got {rE.shape}, {rC.shape}")
     if not (np.all(np.isfinite(rE)) and np.all(np.isfinite(rC))):
         raise ValueError("reduced prior contains NaN or infinite values")
     U = full.U
     outside = np.eye(n) - U @ U.T
     d = rE - full.pE
     if np.abs(outside @ d).max(initial=0.0) > 1e-10 * max(1.0, np.abs(d).max(initial=0.0)):
-        raise ValueError("the reduced prior moves the mean of a parameter the full prior "
-                         "fixes")
+        raise ValueError("the reduced prior moves the mean of a parameter the full prior fixes")
     if np.abs(outside @ rC).max(initial=0.0) > 1e-10 * max(1.0, np.abs(rC).max(initial=0.0)):
-        raise ValueError("the reduced prior gives variance to a parameter the full prior "
-                         "fixes")
+        raise ValueError("the reduced prior gives variance to a parameter the full prior fixes")
     Lr = _factor(U.T @ rC @ U)
     lnI, mz, Cz = _ln_integral(full.Lam, full.b, U.T @ d, Lr)
     return ReducedPosterior(dF=lnI - full.lnI_full, Ep=full.pE + U @ mz, Cp=U @ Cz @ U.T)
 
 
-def free_energy_change(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray,
-                       rE: np.ndarray, rC: np.ndarray) -> float:
+def free_energy_change(
+    pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray, rE: np.ndarray, rC: np.ndarray
+) -> float:
     """ΔF (nats) of the reduced prior N(rE, rC) against the full prior (see
     :func:`reduce_posterior`)."""
     return reduce_posterior(pE, pC, qE, qC, rE, rC).dF
@@ -276,8 +279,11 @@ def free_energy_change(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.nd
 # --- spaces of switched-off parameters -----------------------------------------------------------
 
 
-def _score_switch_offs(full: _FullModel, present: np.ndarray, off_mean: np.ndarray,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _score_switch_offs(
+    full: _FullModel,
+    present: np.ndarray,
+    off_mean: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Score models that switch parameters off (fix them at ``off_mean``).
 
     present : (n_models, n) bool, True where a parameter keeps its full prior.
@@ -334,15 +340,26 @@ def _average(full: _FullModel, present: np.ndarray, off_mean: np.ndarray) -> Mod
     mean = w @ Ep
     dev = Ep - mean
     cov = np.einsum("m,mij->ij", w, Cp) + np.einsum("m,mi,mj->ij", w, dev, dev)
-    return ModelAverage(models=present, dF=dF, posterior=w, Ep=mean, Cp=(cov + cov.T) / 2.0,
-                        # a sum of model probabilities: rounding must not take it past 1
-                        Pp=np.clip(w @ present.astype(float), 0.0, 1.0),
-                        best=present[int(np.argmax(dF))].copy())
+    return ModelAverage(
+        models=present,
+        dF=dF,
+        posterior=w,
+        Ep=mean,
+        Cp=(cov + cov.T) / 2.0,
+        # a sum of model probabilities: rounding must not take it past 1
+        Pp=np.clip(w @ present.astype(float), 0.0, 1.0),
+        best=present[int(np.argmax(dF))].copy(),
+    )
 
 
-def compare_models(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray,
-                   models: np.ndarray | Sequence[Sequence[bool]],
-                   off_mean: np.ndarray | None = None) -> ModelAverage:
+def compare_models(
+    pE: np.ndarray,
+    pC: np.ndarray,
+    qE: np.ndarray,
+    qC: np.ndarray,
+    models: np.ndarray | Sequence[Sequence[bool]],
+    off_mean: np.ndarray | None = None,
+) -> ModelAverage:
     """Bayesian model comparison and averaging over given reduced models.
 
     Parameters
@@ -361,8 +378,7 @@ def compare_models(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarra
     full = _full_model(pE, pC, qE, qC)
     models = np.atleast_2d(np.asarray(models, dtype=bool))
     if models.shape[1] != full.pE.size or models.shape[0] == 0:
-        raise ValueError(f"models must have shape (n_models, {full.pE.size}), got "
-                         f"{models.shape}")
+        raise ValueError(f"models must have shape (n_models, {full.pE.size}), got {models.shape}")
     return _average(full, models, _off_mean(full, off_mean))
 
 
@@ -380,10 +396,15 @@ def _subspace_models(base: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return models
 
 
-def search_reduced_models(pE: np.ndarray, pC: np.ndarray, qE: np.ndarray, qC: np.ndarray,
-                          candidates: np.ndarray | None = None,
-                          max_exhaustive: int = MAX_EXHAUSTIVE,
-                          off_mean: np.ndarray | None = None) -> ReductionSearch:
+def search_reduced_models(
+    pE: np.ndarray,
+    pC: np.ndarray,
+    qE: np.ndarray,
+    qC: np.ndarray,
+    candidates: np.ndarray | None = None,
+    max_exhaustive: int = MAX_EXHAUSTIVE,
+    off_mean: np.ndarray | None = None,
+) -> ReductionSearch:
     """Automatic search over which parameters to switch off, then model averaging.
 
     Parameters

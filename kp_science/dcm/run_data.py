@@ -78,8 +78,10 @@ def percent_signal(raw: pd.DataFrame, kept: np.ndarray) -> pd.DataFrame:
         values = raw[region].to_numpy(float)
         bad = ~np.isfinite(values)
         if bad.any():
-            raise ValueError(f"region {region!r}: signal has {int(bad.sum())} NaN or infinite "
-                             f"value(s) (first at volume {int(np.flatnonzero(bad)[0])})")
+            raise ValueError(
+                f"region {region!r}: signal has {int(bad.sum())} NaN or infinite "
+                f"value(s) (first at volume {int(np.flatnonzero(bad)[0])})"
+            )
         mean = values[kept].mean() if kept.size else np.nan
         if not np.isfinite(mean) or mean == 0:
             raise ValueError(f"region {region!r}: signal has no usable mean ({mean})")
@@ -113,17 +115,20 @@ def confound_basis(confounds: np.ndarray | None, kept: np.ndarray, n_scans: int)
     return U[:, s > SVD_TOL * s[0]]
 
 
-def run_inputs(events: pd.DataFrame, inputs: Mapping[str, Sequence[str]], n_scans: int,
-               tr: float) -> np.ndarray:
+def run_inputs(
+    events: pd.DataFrame, inputs: Mapping[str, Sequence[str]], n_scans: int, tr: float
+) -> np.ndarray:
     """(n_scans·16, m) boxcar inputs; ``inputs`` maps input name → trial types that switch it
     on. Raises ValueError naming any input that is never on within the run."""
     u = inputs_from_events(events, inputs, n_scans, tr)
     never = [name for name, col in zip(inputs, u.T, strict=True) if not col.any()]
     if never:
-        detail = "; ".join(f"{name!r} (trial types {', '.join(map(str, inputs[name]))})"
-                           for name in never)
-        raise ValueError(f"input(s) never switched on during the run's {n_scans * tr:g} s: "
-                         f"{detail}")
+        detail = "; ".join(
+            f"{name!r} (trial types {', '.join(map(str, inputs[name]))})" for name in never
+        )
+        raise ValueError(
+            f"input(s) never switched on during the run's {n_scans * tr:g} s: {detail}"
+        )
     return u
 
 
@@ -157,21 +162,30 @@ def prepare_run(
         raise ValueError(f"slice-timing reference {slice_time_ref} is not a fraction of TR")
     u = np.asarray(u, dtype=float)
     if u.shape != (n_scans * MICROTIME_BINS, len(inputs)):
-        raise ValueError(f"inputs have shape {u.shape}, expected "
-                         f"({n_scans * MICROTIME_BINS}, {len(inputs)}) for {n_scans} scans")
+        raise ValueError(
+            f"inputs have shape {u.shape}, expected "
+            f"({n_scans * MICROTIME_BINS}, {len(inputs)}) for {n_scans} scans"
+        )
     kept = np.asarray(kept, dtype=int)
     percent = percent_signal(raw, kept).to_numpy()
     X0 = confound_basis(confounds, kept, n_scans)
     y = percent - X0 @ (X0.T @ percent)  # X0 is orthonormal: this is the projection
     for region, column in zip(raw.columns, y.T, strict=True):
         if np.std(column) < FLAT_SD_PERCENT:
-            raise ValueError(f"region {region!r}: signal is flat once the confounds are "
-                             f"removed")
+            raise ValueError(f"region {region!r}: signal is flat once the confounds are removed")
     regions = tuple(str(r) for r in raw.columns)
     scrubbed = np.ones(n_scans, bool)
     scrubbed[kept] = False
-    return DCMRunData(regions, tuple(str(i) for i in inputs), y, X0, u, float(tr),
-                      np.full(len(regions), slice_time_ref * tr), scrubbed)
+    return DCMRunData(
+        regions,
+        tuple(str(i) for i in inputs),
+        y,
+        X0,
+        u,
+        float(tr),
+        np.full(len(regions), slice_time_ref * tr),
+        scrubbed,
+    )
 
 
 def fit_curves(data: DCMRunData, result: DCMResult) -> tuple[np.ndarray, np.ndarray]:
@@ -199,13 +213,21 @@ def fit_figure_png(fits: Sequence[tuple[str, DCMRunData, DCMResult]]) -> bytes:
         on = data.u[::MICROTIME_BINS, -1] > 0
         for col, region in enumerate(data.regions):
             ax = axes[row, col]
-            ax.fill_between(times[:, col], 0, 1, where=on, color="0.9", step="mid",
-                            transform=ax.get_xaxis_transform(), linewidth=0)
+            ax.fill_between(
+                times[:, col],
+                0,
+                1,
+                where=on,
+                color="0.9",
+                step="mid",
+                transform=ax.get_xaxis_transform(),
+                linewidth=0,
+            )
             ax.plot(times[:, col], observed[:, col], color="0.35", lw=0.8, label="observed")
-            ax.plot(times[:, col], predicted[:, col], color="#d62728", lw=1.2,
-                    label="predicted")
-            ax.set_title(f"{label} · {region} (EV {result.explained_variance[col]:.0%})",
-                         fontsize=8)
+            ax.plot(times[:, col], predicted[:, col], color="#d62728", lw=1.2, label="predicted")
+            ax.set_title(
+                f"{label} · {region} (EV {result.explained_variance[col]:.0%})", fontsize=8
+            )
             ax.tick_params(labelsize=7)
             if col == 0:
                 ax.set_ylabel("% signal", fontsize=7)

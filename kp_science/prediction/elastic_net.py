@@ -212,8 +212,9 @@ def loo_many(
     # flatten (dataset, fold) into designs, each with R rows (one per l1_ratio)
     all_designs = [(d, k) for d in range(len(prepared)) for k in range(n)]
     preds = [np.empty((R, T, n)) for _ in prepared]
-    coefs = ([np.empty((n, R, T, prepared[0][0].shape[1])) for _ in prepared]
-             if return_coefs else None)
+    coefs = (
+        [np.empty((n, R, T, prepared[0][0].shape[1])) for _ in prepared] if return_coefs else None
+    )
     for start in range(0, len(all_designs), designs_per_call):
         chunk = all_designs[start : start + designs_per_call]
         Xd = np.stack([prepared[d][3][k] for d, k in chunk])
@@ -223,8 +224,7 @@ def loo_many(
         lam = np.concatenate([penalties(prepared[d][2], rho, m)[1] for d, _ in chunk])
         which = np.repeat(np.arange(len(chunk)), R)
         Y = np.repeat(Ytr, R, axis=0)
-        pred, cf, _ = enet_paths(Xd, Y, mu, lam, which=which, X_eval=Xe,
-                                 return_coefs=return_coefs)
+        pred, cf, _ = enet_paths(Xd, Y, mu, lam, which=which, X_eval=Xe, return_coefs=return_coefs)
         assert pred is not None  # predictions come back for the given X_eval
         offset = np.repeat(Ytr.mean(axis=1), R)
         pred = pred[:, :, 0] + offset[:, None]
@@ -235,8 +235,16 @@ def loo_many(
     out = []
     for d, ((_X, y, alphas, *_), pr) in enumerate(zip(prepared, preds, strict=True)):
         mse = ((pr - y[None, None, :]) ** 2).mean(axis=2)
-        out.append(LooSelection(rho, alphas, pr, mse, select_best(mse, alphas, rho),
-                                coefs[d] if coefs is not None else None))
+        out.append(
+            LooSelection(
+                rho,
+                alphas,
+                pr,
+                mse,
+                select_best(mse, alphas, rho),
+                coefs[d] if coefs is not None else None,
+            )
+        )
     return out
 
 

@@ -125,8 +125,12 @@ def nested_loo(
 
 
 def _nested_chunk(
-    X: np.ndarray, y: np.ndarray, ks: np.ndarray, l1_ratios: tuple[float, ...],
-    n_alphas: int, eps: float,
+    X: np.ndarray,
+    y: np.ndarray,
+    ks: np.ndarray,
+    l1_ratios: tuple[float, ...],
+    n_alphas: int,
+    eps: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Nested-LOO predictions of participants ``ks``: (predicted, l1_ratio, alpha)."""
     n = len(y)
@@ -145,14 +149,18 @@ def _nested_chunk(
         mus.append(mu[0])
         lams.append(lam[0])
         t_last.append(t)
-    pred, _, _ = enet_paths(np.stack(designs), np.stack(Y), np.stack(mus), np.stack(lams),
-                            which=np.arange(len(ks)), X_eval=np.stack(evals),
-                            t_last=np.array(t_last))
+    pred, _, _ = enet_paths(
+        np.stack(designs),
+        np.stack(Y),
+        np.stack(mus),
+        np.stack(lams),
+        which=np.arange(len(ks)),
+        X_eval=np.stack(evals),
+        t_last=np.array(t_last),
+    )
     assert pred is not None  # predictions come back for the given X_eval
-    predicted = np.array([y[train].mean() + pred[i, t_last[i], 0]
-                          for i, train in enumerate(keep)])
-    return (predicted, np.array([s.l1_ratio for s in inner]),
-            np.array([s.alpha for s in inner]))
+    predicted = np.array([y[train].mean() + pred[i, t_last[i], 0] for i, train in enumerate(keep)])
+    return (predicted, np.array([s.l1_ratio for s in inner]), np.array([s.alpha for s in inner]))
 
 
 @dataclass
@@ -206,8 +214,9 @@ def permutation_test(
         return PermutationResult(float("nan"), 0, 0, obs, None, PathStats())
     folds = _PermutationFolds(X, l1_ratios, n_alphas, eps)
     blocks = [perms[i : i + chunk] for i in range(0, n_permutations, chunk)]
-    results = run_parallel(_permutation_block,
-                           [(b, y, folds, obs, exact_null) for b in blocks], n_jobs)
+    results = run_parallel(
+        _permutation_block, [(b, y, folds, obs, exact_null) for b in blocks], n_jobs
+    )
     best = np.concatenate([r[0] for r in results])
     n_as_good = int((best <= obs * (1 + _TIE_RTOL)).sum())
     stats = PathStats()
@@ -228,8 +237,9 @@ class _PermutationFolds:
     the outcome), their Gram matrices and ranks, the grid's shape and the order in which the
     mixing ratios are tried first."""
 
-    def __init__(self, X: np.ndarray, l1_ratios: tuple[float, ...], n_alphas: int,
-                 eps: float) -> None:
+    def __init__(
+        self, X: np.ndarray, l1_ratios: tuple[float, ...], n_alphas: int, eps: float
+    ) -> None:
         z_train, z_test, self.train_idx = loo_folds(X)
         self.designs = prepare_designs(z_train)
         self.gram = self.designs.gram  # formed here, not lazily in the worker threads
@@ -241,8 +251,9 @@ class _PermutationFolds:
         self.rho_order = _extremes_first(rho)
         # largest active set per (mixing ratio, fold): rank(X) for the lasso (see solver)
         p = X.shape[1]
-        self.cap = np.where((self.ratio <= 0)[:, None], self.designs.rank[None, :],
-                            p).astype(np.int64)
+        self.cap = np.where((self.ratio <= 0)[:, None], self.designs.rank[None, :], p).astype(
+            np.int64
+        )
 
 
 def _extremes_first(rho: np.ndarray) -> np.ndarray:
@@ -263,7 +274,11 @@ def _extremes_first(rho: np.ndarray) -> np.ndarray:
 
 
 def _permutation_block(
-    perms: np.ndarray, y: np.ndarray, folds: _PermutationFolds, obs: float, exact_null: bool,
+    perms: np.ndarray,
+    y: np.ndarray,
+    folds: _PermutationFolds,
+    obs: float,
+    exact_null: bool,
 ) -> tuple[np.ndarray, PathStats]:
     """Minimum LOO error of the permutations ``perms`` (N, n) — exact with ``exact_null``,
     otherwise a value that is ≤ the observed minimum (with the tie tolerance) exactly when
@@ -288,9 +303,24 @@ def _permutation_block(
     limit = n * cut * (1 + 1e-12)  # a partial sum above it can never give a minimum ≤ cut
     d = folds.designs
     best, counts = kernels.permutation_block(
-        Yp, np.ascontiguousarray(order, dtype=np.int64), folds.train_idx.astype(np.int64),
-        d.Q, d.X, d.XT, folds.gram, folds.XE, mu_row, folds.ratio, folds.rho_order, folds.cap,
-        limit, cut, exact_null, 3, 500)
+        Yp,
+        np.ascontiguousarray(order, dtype=np.int64),
+        folds.train_idx.astype(np.int64),
+        d.Q,
+        d.X,
+        d.XT,
+        folds.gram,
+        folds.XE,
+        mu_row,
+        folds.ratio,
+        folds.rho_order,
+        folds.cap,
+        limit,
+        cut,
+        exact_null,
+        3,
+        500,
+    )
     return best, PathStats.from_counts(counts)
 
 
@@ -354,8 +384,9 @@ def bootstrap_selection(
         counts = []
         for rows in chunks:
             pos = np.searchsorted(fit, rows)
-            _, coefs, _ = enet_paths(Zb[rows], Yb[rows], mu[pos], lam[pos],
-                                     which=np.arange(rows.size), return_coefs=True)
+            _, coefs, _ = enet_paths(
+                Zb[rows], Yb[rows], mu[pos], lam[pos], which=np.arange(rows.size), return_coefs=True
+            )
             assert coefs is not None  # asked for with return_coefs
             counts.append((coefs[:, -1] != 0).sum(axis=0))
         freq_counts = np.sum(counts, axis=0)

@@ -45,21 +45,49 @@ from kp_science.prediction.evaluation import (
 from kp_science.prediction.parallel import single_blas_thread
 from kp_science.prediction.variants import DEFAULT_VARIANTS, ModelVariant, design_matrix
 
-TABLES = ("enet_summary", "enet_coefficients", "enet_predictions", "enet_cv_curve",
-          "enet_exclusions")
+TABLES = (
+    "enet_summary",
+    "enet_coefficients",
+    "enet_predictions",
+    "enet_cv_curve",
+    "enet_exclusions",
+)
 
 SUMMARY_COLUMNS = [
-    "model", "status", "outcome", "n_participants", "n_excluded", "n_features", "n_selected",
-    "l1_ratio", "alpha", "loo_mse", "loo_rmse", "loo_r", "nested_r", "nested_rmse",
-    "permutation_p", "n_permutations", "permutation_fits", "n_bootstraps", "intercept",
-    "sd_outcome", "dropped_constant", "seconds",
+    "model",
+    "status",
+    "outcome",
+    "n_participants",
+    "n_excluded",
+    "n_features",
+    "n_selected",
+    "l1_ratio",
+    "alpha",
+    "loo_mse",
+    "loo_rmse",
+    "loo_r",
+    "nested_r",
+    "nested_rmse",
+    "permutation_p",
+    "n_permutations",
+    "permutation_fits",
+    "n_bootstraps",
+    "intercept",
+    "sd_outcome",
+    "dropped_constant",
+    "seconds",
 ]
 COLUMNS = {
     "enet_summary": SUMMARY_COLUMNS,
-    "enet_coefficients": ["model", "term", "beta_std", "beta_fully_std", "selected",
-                          "selection_frequency"],
-    "enet_predictions": ["model", "participant_id", "observed", "predicted",
-                         "nested_predicted"],
+    "enet_coefficients": [
+        "model",
+        "term",
+        "beta_std",
+        "beta_fully_std",
+        "selected",
+        "selection_frequency",
+    ],
+    "enet_predictions": ["model", "participant_id", "observed", "predicted", "nested_predicted"],
     "enet_cv_curve": ["model", "l1_ratio", "alpha", "loo_mse", "selected"],
     "enet_exclusions": ["model", "participant_id", "reason"],
 }
@@ -86,79 +114,115 @@ def fit_variant(
     """
     settings = settings or EnetSettings()
     start = time.perf_counter()
-    X_df, y_s, report = design_matrix(change_scores, clinical, variant,
-                                      settings.min_participants)
+    X_df, y_s, report = design_matrix(change_scores, clinical, variant, settings.min_participants)
     excluded = report.excluded
     if left_out is not None and len(left_out):  # their reason, not "no change scores"
-        excluded = pd.concat([left_out[["participant_id", "reason"]], excluded[
-            ~excluded["participant_id"].isin(left_out["participant_id"])]], ignore_index=True)
+        excluded = pd.concat(
+            [
+                left_out[["participant_id", "reason"]],
+                excluded[~excluded["participant_id"].isin(left_out["participant_id"])],
+            ],
+            ignore_index=True,
+        )
     X, y = X_df.to_numpy(dtype=float), y_s.to_numpy(dtype=float)
-    grid: dict[str, Any] = dict(l1_ratios=settings.l1_ratios, n_alphas=settings.n_alphas,
-                                eps=settings.eps)
+    grid: dict[str, Any] = dict(
+        l1_ratios=settings.l1_ratios, n_alphas=settings.n_alphas, eps=settings.eps
+    )
 
     sel = loo_select(X, y, **grid)
     model = refit_selected(X, y, sel)
     nested = nested_loo(X, y, **grid, n_jobs=settings.n_jobs) if settings.nested else None
-    perm = (permutation_test(X, y, settings.n_permutations, settings.seed, observed=sel,
-                             n_jobs=settings.n_jobs, **grid)
-            if settings.n_permutations > 0 else None)
-    boot = (bootstrap_selection(X, y, settings.n_bootstraps, settings.seed,
-                                l1_ratio=sel.l1_ratio, alpha=sel.alpha,
-                                n_alphas=settings.n_alphas, eps=settings.eps)
-            if settings.n_bootstraps > 0 else None)
+    perm = (
+        permutation_test(
+            X,
+            y,
+            settings.n_permutations,
+            settings.seed,
+            observed=sel,
+            n_jobs=settings.n_jobs,
+            **grid,
+        )
+        if settings.n_permutations > 0
+        else None
+    )
+    boot = (
+        bootstrap_selection(
+            X,
+            y,
+            settings.n_bootstraps,
+            settings.seed,
+            l1_ratio=sel.l1_ratio,
+            alpha=sel.alpha,
+            n_alphas=settings.n_alphas,
+            eps=settings.eps,
+        )
+        if settings.n_bootstraps > 0
+        else None
+    )
 
     name = variant.name
     terms = list(X_df.columns)
     loo_pred = sel.predictions
-    summary = pd.DataFrame([{
-        "model": name,
-        "status": "ok",
-        "outcome": variant.outcome,
-        "n_participants": len(y),
-        "n_excluded": len(excluded),
-        "n_features": len(terms),
-        "n_selected": int(np.count_nonzero(model.beta_std)),
-        "l1_ratio": sel.l1_ratio,
-        "alpha": sel.alpha,
-        "loo_mse": sel.min_mse,
-        "loo_rmse": float(np.sqrt(sel.min_mse)),
-        "loo_r": pearson_r(y, loo_pred),
-        "nested_r": nested.r if nested else np.nan,
-        "nested_rmse": nested.rmse if nested else np.nan,
-        "permutation_p": perm.p_value if perm else np.nan,
-        "n_permutations": settings.n_permutations if perm else 0,
-        "permutation_fits": perm.stats.instances if perm else 0,
-        "n_bootstraps": settings.n_bootstraps if boot else 0,
-        "intercept": model.intercept,
-        "sd_outcome": model.sd_outcome,
-        "dropped_constant": ";".join(report.dropped_constant),
-        "seconds": time.perf_counter() - start,
-    }], columns=SUMMARY_COLUMNS)
-    coefficients = pd.DataFrame({
-        "model": name,
-        "term": terms,
-        "beta_std": model.beta_std,
-        "beta_fully_std": model.beta_fully_std,
-        "selected": model.beta_std != 0,
-        "selection_frequency": boot.frequency if boot else np.nan,
-    })
-    predictions = pd.DataFrame({
-        "model": name,
-        "participant_id": X_df.index.astype(str),
-        "observed": y,
-        "predicted": loo_pred,
-        "nested_predicted": nested.predicted if nested else np.nan,
-    })
+    summary = pd.DataFrame(
+        [
+            {
+                "model": name,
+                "status": "ok",
+                "outcome": variant.outcome,
+                "n_participants": len(y),
+                "n_excluded": len(excluded),
+                "n_features": len(terms),
+                "n_selected": int(np.count_nonzero(model.beta_std)),
+                "l1_ratio": sel.l1_ratio,
+                "alpha": sel.alpha,
+                "loo_mse": sel.min_mse,
+                "loo_rmse": float(np.sqrt(sel.min_mse)),
+                "loo_r": pearson_r(y, loo_pred),
+                "nested_r": nested.r if nested else np.nan,
+                "nested_rmse": nested.rmse if nested else np.nan,
+                "permutation_p": perm.p_value if perm else np.nan,
+                "n_permutations": settings.n_permutations if perm else 0,
+                "permutation_fits": perm.stats.instances if perm else 0,
+                "n_bootstraps": settings.n_bootstraps if boot else 0,
+                "intercept": model.intercept,
+                "sd_outcome": model.sd_outcome,
+                "dropped_constant": ";".join(report.dropped_constant),
+                "seconds": time.perf_counter() - start,
+            }
+        ],
+        columns=SUMMARY_COLUMNS,
+    )
+    coefficients = pd.DataFrame(
+        {
+            "model": name,
+            "term": terms,
+            "beta_std": model.beta_std,
+            "beta_fully_std": model.beta_fully_std,
+            "selected": model.beta_std != 0,
+            "selection_frequency": boot.frequency if boot else np.nan,
+        }
+    )
+    predictions = pd.DataFrame(
+        {
+            "model": name,
+            "participant_id": X_df.index.astype(str),
+            "observed": y,
+            "predicted": loo_pred,
+            "nested_predicted": nested.predicted if nested else np.nan,
+        }
+    )
     R, T = sel.alphas.shape
     selected = np.zeros((R, T), dtype=bool)
     selected[sel.best] = True
-    cv_curve = pd.DataFrame({
-        "model": name,
-        "l1_ratio": np.repeat(sel.l1_ratios, T),
-        "alpha": sel.alphas.ravel(),
-        "loo_mse": sel.loo_mse.ravel(),
-        "selected": selected.ravel(),
-    })
+    cv_curve = pd.DataFrame(
+        {
+            "model": name,
+            "l1_ratio": np.repeat(sel.l1_ratios, T),
+            "alpha": sel.alphas.ravel(),
+            "loo_mse": sel.loo_mse.ravel(),
+            "selected": selected.ravel(),
+        }
+    )
     exclusions = excluded.assign(model=name)[COLUMNS["enet_exclusions"]]
     return {
         "enet_summary": summary,

@@ -37,33 +37,95 @@ class Finding:
 
 
 FINDINGS: tuple[Finding, ...] = (
-    Finding("vmpfc_amygdala_faces",
-            "improvement ~ increased vmPFC–amygdala connectivity during face viewing",
-            "standardized β", "main", VMPFC_AMYGDALA_FACES, 2.90, +1),
-    Finding("drug_interaction", "that effect is stronger under ketamine than midazolam",
-            "standardized β", "interaction", interaction_term(VMPFC_AMYGDALA_FACES), 0.86, +1),
-    Finding("madrs_covariate", "it survives adding concomitant change in depression (MADRS)",
-            "standardized β", "covariate", VMPFC_AMYGDALA_FACES, 0.69, +1),
-    Finding("dacc_conflict_ketamine",
-            "improvement after ketamine ~ decreased dACC activity during conflict regulation",
-            "standardized β", "ketamine_only", DACC_REGULATION, -2.82, -1),
-    Finding("insula_rest_ketamine",
-            "improvement after ketamine ~ increased resting vmPFC–anterior-insula connectivity",
-            "standardized β", "ketamine_only", VMPFC_INSULA_REST, 0.60, +1),
-    Finding("dcm_amygdala_to_vmpfc",
-            "DCM: improvement (either drug) ~ decreased emotional modulation of amygdala→vmPFC",
-            "direction", "dcm_group", "dcm.B[emotional][amygdala->vmpfc] change", np.nan, -1),
-    Finding("dcm_vmpfc_to_amygdala_ketamine",
-            "DCM: increased top-down inhibition vmPFC→amygdala in ketamine improvers",
-            "direction", "dcm_group", "dcm.A[vmpfc->amygdala] change", np.nan, -1),
-    Finding("dcm_baseline_inhibition",
-            "DCM: low baseline prefrontal inhibition of amygdala predicts improvement "
-            "under ketamine", "direction", "dcm_group", "dcm.A[vmpfc->amygdala] pre", np.nan, +1),
+    Finding(
+        "vmpfc_amygdala_faces",
+        "improvement ~ increased vmPFC–amygdala connectivity during face viewing",
+        "standardized β",
+        "main",
+        VMPFC_AMYGDALA_FACES,
+        2.90,
+        +1,
+    ),
+    Finding(
+        "drug_interaction",
+        "that effect is stronger under ketamine than midazolam",
+        "standardized β",
+        "interaction",
+        interaction_term(VMPFC_AMYGDALA_FACES),
+        0.86,
+        +1,
+    ),
+    Finding(
+        "madrs_covariate",
+        "it survives adding concomitant change in depression (MADRS)",
+        "standardized β",
+        "covariate",
+        VMPFC_AMYGDALA_FACES,
+        0.69,
+        +1,
+    ),
+    Finding(
+        "dacc_conflict_ketamine",
+        "improvement after ketamine ~ decreased dACC activity during conflict regulation",
+        "standardized β",
+        "ketamine_only",
+        DACC_REGULATION,
+        -2.82,
+        -1,
+    ),
+    Finding(
+        "insula_rest_ketamine",
+        "improvement after ketamine ~ increased resting vmPFC–anterior-insula connectivity",
+        "standardized β",
+        "ketamine_only",
+        VMPFC_INSULA_REST,
+        0.60,
+        +1,
+    ),
+    Finding(
+        "dcm_amygdala_to_vmpfc",
+        "DCM: improvement (either drug) ~ decreased emotional modulation of amygdala→vmPFC",
+        "direction",
+        "dcm_group",
+        "dcm.B[emotional][amygdala->vmpfc] change",
+        np.nan,
+        -1,
+    ),
+    Finding(
+        "dcm_vmpfc_to_amygdala_ketamine",
+        "DCM: increased top-down inhibition vmPFC→amygdala in ketamine improvers",
+        "direction",
+        "dcm_group",
+        "dcm.A[vmpfc->amygdala] change",
+        np.nan,
+        -1,
+    ),
+    Finding(
+        "dcm_baseline_inhibition",
+        "DCM: low baseline prefrontal inhibition of amygdala predicts improvement under ketamine",
+        "direction",
+        "dcm_group",
+        "dcm.A[vmpfc->amygdala] pre",
+        np.nan,
+        +1,
+    ),
 )
 
-COLUMNS = ["finding", "description", "statistic", "model", "term", "published",
-           "published_direction", "estimate", "beta_fully_std", "selection_frequency", "pp",
-           "same_direction", "note"]
+COLUMNS = [
+    "finding",
+    "description",
+    "statistic",
+    "model",
+    "term",
+    "published",
+    "published_direction",
+    "estimate",
+    "beta_fully_std",
+    "selection_frequency",
+    "pp",
+    "same_direction",
+    "note",
+]
 
 
 def paper_table(
@@ -109,31 +171,35 @@ def paper_table(
                 note = "term not in model (feature absent or constant)"
             else:
                 beta = float(hit["beta_std"].iloc[0])
-                freq = float(hit["selection_frequency"].iloc[0]) if (
-                    "selection_frequency" in hit) else np.nan
+                freq = (
+                    float(hit["selection_frequency"].iloc[0])
+                    if ("selection_frequency" in hit)
+                    else np.nan
+                )
                 if beta == 0:
                     note = "not selected (β = 0)"
                 else:
                     estimate = beta
                     fully = float(hit["beta_fully_std"].iloc[0])
                     note = ""
-        same = (bool(np.sign(estimate) == f.direction) if np.isfinite(estimate)
-                else np.nan)
+        same = bool(np.sign(estimate) == f.direction) if np.isfinite(estimate) else np.nan
         if same is False and not note:
             note = "opposite direction to the published finding"
-        rows.append({
-            "finding": f.key,
-            "description": f.description,
-            "statistic": f.statistic,
-            "model": f.model,
-            "term": f.term,
-            "published": f.published,
-            "published_direction": "+" if f.direction > 0 else "−",
-            "estimate": estimate,
-            "beta_fully_std": fully,
-            "selection_frequency": freq,
-            "pp": pp,
-            "same_direction": same,
-            "note": note,
-        })
+        rows.append(
+            {
+                "finding": f.key,
+                "description": f.description,
+                "statistic": f.statistic,
+                "model": f.model,
+                "term": f.term,
+                "published": f.published,
+                "published_direction": "+" if f.direction > 0 else "−",
+                "estimate": estimate,
+                "beta_fully_std": fully,
+                "selection_frequency": freq,
+                "pp": pp,
+                "same_direction": same,
+                "note": note,
+            }
+        )
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -45,8 +45,9 @@ BOUNDARY_RTOL = 1e-10
 _PIVOT_RTOL = 1e-13
 
 # typed as Any-valued: each keyword goes to its own, differently typed parameter of njit
-_JIT: dict[str, Any] = dict(cache=True, nogil=True, error_model="numpy",
-                             fastmath={"reassoc", "contract"})
+_JIT: dict[str, Any] = dict(
+    cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}
+)
 
 
 @nb.njit(**_JIT)
@@ -240,8 +241,15 @@ def _solve(X, XT, G, y, c, S, mu, lam, ws, w, z, stats) -> None:
 def _workspace(m: int, p: int):
     """Scratch arrays of :func:`_solve`: active list; dual kernel X_A X_Aᵀ, X_A s_A and
     the signs they are for; system matrix; right-hand side; an m-vector."""
-    return (np.empty(p, dtype=np.int64), np.zeros((m, m)), np.zeros(m), np.zeros(p),
-            np.empty((m, m)), np.empty(max(m, 1)), np.empty(m))
+    return (
+        np.empty(p, dtype=np.int64),
+        np.zeros((m, m)),
+        np.zeros(m),
+        np.zeros(p),
+        np.empty((m, m)),
+        np.empty(max(m, 1)),
+        np.empty(m),
+    )
 
 
 @nb.njit(**_JIT)
@@ -428,8 +436,9 @@ def _monotone(X, XT, G, y, c, mu, lam, cap, max_iter, W0, S0, ws, w, z, S, stats
 
 
 @nb.njit(**_JIT)
-def _path(X, XT, G, xe, y, mu, lam, t_last, cap, pdas_iter, max_iter, pred, coef, want_coef,
-          ws, stats) -> None:
+def _path(
+    X, XT, G, xe, y, mu, lam, t_last, cap, pdas_iter, max_iter, pred, coef, want_coef, ws, stats
+) -> None:
     """Solve one problem along grid points t = 0 … t_last (decreasing penalties μ, λ (T,)).
 
     X (m, p), XT (p, m), G (p, p), xe (k, p) evaluation rows, y (m,) outcome in the
@@ -496,8 +505,7 @@ def _path(X, XT, G, xe, y, mu, lam, t_last, cap, pdas_iter, max_iter, pred, coef
         w_prev, w, wn = w, wn, w_prev
         z_prev, z, zn = z, zn, z_prev
         if not settled:
-            _monotone(X, XT, G, y, c, mu_t, lam_t, cap, max_iter, w_prev, S, ws, w, z, Sg,
-                      stats)
+            _monotone(X, XT, G, y, c, mu_t, lam_t, cap, max_iter, w_prev, S, ws, w, z, Sg, stats)
         for j in range(p):
             S[j] = Sg[j]
         stats[0] += 1
@@ -547,9 +555,24 @@ def paths_batch(X, XT, G, XE, which, Y, mu, lam, t_last, cap, pdas_iter, max_ite
         d = which[b]
         if t_last[b] < 0:
             continue
-        _path(X[d], XT[d], G[d] if G.shape[0] > 0 else no_gram, XE[d], Y[b], mu[b], lam[b],
-              t_last[b], cap[b], pdas_iter, max_iter, pred[b], coef[b] if want_coef else dummy,
-              want_coef, ws, stats)
+        _path(
+            X[d],
+            XT[d],
+            G[d] if G.shape[0] > 0 else no_gram,
+            XE[d],
+            Y[b],
+            mu[b],
+            lam[b],
+            t_last[b],
+            cap[b],
+            pdas_iter,
+            max_iter,
+            pred[b],
+            coef[b] if want_coef else dummy,
+            want_coef,
+            ws,
+            stats,
+        )
     return pred, coef, stats
 
 
@@ -566,8 +589,28 @@ def _sort_desc(keys: np.ndarray, idx: np.ndarray) -> None:
 
 
 @nb.njit(**_JIT)
-def _fold_errors(X, XT, Gf, XE, Q, train_idx, y, f, mu, lam, t_last, cap, pdas_iter,
-                 max_iter, ytr, yq, pred, dummy, ws, stats) -> float:
+def _fold_errors(
+    X,
+    XT,
+    Gf,
+    XE,
+    Q,
+    train_idx,
+    y,
+    f,
+    mu,
+    lam,
+    t_last,
+    cap,
+    pdas_iter,
+    max_iter,
+    ytr,
+    yq,
+    pred,
+    dummy,
+    ws,
+    stats,
+) -> float:
     """LOO fold f of outcome y (n,): solve its path up to t_last and leave the held-out
     participant's predictions (outcome units, training mean not yet added) in pred[:, 0];
     returns the empty model's error, y_f − mean of the training outcomes."""
@@ -583,14 +626,47 @@ def _fold_errors(X, XT, Gf, XE, Q, train_idx, y, f, mu, lam, t_last, cap, pdas_i
         qa, ya = Q[a], ytr[a]
         for b in range(m):
             yq[b] += qa[b] * ya
-    _path(X[f], XT[f], Gf, XE[f], yq, mu, lam, t_last, cap, pdas_iter, max_iter, pred,
-          dummy, False, ws, stats)
+    _path(
+        X[f],
+        XT[f],
+        Gf,
+        XE[f],
+        yq,
+        mu,
+        lam,
+        t_last,
+        cap,
+        pdas_iter,
+        max_iter,
+        pred,
+        dummy,
+        False,
+        ws,
+        stats,
+    )
     return y[f] - mean
 
 
 @nb.njit(**_JIT)
-def permutation_block(Yp, order, train_idx, Q, X, XT, G, XE, mu_row, ratio, rho_order, cap,
-                      limit, cut, exact, pdas_iter, max_iter):
+def permutation_block(
+    Yp,
+    order,
+    train_idx,
+    Q,
+    X,
+    XT,
+    G,
+    XE,
+    mu_row,
+    ratio,
+    rho_order,
+    cap,
+    limit,
+    cut,
+    exact,
+    pdas_iter,
+    max_iter,
+):
     """Minimum LOO error of permuted outcomes, pruned; see :mod:`.evaluation`.
 
     Yp (N, n) permuted outcomes; order (N, n) first fold order per permutation; train_idx
@@ -667,9 +743,28 @@ def permutation_block(Yp, order, train_idx, Q, X, XT, G, XE, mu_row, ratio, rho_
             t_last = T - 1
             for stage in range(n):
                 f = folds[stage]
-                e0 = _fold_errors(X, XT, G[f] if G.shape[0] > 0 else no_gram, XE, Q,
-                                  train_idx, y, f, mu_row[i], lam, t_last, cap[r, f],
-                                  pdas_iter, max_iter, ytr, yq, pred, dummy, ws, stats)
+                e0 = _fold_errors(
+                    X,
+                    XT,
+                    G[f] if G.shape[0] > 0 else no_gram,
+                    XE,
+                    Q,
+                    train_idx,
+                    y,
+                    f,
+                    mu_row[i],
+                    lam,
+                    t_last,
+                    cap[r, f],
+                    pdas_iter,
+                    max_iter,
+                    ytr,
+                    yq,
+                    pred,
+                    dummy,
+                    ws,
+                    stats,
+                )
                 total = 0.0
                 for t in range(t_last + 1):
                     e = e0 - pred[t, 0]

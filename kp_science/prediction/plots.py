@@ -29,8 +29,7 @@ def plot_observed_vs_predicted(predictions: pd.DataFrame, model: str) -> bytes:
     ax = fig.add_subplot()
     ax.scatter(d["observed"], d["predicted"], s=22, label="LOO (selected grid point)")
     if d["nested_predicted"].notna().any():
-        ax.scatter(d["observed"], d["nested_predicted"], s=22, marker="x",
-                   label="nested LOO")
+        ax.scatter(d["observed"], d["nested_predicted"], s=22, marker="x", label="nested LOO")
     values = np.concatenate([d["observed"], d["predicted"], d["nested_predicted"].dropna()])
     lo, hi = float(np.min(values)), float(np.max(values))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
@@ -71,11 +70,23 @@ def plot_cv_curve(cv_curve: pd.DataFrame, model: str) -> bytes:
     colours = [(0.1 + 0.8 * i / max(len(ratios) - 1, 1)) for i in range(len(ratios))]
     for ratio, shade in zip(ratios, colours, strict=True):
         g = d[d["l1_ratio"] == ratio].sort_values("alpha")
-        ax.plot(g["alpha"], g["loo_mse"], color=(shade, 0.3, 1 - shade), lw=1,
-                label=f"l1_ratio {ratio:g}")
+        ax.plot(
+            g["alpha"],
+            g["loo_mse"],
+            color=(shade, 0.3, 1 - shade),
+            lw=1,
+            label=f"l1_ratio {ratio:g}",
+        )
     best = d[d["selected"]]
-    ax.scatter(best["alpha"], best["loo_mse"], s=60, facecolors="none", edgecolors="k",
-               label="selected", zorder=3)
+    ax.scatter(
+        best["alpha"],
+        best["loo_mse"],
+        s=60,
+        facecolors="none",
+        edgecolors="k",
+        label="selected",
+        zorder=3,
+    )
     ax.set_xscale("log")
     ax.set_xlabel("alpha")
     ax.set_ylabel("LOO mean squared error")

@@ -192,8 +192,9 @@ def enet_paths(
     if np.any(np.diff(which) < 0):
         raise ValueError("problems must be sorted by design")
     Yq = np.ascontiguousarray((Y - Y.mean(axis=1, keepdims=True)) @ prepared.Q)
-    t_last = (np.full(B, T - 1, dtype=np.int64) if t_last is None
-              else np.asarray(t_last, dtype=np.int64))
+    t_last = (
+        np.full(B, T - 1, dtype=np.int64) if t_last is None else np.asarray(t_last, dtype=np.int64)
+    )
     # a lasso (λ = 0) active set larger than rank(X) — m − 1, or less for a bootstrap
     # sample with repeated rows — makes the primal system singular
     lasso = lam.min(axis=1) <= 0
@@ -206,10 +207,25 @@ def enet_paths(
         XE = np.asarray(X_eval, dtype=float)
         XE = np.ascontiguousarray(XE[None] if XE.ndim == 2 else XE)
     pred, coefs, counts = kernels.paths_batch(
-        prepared.X, prepared.XT, prepared.gram, XE, which, Yq, mu, lam, t_last, cap, pdas_iter,
-        max_iter, return_coefs)
-    return (pred if X_eval is not None else None, coefs if return_coefs else None,
-            PathStats.from_counts(counts))
+        prepared.X,
+        prepared.XT,
+        prepared.gram,
+        XE,
+        which,
+        Yq,
+        mu,
+        lam,
+        t_last,
+        cap,
+        pdas_iter,
+        max_iter,
+        return_coefs,
+    )
+    return (
+        pred if X_eval is not None else None,
+        coefs if return_coefs else None,
+        PathStats.from_counts(counts),
+    )
 
 
 def centring_basis(m: int) -> np.ndarray:

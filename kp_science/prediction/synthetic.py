@@ -67,16 +67,18 @@ def synthetic_study(
     caps_pre = 40.0 + 8.0 * rng.standard_normal(n)
     madrs_impr = 0.5 * improvement + 6.0 * rng.standard_normal(n)
     madrs_pre = 30.0 + 6.0 * rng.standard_normal(n)
-    clinical = pd.DataFrame({
-        "participant_id": pids,
-        "arm": arm,
-        "caps5_pre": caps_pre,
-        "caps5_post": caps_pre - improvement,
-        "madrs_pre": madrs_pre,
-        "madrs_post": madrs_pre - madrs_impr,
-        "caps5_improvement": improvement,
-        "madrs_improvement": madrs_impr,
-    })
+    clinical = pd.DataFrame(
+        {
+            "participant_id": pids,
+            "arm": arm,
+            "caps5_pre": caps_pre,
+            "caps5_post": caps_pre - improvement,
+            "madrs_pre": madrs_pre,
+            "madrs_post": madrs_pre - madrs_impr,
+            "caps5_improvement": improvement,
+            "madrs_improvement": madrs_impr,
+        }
+    )
     names = feature_names(n_features)
     change = rng.standard_normal((n, n_features))
     if effects and strength > 0:
@@ -87,11 +89,13 @@ def synthetic_study(
         change[:, 1] = np.where(ket, -strength * zi, 0) + noise * rng.standard_normal(n)
         change[:, 2] = np.where(ket, strength * zi, 0) + noise * rng.standard_normal(n)
     pre = rng.standard_normal((n, n_features))
-    long = pd.DataFrame({
-        "participant_id": np.repeat(pids, n_features),
-        "feature": np.tile(names, n),
-        "pre": pre.ravel(),
-        "post": (pre + change).ravel(),
-        "change": change.ravel(),
-    })
+    long = pd.DataFrame(
+        {
+            "participant_id": np.repeat(pids, n_features),
+            "feature": np.tile(names, n),
+            "pre": pre.ravel(),
+            "post": (pre + change).ravel(),
+            "change": change.ravel(),
+        }
+    )
     return long, clinical

@@ -64,8 +64,10 @@ class ModelVariant:
     def __post_init__(self) -> None:
         unknown = [a for a in self.arms or () if a not in ARMS]
         if unknown:
-            raise ValueError(f"ModelVariant {self.name!r}: arms must be among "
-                             f"{', '.join(ARMS)}, got {', '.join(map(repr, unknown))}")
+            raise ValueError(
+                f"ModelVariant {self.name!r}: arms must be among "
+                f"{', '.join(ARMS)}, got {', '.join(map(repr, unknown))}"
+            )
 
 
 DEFAULT_VARIANTS: tuple[ModelVariant, ...] = (
@@ -169,8 +171,7 @@ def design_matrix(
     features = sorted(f for f in wide.columns if _in_families(f, variant.families))
     if not features:
         raise ValueError(
-            f"variant {variant.name!r}: no change-score feature matches families "
-            f"{variant.families}"
+            f"variant {variant.name!r}: no change-score feature matches families {variant.families}"
         )
     clin = clinical.drop_duplicates("participant_id").set_index("participant_id")
     needed_cols = [variant.outcome, *variant.covariates]

@@ -8,5 +8,10 @@ from kp_science.simulator.study import (
     simulation_target_problem,
 )
 
-__all__ = ["SIMULATION_MARKER", "SimulationOptions", "is_simulated_study", "simulate_study",
-           "simulation_target_problem"]
+__all__ = [
+    "SIMULATION_MARKER",
+    "SimulationOptions",
+    "is_simulated_study",
+    "simulate_study",
+    "simulation_target_problem",
+]

@@ -43,8 +43,7 @@ HEADLINE_EFFECTS: tuple[PlantedEffect, ...] = (
     # improvement ~ increased vmPFC→amygdala coupling during emotional faces (gPPI), stronger
     # on ketamine (paper: β = 2.90, drug interaction β = 0.86). Spread 1.0: the faces run's
     # DCM responses make the gPPI estimate noisy, and a smaller spread is not reliably selected
-    PlantedEffect("faces.gppi.vmpfc->amygdala.emotional", +1, ARMS, 1.0, 0.5,
-                  ketamine_gain=0.5),
+    PlantedEffect("faces.gppi.vmpfc->amygdala.emotional", +1, ARMS, 1.0, 0.5, ketamine_gain=0.5),
     # improvement after ketamine ~ decreased dACC conflict-regulation activity (β = −2.82)
     PlantedEffect("conflict.activation.dacc.regulation", -1, ("ketamine",), 1.8, 0.5),
     # improvement after ketamine ~ increased resting vmPFC–anterior insula FC (β = 0.60)
@@ -197,8 +196,11 @@ def stabilise_loop(values: dict[str, np.ndarray]) -> None:
       when the feedback is excitatory, in ≈ 0.6 % of sessions) or
       B[emotional][vmpfc->amygdala] (with).
     """
-    limit = MAX_LOOP_GAIN * 0.25 * np.exp(values["dcm.A[amygdala->amygdala]"]
-                                          + values["dcm.A[vmpfc->vmpfc]"])
+    limit = (
+        MAX_LOOP_GAIN
+        * 0.25
+        * np.exp(values["dcm.A[amygdala->amygdala]"] + values["dcm.A[vmpfc->vmpfc]"])
+    )
     a12 = values["dcm.A[vmpfc->amygdala]"]
     b21 = values["dcm.B[emotional][amygdala->vmpfc]"]
     a21 = np.maximum(values["dcm.A[amygdala->vmpfc]"], -b21)
@@ -219,11 +221,11 @@ def simulate_parameters(
     n = len(clinical)
     improvement = (clinical["caps5_pre"] - clinical["caps5_post"]).to_numpy(float)
     arm = clinical["arm"].to_numpy()
-    pre = {
-        name: mean + sd * rng.standard_normal(n) for name, (mean, sd) in BASELINE.items()
+    pre = {name: mean + sd * rng.standard_normal(n) for name, (mean, sd) in BASELINE.items()}
+    post = {
+        name: pre[name] + RETEST_SD * sd * rng.standard_normal(n)
+        for name, (_, sd) in BASELINE.items()
     }
-    post = {name: pre[name] + RETEST_SD * sd * rng.standard_normal(n)
-            for name, (_, sd) in BASELINE.items()}
     for effect in HEADLINE_EFFECTS:
         values = plant_values(effect, improvement, arm, null, rng)
         if effect.baseline:
@@ -240,11 +242,15 @@ def simulate_parameters(
     for effect in HEADLINE_EFFECTS:
         scope = np.isin(arm, effect.arms)
         key = f"{effect.parameter}{' (baseline)' if effect.baseline else ' (change)'}"
-        planted = pre[effect.parameter] if effect.baseline else (post[effect.parameter]
-                                                                 - pre[effect.parameter])
+        planted = (
+            pre[effect.parameter]
+            if effect.baseline
+            else (post[effect.parameter] - pre[effect.parameter])
+        )
         achieved[key] = (
             float(np.corrcoef(planted[scope], improvement[scope])[0, 1] ** 2)
-            if scope.sum() > 2 else float("nan")
+            if scope.sum() > 2
+            else float("nan")
         )
     rows = [
         (pid, session, name, float(values[i]))
@@ -265,5 +271,7 @@ def effects_description() -> list[dict]:
 def parameter_distributions() -> dict[str, dict[str, float]]:
     """Pre-treatment mean and between-participant sd of every parameter, and the test–retest
     sd (fraction of that sd) of non-headline ones (for simulation.json)."""
-    return {name: {"mean": mean, "sd": sd, "retest_sd_fraction": RETEST_SD}
-            for name, (mean, sd) in BASELINE.items()}
+    return {
+        name: {"mean": mean, "sd": sd, "retest_sd_fraction": RETEST_SD}
+        for name, (mean, sd) in BASELINE.items()
+    }

@@ -227,8 +227,9 @@ def synthesize_run(
     displacement -= displacement.mean(0)
     tt = (np.arange(n_volumes) - (n_volumes - 1) / 2) / max(n_volumes - 1, 1)
     drift = noise.drift_amplitude * (tt + 2.0 * tt**2)
-    courses = np.vstack([noise.physio_amplitude * physio, noise.motion_gain * displacement.T,
-                         drift])
+    courses = np.vstack(
+        [noise.physio_amplitude * physio, noise.motion_gain * displacement.T, drift]
+    )
     spatial = maps[:, 1:].copy()
     spatial[:, -1] = 1.0 + 0.5 * spatial[:, -1]  # drift everywhere, stronger in places
     percent += spatial @ courses.astype(np.float32)
@@ -238,8 +239,9 @@ def synthesize_run(
     # AR(1) in time, smoothing in space, renormalised to unit variance
     white = rng.standard_normal(percent.shape, dtype=np.float32)
     # without zi, lfilter returns the filtered array alone (scipy's return type is unannotated)
-    thermal = cast(np.ndarray, lfilter([np.sqrt(1.0 - noise.ar1**2)], [1.0, -noise.ar1], white,
-                                       axis=1))
+    thermal = cast(
+        np.ndarray, lfilter([np.sqrt(1.0 - noise.ar1**2)], [1.0, -noise.ar1], white, axis=1)
+    )
     thermal = smooth_in_brain(thermal.astype(np.float32), grid, noise.spatial_kernel)
     thermal /= thermal.std()
 
@@ -268,5 +270,7 @@ def cosine_regressors(n_volumes: int, tr: float, period_s: float = 128.0) -> dic
     order = int(np.floor(2 * n_volumes * tr / period_s))
     n = np.arange(n_volumes)
     scale = np.sqrt(2.0 / n_volumes)
-    return {f"cosine{k - 1:02d}": scale * np.cos(np.pi * (2 * n + 1) * k / (2 * n_volumes))
-            for k in range(1, order + 1)}
+    return {
+        f"cosine{k - 1:02d}": scale * np.cos(np.pi * (2 * n + 1) * k / (2 * n_volumes))
+        for k in range(1, order + 1)
+    }

@@ -66,8 +66,9 @@ class RoiStudy:
         return self.planted.clinical
 
 
-def roi_noise(n_volumes: int, n_rois: int, sd: float, ar1: float,
-              rng: np.random.Generator) -> np.ndarray:
+def roi_noise(
+    n_volumes: int, n_rois: int, sd: float, ar1: float, rng: np.random.Generator
+) -> np.ndarray:
     """(n_volumes, n_rois) stationary AR(1) noise with marginal SD ``sd``."""
     white = rng.standard_normal((n_volumes, n_rois))
     white[0] /= np.sqrt(1.0 - ar1**2)  # start in the stationary distribution
@@ -102,10 +103,18 @@ def simulate_roi_study(
                 rng = run_rng(seed, job.index, s, task, 1)
                 region, n_volumes = region_signals(job, session, task, options, rng)
                 percent = np.column_stack([region[r] for r in ROI_NAMES]) + roi_noise(
-                    n_volumes, len(ROI_NAMES), noise_sd, ar1, rng)
+                    n_volumes, len(ROI_NAMES), noise_sd, ar1, rng
+                )
                 raw = pd.DataFrame(BASELINE * (1.0 + percent / 100.0), columns=list(ROI_NAMES))
                 raw.index.name = "volume"
-                runs.append(RoiRun(job.participant_id, session, task, raw,
-                                   job.events.get((session, task)), float(tr)))
+                runs.append(
+                    RoiRun(
+                        job.participant_id,
+                        session,
+                        task,
+                        raw,
+                        job.events.get((session, task)),
+                        float(tr),
+                    )
+                )
     return RoiStudy(planted, runs)
-

@@ -48,8 +48,13 @@ PAIR_CORRELATIONS = {
 }
 # activation amplitudes (% signal per unit HRF-convolved regressor) of regions outside the DCM
 FACES_RESPONSE = {"racc": 0.3, "dacc": 0.2, "hippocampus_ant": 0.2, "insula_ant": 0.4}
-CONFLICT_RESPONSE = {"racc": 0.5, "insula_ant": 0.8, "hippocampus_ant": 0.25, "amygdala": 0.25,
-                     "vmpfc": 0.25}
+CONFLICT_RESPONSE = {
+    "racc": 0.5,
+    "insula_ant": 0.8,
+    "hippocampus_ant": 0.25,
+    "amygdala": 0.25,
+    "vmpfc": 0.25,
+}
 DACC_CONGRUENT = 1.2  # dACC amplitude for congruent trials (a 1 s trial peaks at 0.33 × this)
 
 
@@ -73,8 +78,9 @@ def correlated_fluctuations(
         (np.array([0.0]), np.array([tr]), np.array([1.0])), "glover", hrf_times
     )[0][:, 0]
     white = rng.standard_normal((n_volumes + len(hrf), k))
-    filtered = np.stack([np.convolve(white[:, j], hrf)[len(hrf) : len(hrf) + n_volumes]
-                         for j in range(k)], axis=1)
+    filtered = np.stack(
+        [np.convolve(white[:, j], hrf)[len(hrf) : len(hrf) + n_volumes] for j in range(k)], axis=1
+    )
     filtered -= filtered.mean(0)
     # whiten the sample covariance, then impose the target correlation
     whitened = filtered @ np.linalg.inv(np.linalg.cholesky(np.cov(filtered.T, bias=True))).T
@@ -86,8 +92,9 @@ def frame_times(n_volumes: int, tr: float) -> np.ndarray:
     return np.arange(n_volumes) * tr + tr / 2
 
 
-def hrf_regressor(onsets: np.ndarray, durations: np.ndarray, amplitudes: np.ndarray,
-                  times: np.ndarray) -> np.ndarray:
+def hrf_regressor(
+    onsets: np.ndarray, durations: np.ndarray, amplitudes: np.ndarray, times: np.ndarray
+) -> np.ndarray:
     """Glover-HRF convolved regressor at ``times`` (nilearn's definition)."""
     if len(onsets) == 0:
         return np.zeros(len(times))
@@ -117,8 +124,9 @@ def dcm_parameters(values: dict[str, float]) -> DCMParameters:
 def faces_inputs(events: pd.DataFrame, n_volumes: int, tr: float) -> np.ndarray:
     """DCM inputs (n_volumes·16, 2): all faces, emotional faces."""
     faces = stimulus_function(events, np.ones(len(events), bool), n_volumes, tr)
-    emotional = stimulus_function(events, events["trial_type"].eq("emotional").to_numpy(),
-                                  n_volumes, tr)
+    emotional = stimulus_function(
+        events, events["trial_type"].eq("emotional").to_numpy(), n_volumes, tr
+    )
     return np.column_stack([faces, emotional])
 
 
@@ -127,8 +135,7 @@ def neural_noise(n_volumes: int, rng: np.random.Generator) -> np.ndarray:
     n_micro = n_volumes * MICROTIME_BINS
     white = rng.standard_normal((n_micro + MICROTIME_BINS, len(DCM_REGIONS)))
     kernel = np.ones(MICROTIME_BINS // 2) / np.sqrt(MICROTIME_BINS // 2)
-    smooth = np.stack([np.convolve(white[:, j], kernel, "same") for j in range(white.shape[1])],
-                      1)
+    smooth = np.stack([np.convolve(white[:, j], kernel, "same") for j in range(white.shape[1])], 1)
     return NEURAL_NOISE_SD * smooth[:n_micro]
 
 
@@ -145,8 +152,9 @@ def planted_ppi(
 
     phi = np.exp(-tr / MICROTIME_BINS / 4.0)
     neural = lfilter([1.0], [1.0, -phi], rng.standard_normal(n_micro))
-    emotional = stimulus_function(events, events["trial_type"].eq("emotional").to_numpy(),
-                                  n_volumes, tr)
+    emotional = stimulus_function(
+        events, events["trial_type"].eq("emotional").to_numpy(), n_volumes, tr
+    )
     hrf = glover_hrf(tr, oversampling=MICROTIME_BINS, time_length=32.0)
     samples = np.arange(n_volumes) * MICROTIME_BINS + MICROTIME_BINS // 2
     vmpfc = fftconvolve(neural, hrf)[:n_micro][samples]
@@ -156,13 +164,18 @@ def planted_ppi(
 
 
 def faces_signals(
-    events: pd.DataFrame, dcm_bold: np.ndarray, values: dict[str, float], n_volumes: int,
-    tr: float, rng: np.random.Generator,
+    events: pd.DataFrame,
+    dcm_bold: np.ndarray,
+    values: dict[str, float],
+    n_volumes: int,
+    tr: float,
+    rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Region signals of a faces run; ``dcm_bold`` is (n_volumes, 2) from the DCM."""
     times = frame_times(n_volumes, tr)
-    fluct = correlated_fluctuations(n_volumes, tr, region_correlation(0.2),
-                                    TASK_FLUCTUATION_SD, rng)
+    fluct = correlated_fluctuations(
+        n_volumes, tr, region_correlation(0.2), TASK_FLUCTUATION_SD, rng
+    )
     onsets, durations = events["onset"].to_numpy(float), events["duration"].to_numpy(float)
     block = hrf_regressor(onsets, durations, np.ones(len(onsets)), times)
     signals = {name: fluct[:, i] for i, name in enumerate(ROI_NAMES)}
@@ -170,15 +183,19 @@ def faces_signals(
         signals[name] = signals[name] + amplitude * block
     for i, name in enumerate(DCM_REGIONS):
         signals[name] = signals[name] + dcm_bold[:, i]
-    vmpfc, amygdala = planted_ppi(events, values["faces.gppi.vmpfc->amygdala.emotional"],
-                                  n_volumes, tr, rng)
+    vmpfc, amygdala = planted_ppi(
+        events, values["faces.gppi.vmpfc->amygdala.emotional"], n_volumes, tr, rng
+    )
     signals["vmpfc"] = signals["vmpfc"] + vmpfc
     signals["amygdala"] = signals["amygdala"] + amygdala
     return signals
 
 
 def conflict_signals(
-    events: pd.DataFrame, values: dict[str, float], n_volumes: int, tr: float,
+    events: pd.DataFrame,
+    values: dict[str, float],
+    n_volumes: int,
+    tr: float,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Region signals of a conflict run with the planted dACC amplitudes.
@@ -188,8 +205,9 @@ def conflict_signals(
     iI − cI contrast is the planted regulation value.
     """
     times = frame_times(n_volumes, tr)
-    fluct = correlated_fluctuations(n_volumes, tr, region_correlation(0.2),
-                                    TASK_FLUCTUATION_SD, rng)
+    fluct = correlated_fluctuations(
+        n_volumes, tr, region_correlation(0.2), TASK_FLUCTUATION_SD, rng
+    )
     onsets, durations = events["onset"].to_numpy(float), events["duration"].to_numpy(float)
     incongruent = events["trial_type"].eq("incongruent").to_numpy()
     after_incongruent = events["previous"].eq("incongruent").to_numpy()
@@ -202,12 +220,14 @@ def conflict_signals(
     signals["dacc"] = signals["dacc"] + hrf_regressor(onsets, durations, dacc_amplitude, times)
     for name, amplitude in CONFLICT_RESPONSE.items():
         signals[name] = signals[name] + hrf_regressor(
-            onsets, durations, amplitude * (1.0 + incongruent), times)
+            onsets, durations, amplitude * (1.0 + incongruent), times
+        )
     return signals
 
 
-def rest_signals(values: dict[str, float], n_volumes: int, tr: float,
-                 rng: np.random.Generator) -> dict[str, np.ndarray]:
+def rest_signals(
+    values: dict[str, float], n_volumes: int, tr: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Region signals of a resting run with the planted vmPFC–anterior-insula correlation."""
     corr = region_correlation(values["rest.fc.vmpfc~insula_ant"])
     fluct = correlated_fluctuations(n_volumes, tr, corr, REST_FLUCTUATION_SD, rng)

@@ -147,8 +147,13 @@ def mask_nifti_gz(grid: Grid) -> bytes:
     return _gz_nifti(np.asfortranarray(grid.brain.astype(np.uint8)), grid, None)
 
 
-def region_signals(job: _ParticipantJob, session: str, task: str, options: SimulationOptions,
-                   rng: np.random.Generator) -> tuple[dict[str, np.ndarray], int]:
+def region_signals(
+    job: _ParticipantJob,
+    session: str,
+    task: str,
+    options: SimulationOptions,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], int]:
     """Region signals (% signal, ROI → (n_volumes,)) of one run, and its volume count.
 
     ``rng`` is the run's stream (:func:`run_rng` with purpose 1); the image noise of the run
@@ -157,11 +162,13 @@ def region_signals(job: _ParticipantJob, session: str, task: str, options: Simul
     n_volumes = options.volumes[task]
     values = job.values[session]
     if task == "faces":  # the task runs have events, the rest runs none
-        region = signals.faces_signals(job.events[(session, task)], job.dcm_bold[session],
-                                       values, n_volumes, options.tr, rng)
+        region = signals.faces_signals(
+            job.events[(session, task)], job.dcm_bold[session], values, n_volumes, options.tr, rng
+        )
     elif task == "conflict":
-        region = signals.conflict_signals(job.events[(session, task)], values, n_volumes,
-                                          options.tr, rng)
+        region = signals.conflict_signals(
+            job.events[(session, task)], values, n_volumes, options.tr, rng
+        )
     else:
         region = signals.rest_signals(values, n_volumes, options.tr, rng)
     return region, n_volumes
@@ -178,23 +185,43 @@ def _write_participant(job: _ParticipantJob, out: Path, options: SimulationOptio
             rng = run_rng(options.seed, job.index, s, task, 1)
             region, n_volumes = region_signals(job, session, task, options, rng)
             events = job.events.get((session, task))
-            voxels, confounds = synthesize_run(grid, masks, region, n_volumes, options.noise,
-                                               rng, options.tr, job.motion_scale)
+            voxels, confounds = synthesize_run(
+                grid, masks, region, n_volumes, options.noise, rng, options.tr, job.motion_scale
+            )
             stem = run_stem(job.participant_id, session, task)
             bold = func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz"
             bold.write_bytes(bold_nifti_gz(voxels, grid, options.tr))
-            bold.with_name(bold.name.replace(".nii.gz", ".json")).write_text(json.dumps({
-                "RepetitionTime": options.tr, "TaskName": task, "SkullStripped": False,
-                "SliceTimingCorrected": True, "StartTime": options.tr / 2,
-            }, indent=2))
+            bold.with_name(bold.name.replace(".nii.gz", ".json")).write_text(
+                json.dumps(
+                    {
+                        "RepetitionTime": options.tr,
+                        "TaskName": task,
+                        "SkullStripped": False,
+                        "SliceTimingCorrected": True,
+                        "StartTime": options.tr / 2,
+                    },
+                    indent=2,
+                )
+            )
             (func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz").write_bytes(mask_bytes)
-            confounds.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t",
-                             index=False, na_rep="n/a", float_format="%.6g")
-            (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(
-                {c: {"Description": "simulated"} for c in confounds.columns}, indent=1))
+            confounds.to_csv(
+                func / f"{stem}_desc-confounds_timeseries.tsv",
+                sep="\t",
+                index=False,
+                na_rep="n/a",
+                float_format="%.6g",
+            )
+            (func / f"{stem}_desc-confounds_timeseries.json").write_text(
+                json.dumps({c: {"Description": "simulated"} for c in confounds.columns}, indent=1)
+            )
             if events is not None:
-                events.to_csv(func / f"{stem}_events.tsv", sep="\t", index=False,
-                              na_rep="n/a", float_format="%.3f")
+                events.to_csv(
+                    func / f"{stem}_events.tsv",
+                    sep="\t",
+                    index=False,
+                    na_rep="n/a",
+                    float_format="%.3f",
+                )
     return job.participant_id
 
 
@@ -225,11 +252,10 @@ def plan_study(options: SimulationOptions) -> tuple[PlantedStudy, list[_Particip
             design_rng = run_rng(options.seed, p, s, "faces", 0)
             events[(session, "faces")] = faces_events(n_faces, options.tr, design_rng)
             events[(session, "conflict")] = conflict_events(
-                options.volumes["conflict"], options.tr, run_rng(options.seed, p, s,
-                                                                  "conflict", 0))
+                options.volumes["conflict"], options.tr, run_rng(options.seed, p, s, "conflict", 0)
+            )
             dcm_params.append(signals.dcm_parameters(values[pid][session]))
-            dcm_inputs.append(signals.faces_inputs(events[(session, "faces")], n_faces,
-                                                   options.tr))
+            dcm_inputs.append(signals.faces_inputs(events[(session, "faces")], n_faces, options.tr))
             dcm_noise.append(signals.neural_noise(n_faces, design_rng))
         jobs.append(_ParticipantJob(p, pid, values[pid], events, {}, float(motion_scales[p])))
     bold = integrate_dcm(dcm_params, np.stack(dcm_inputs), options.tr, np.stack(dcm_noise))
@@ -243,36 +269,67 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
     rng = np.random.default_rng([options.seed, 999])
     clinical = planted.clinical
     n = len(clinical)
-    participants = pd.DataFrame({
-        "participant_id": clinical["participant_id"],
-        "arm": clinical["arm"],
-        "age": rng.integers(21, 66, n),
-        "sex": rng.choice(["F", "M"], n),
-    })
+    participants = pd.DataFrame(
+        {
+            "participant_id": clinical["participant_id"],
+            "arm": clinical["arm"],
+            "age": rng.integers(21, 66, n),
+            "sex": rng.choice(["F", "M"], n),
+        }
+    )
     participants.to_csv(out / "participants.tsv", sep="\t", index=False)
-    (out / "participants.json").write_text(json.dumps({
-        "arm": {"Description": "randomised treatment", "Levels": {
-            "ketamine": "repeated-dose IV ketamine 0.5 mg/kg",
-            "midazolam": "repeated-dose IV midazolam 0.045 mg/kg (active placebo)"}},
-        "age": {"Units": "years"}, "sex": {"Levels": {"F": "female", "M": "male"}},
-    }, indent=2))
+    (out / "participants.json").write_text(
+        json.dumps(
+            {
+                "arm": {
+                    "Description": "randomised treatment",
+                    "Levels": {
+                        "ketamine": "repeated-dose IV ketamine 0.5 mg/kg",
+                        "midazolam": "repeated-dose IV midazolam 0.045 mg/kg (active placebo)",
+                    },
+                },
+                "age": {"Units": "years"},
+                "sex": {"Levels": {"F": "female", "M": "male"}},
+            },
+            indent=2,
+        )
+    )
     phenotype = out / "phenotype"
     phenotype.mkdir()
     for measure, column in (("caps5", "caps5_total"), ("madrs", "madrs_total")):
-        long = pd.concat([
-            pd.DataFrame({"participant_id": clinical["participant_id"], "session": session,
-                          column: clinical[f"{measure}_{session}"]})
-            for session in SESSIONS
-        ]).sort_values(["participant_id", "session"], key=lambda c: c.map(
-            SESSION_ORDER) if c.name == "session" else c, kind="stable")
+        long = pd.concat(
+            [
+                pd.DataFrame(
+                    {
+                        "participant_id": clinical["participant_id"],
+                        "session": session,
+                        column: clinical[f"{measure}_{session}"],
+                    }
+                )
+                for session in SESSIONS
+            ]
+        ).sort_values(
+            ["participant_id", "session"],
+            key=lambda c: c.map(SESSION_ORDER) if c.name == "session" else c,
+            kind="stable",
+        )
         long.to_csv(phenotype / f"{measure}.tsv", sep="\t", index=False)
-    (out / "dataset_description.json").write_text(json.dumps({
-        "Name": "kp simulated ketamine-PTSD imaging study",
-        "BIDSVersion": "1.9.0",
-        "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "kp simulate", "Description": "planted ground truth in "
-                         "derivatives/simulation-truth"}],
-    }, indent=2))
+    (out / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "kp simulated ketamine-PTSD imaging study",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [
+                    {
+                        "Name": "kp simulate",
+                        "Description": "planted ground truth in derivatives/simulation-truth",
+                    }
+                ],
+            },
+            indent=2,
+        )
+    )
 
     truth = out / "derivatives" / "simulation-truth"
     truth.mkdir(parents=True)
@@ -280,7 +337,8 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
     parameters = planted.parameters.copy()
     parameters["order"] = parameters["session"].map(SESSION_ORDER)
     parameters = parameters.sort_values(["participant_id", "order", "parameter"]).drop(
-        columns="order")
+        columns="order"
+    )
     parameters.to_csv(truth / "parameters.tsv", sep="\t", index=False, float_format="%.10g")
     description = {
         "seed": options.seed,
@@ -308,7 +366,8 @@ def is_simulated_study(path: str | os.PathLike) -> bool:
     regular file (a link to a marker elsewhere does not count)."""
     try:
         return os.path.isdir(path) and stat.S_ISREG(
-            os.lstat(Path(path) / SIMULATION_MARKER).st_mode)
+            os.lstat(Path(path) / SIMULATION_MARKER).st_mode
+        )
     except OSError:
         return False
 
@@ -333,8 +392,10 @@ def simulation_target_problem(out_dir: str | os.PathLike, overwrite: bool = Fals
         return None
     if is_simulated_study(out):
         return None if overwrite else "holds a study kp simulated (overwrite replaces it)"
-    return (f"is not empty and kp did not simulate it (no {SIMULATION_MARKER} file), so kp never "
-            "deletes, replaces or writes into it")
+    return (
+        f"is not empty and kp did not simulate it (no {SIMULATION_MARKER} file), so kp never "
+        "deletes, replaces or writes into it"
+    )
 
 
 def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
@@ -352,10 +413,14 @@ def _move_into_place(staging: Path, out: Path, overwrite: bool) -> None:
             if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise FileExistsError(
                     f"{out}: files appeared in the folder during the simulation; it was left as "
-                    "it is") from e
-            raise OSError(e.errno, f"{out}: cannot move the simulated study into place "
-                                   f"({e.strerror}); a mount point cannot be replaced: simulate "
-                                   "into a new folder inside it") from e
+                    "it is"
+                ) from e
+            raise OSError(
+                e.errno,
+                f"{out}: cannot move the simulated study into place "
+                f"({e.strerror}); a mount point cannot be replaced: simulate "
+                "into a new folder inside it",
+            ) from e
         return
     # a previous simulation: set aside first, so the new study appears in one rename
     old = out.with_name(f".{out.name}.replaced-{os.urandom(4).hex()}")
@@ -400,8 +465,7 @@ def simulate_study(
         per_task = dict.fromkeys(TASKS, volumes)
     elif volumes:
         per_task.update(volumes)
-    options = SimulationOptions(participants, seed, float(voxel_size), per_task, float(tr),
-                                null)
+    options = SimulationOptions(participants, seed, float(voxel_size), per_task, float(tr), null)
     planted, participant_jobs = plan_study(options)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a fresh name (mkdir fails on an existing one): nothing is ever cleared to make room
@@ -411,12 +475,19 @@ def simulate_study(
         (staging / SIMULATION_MARKER).write_text(_MARKER_TEXT)
         _write_tables(staging, planted, options)
         workers = min(jobs or os.cpu_count() or 1, 2, len(participant_jobs))
-        bar = tqdm(total=len(participant_jobs), desc="simulating participants", unit="participant",
-                   disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            total=len(participant_jobs),
+            desc="simulating participants",
+            unit="participant",
+            disable=not progress,
+            file=sys.stderr,
+        )
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
-                futures = [pool.submit(_write_participant, job, staging, options)
-                           for job in participant_jobs]
+                futures = [
+                    pool.submit(_write_participant, job, staging, options)
+                    for job in participant_jobs
+                ]
                 for future in futures:
                     future.result()
                     bar.update()

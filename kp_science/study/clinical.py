@@ -39,8 +39,9 @@ def _participant_ids(df: pd.DataFrame, path: Path) -> pd.Series:
     return ids
 
 
-def _phenotype(root: Path, measure: str, known: set[str], score_range: tuple[float, float]
-               ) -> tuple[pd.DataFrame, str, Path, dict[str, list[str]]]:
+def _phenotype(
+    root: Path, measure: str, known: set[str], score_range: tuple[float, float]
+) -> tuple[pd.DataFrame, str, Path, dict[str, list[str]]]:
     """Wide pre/post table for one measure: index participant_id, columns ``<measure>_pre/post``;
     with its sha256, path and the values rejected as out of ``score_range`` (participant →
     problems; those values are NaN in the table)."""
@@ -73,7 +74,8 @@ def _phenotype(root: Path, measure: str, known: set[str], score_range: tuple[flo
     name = path.relative_to(root).as_posix()
     for row in row_numbers(outside):
         problems.setdefault(df["participant_id"].iloc[row - 1], []).append(
-            f"{name} row {row}: {value} {scores.iloc[row - 1]:g} outside {low:g}–{high:g}")
+            f"{name} row {row}: {value} {scores.iloc[row - 1]:g} outside {low:g}–{high:g}"
+        )
     df = df.assign(**{value: scores.mask(outside)})  # rejected: only this participant's value
     wide = df.pivot(index="participant_id", columns="session", values=value)
     wide = wide.reindex(columns=list(SESSIONS))
@@ -84,27 +86,37 @@ def _phenotype(root: Path, measure: str, known: set[str], score_range: tuple[flo
 def with_improvements(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with caps5_improvement = caps5_pre − caps5_post and madrs_improvement =
     madrs_pre − madrs_post (positive = better; NaN without a post value)."""
-    return table.assign(caps5_improvement=table["caps5_pre"] - table["caps5_post"],
-                        madrs_improvement=table["madrs_pre"] - table["madrs_post"])
+    return table.assign(
+        caps5_improvement=table["caps5_pre"] - table["caps5_post"],
+        madrs_improvement=table["madrs_pre"] - table["madrs_post"],
+    )
 
 
-def _score_ranges(score_ranges: Mapping[str, Sequence[float]] | None
-                  ) -> dict[str, tuple[float, float]]:
+def _score_ranges(
+    score_ranges: Mapping[str, Sequence[float]] | None,
+) -> dict[str, tuple[float, float]]:
     ranges = dict(SCORE_RANGES)
     for measure, bounds in (score_ranges or {}).items():
         if measure not in SCORE_RANGES:
-            raise ValueError(f"score range for unknown measure {measure!r}: the measures are "
-                             f"{', '.join(SCORE_RANGES)}")
-        if len(bounds) != 2 or not all(math.isfinite(float(b)) for b in bounds) \
-                or float(bounds[0]) > float(bounds[1]):
-            raise ValueError(f"{measure} range must be [lowest, highest] possible total, got "
-                             f"{list(bounds)}")
+            raise ValueError(
+                f"score range for unknown measure {measure!r}: the measures are "
+                f"{', '.join(SCORE_RANGES)}"
+            )
+        if (
+            len(bounds) != 2
+            or not all(math.isfinite(float(b)) for b in bounds)
+            or float(bounds[0]) > float(bounds[1])
+        ):
+            raise ValueError(
+                f"{measure} range must be [lowest, highest] possible total, got {list(bounds)}"
+            )
         ranges[measure] = (float(bounds[0]), float(bounds[1]))
     return ranges
 
 
-def load_clinical(root: str | os.PathLike[str],
-                  score_ranges: Mapping[str, Sequence[float]] | None = None) -> pd.DataFrame:
+def load_clinical(
+    root: str | os.PathLike[str], score_ranges: Mapping[str, Sequence[float]] | None = None
+) -> pd.DataFrame:
     """The ``clinical`` table (docs/architecture.md §4): one row per participant listed in
     ``participants.tsv``.
 

@@ -126,8 +126,11 @@ def discover_study(root: str | os.PathLike[str]) -> StudyListing:
     participants: list[str] = []
     skipped: dict[str, str] = {}
     for name in names:
-        problem = (INVALID_LABEL_REASON if not BIDS_LABEL.fullmatch(name)
-                   else _entry_problem(root_real, root / name))
+        problem = (
+            INVALID_LABEL_REASON
+            if not BIDS_LABEL.fullmatch(name)
+            else _entry_problem(root_real, root / name)
+        )
         if problem is None:
             participants.append(name)
         else:
@@ -183,8 +186,11 @@ def _file_stats(base: Path) -> list[tuple[str, int, int]]:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) in ancestors:
-                    raise StudyDataError(path, "a symbolic link loop: it leads back to "
-                                               f"{os.path.realpath(path)}, which contains it")
+                    raise StudyDataError(
+                        path,
+                        "a symbolic link loop: it leads back to "
+                        f"{os.path.realpath(path)}, which contains it",
+                    )
                 visit(path, ancestors | {(st.st_dev, st.st_ino)})
             else:
                 found.append((path.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns))

@@ -12,6 +12,7 @@ FD_HEAD_RADIUS_MM = 50.0
 FD_SPIKE_MM = 0.5
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 
+
 def framewise_displacement(confounds: pd.DataFrame) -> np.ndarray:
     """Framewise displacement per volume (mm), shape ``(n_volumes,)``; the first value is NaN.
 
@@ -47,7 +48,6 @@ def fd_summary(fd: np.ndarray, spike_mm: float = FD_SPIKE_MM) -> tuple[float, fl
 def temporal_snr(
     bold: np.ndarray, mask: np.ndarray, slope: float = 1.0, inter: float = 0.0
 ) -> float:
-
     """Median over brain voxels of temporal mean / temporal std of the BOLD signal.
 
     ``bold`` is the raw 4-D array ``(x, y, z, t)`` whose physical values are

@@ -15,6 +15,7 @@ from kp_science.study.errors import StudyDataError
 
 CHUNK_BYTES = 1 << 20
 
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """sha256 (hex) of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -33,8 +34,11 @@ def require_file(path: Path, what: str) -> Path:
 def unreadable_error(path: Path, what: str, error: OSError) -> StudyDataError:
     """The error for a file that exists but cannot be read."""
     if isinstance(error, PermissionError):
-        return StudyDataError(path, f"permission denied: cannot read the {what} (give the "
-                                    "account running the pipeline read access to it)")
+        return StudyDataError(
+            path,
+            f"permission denied: cannot read the {what} (give the "
+            "account running the pipeline read access to it)",
+        )
     return StudyDataError(path, f"cannot read the {what} ({error.strerror or error})")
 
 
@@ -49,8 +53,9 @@ def read_bytes(path: Path, what: str) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-CHANGED_SINCE_SCANS = ("file changed since the scans inventory (rematerialize scans for this "
-                       "participant)")
+CHANGED_SINCE_SCANS = (
+    "file changed since the scans inventory (rematerialize scans for this participant)"
+)
 
 
 def check_unchanged(path: str | os.PathLike[str], sha256: str, what: str) -> None:

@@ -28,6 +28,7 @@ from kp_science.study.vocabulary import EVENT_TASKS, SESSIONS
 
 TR_TOLERANCE_S = 1e-3
 
+
 @dataclass
 class RunInfo:
     """A validated run with its QC numbers.
@@ -112,8 +113,11 @@ def _sidecar_start_time(sidecar: dict, tr: float, path: Path) -> None:
     if start is None:
         return
     if isinstance(start, bool) or not isinstance(start, int | float) or not 0 <= start < tr:
-        raise StudyDataError(path, f"StartTime must be a number of seconds from 0 up to the "
-                                   f"RepetitionTime ({tr:g} s), got {start!r}")
+        raise StudyDataError(
+            path,
+            f"StartTime must be a number of seconds from 0 up to the "
+            f"RepetitionTime ({tr:g} s), got {start!r}",
+        )
 
 
 def _spans(indices: Iterable[int]) -> str:
@@ -166,9 +170,11 @@ def _check_confound_column(raw: pd.Series, column: str, path: Path) -> None:
     rows = row_numbers(bad)
     i = rows[0] - 1
     if absent[i]:
-        what = (f"is n/a (empty); fMRIPrep leaves only the first row of derivative, "
-                f"framewise_displacement and DVARS columns empty, and the confound cleaning "
-                f"needs every value of {column}")
+        what = (
+            f"is n/a (empty); fMRIPrep leaves only the first row of derivative, "
+            f"framewise_displacement and DVARS columns empty, and the confound cleaning "
+            f"needs every value of {column}"
+        )
     elif text[i]:
         what = f"is {raw.iloc[i]!r}, not a number"
     else:
@@ -177,9 +183,13 @@ def _check_confound_column(raw: pd.Series, column: str, path: Path) -> None:
     raise StudyDataError(path, f"row {rows[0]}: {column} {what}{more}")
 
 
-def validate_confounds(confounds: pd.DataFrame, path: Path,
-                       strategy: CleaningStrategy = DEFAULT_CLEANING,
-                       n_volumes: int | None = None, tr: float | None = None) -> None:
+def validate_confounds(
+    confounds: pd.DataFrame,
+    path: Path,
+    strategy: CleaningStrategy = DEFAULT_CLEANING,
+    n_volumes: int | None = None,
+    tr: float | None = None,
+) -> None:
     """Check an fMRIPrep confounds table against the cleaning ``strategy``.
 
     Every column nilearn's ``load_confounds`` takes for the strategy (see
@@ -195,23 +205,32 @@ def validate_confounds(confounds: pd.DataFrame, path: Path,
     missing = [c for c in needed if c not in confounds.columns]
     if missing:
         why = "; ".join(dict.fromkeys(needed[c] for c in missing))
-        raise StudyDataError(path, f"missing column(s) {', '.join(missing)}, which the confound "
-                                   f"cleaning needs ({why})")
+        raise StudyDataError(
+            path,
+            f"missing column(s) {', '.join(missing)}, which the confound cleaning needs ({why})",
+        )
     cosines = [c for c in confounds.columns if HIGH_PASS_PATTERN in c]
-    if (strategy.high_pass and not cosines and n_volumes is not None and tr is not None
-            and n_volumes * tr >= FMRIPREP_HIGH_PASS_S):
-        raise StudyDataError(path, f"no {HIGH_PASS_PATTERN}* columns: the confound cleaning "
-                                   f"high-passes with fMRIPrep's cosine regressors, which "
-                                   f"fMRIPrep writes for every run of {FMRIPREP_HIGH_PASS_S:g} s "
-                                   f"or longer (this one is {n_volumes * tr:g} s)")
+    if (
+        strategy.high_pass
+        and not cosines
+        and n_volumes is not None
+        and tr is not None
+        and n_volumes * tr >= FMRIPREP_HIGH_PASS_S
+    ):
+        raise StudyDataError(
+            path,
+            f"no {HIGH_PASS_PATTERN}* columns: the confound cleaning "
+            f"high-passes with fMRIPrep's cosine regressors, which "
+            f"fMRIPrep writes for every run of {FMRIPREP_HIGH_PASS_S:g} s "
+            f"or longer (this one is {n_volumes * tr:g} s)",
+        )
     others = [c for c in confounds.columns if NON_STEADY_STATE_PATTERN in c]
     high_pass: list[str] = cosines if strategy.high_pass else []
     for column in dict.fromkeys([*needed, *high_pass, *others]):
         _check_confound_column(confounds[column], column, path)
 
 
-def validate_confounds_file(path: Path, strategy: CleaningStrategy = DEFAULT_CLEANING
-                            ) -> None:
+def validate_confounds_file(path: Path, strategy: CleaningStrategy = DEFAULT_CLEANING) -> None:
     """Read ``path`` and :func:`validate_confounds` it (without the run's length)."""
     confounds, _ = read_tsv(path, "confounds file")
     validate_confounds(confounds, path, strategy)
@@ -258,19 +277,29 @@ def _check_trial_types(kinds: pd.Series, path: Path, needs: EventRequirements) -
             continue  # an extra condition, modelled on its own
         row = row_numbers((kinds == kind).to_numpy())[0]
         suggestion = f"; did you mean {hint!r}?" if hint else ""
-        raise StudyDataError(path, f"row {row}: trial_type {kind!r} is not one of "
-                                   f"{', '.join(names)}{suggestion} ({needs.needed_by} use "
-                                   f"them)")
+        raise StudyDataError(
+            path,
+            f"row {row}: trial_type {kind!r} is not one of "
+            f"{', '.join(names)}{suggestion} ({needs.needed_by} use "
+            f"them)",
+        )
     missing = [t for t in needs.required if t not in present]
     if missing:
-        raise StudyDataError(path, f"no {', '.join(missing)} trials: {needs.needed_by} need "
-                                   f"trial_type {', '.join(needs.required)} in every events "
-                                   f"file of the task (found: {', '.join(present) or 'none'})")
+        raise StudyDataError(
+            path,
+            f"no {', '.join(missing)} trials: {needs.needed_by} need "
+            f"trial_type {', '.join(needs.required)} in every events "
+            f"file of the task (found: {', '.join(present) or 'none'})",
+        )
 
 
-def validate_events(events: pd.DataFrame, path: Path,
-                    requirements: EventRequirements | None = None,
-                    n_volumes: int | None = None, tr: float | None = None) -> pd.DataFrame:
+def validate_events(
+    events: pd.DataFrame,
+    path: Path,
+    requirements: EventRequirements | None = None,
+    n_volumes: int | None = None,
+    tr: float | None = None,
+) -> pd.DataFrame:
     """Check a BIDS events table and return it with onset, duration (s) as floats and
     trial_type as strings.
 
@@ -305,33 +334,43 @@ def validate_events(events: pd.DataFrame, path: Path,
         late = (onset >= length).to_numpy()
         if late.any():
             row = row_numbers(late)[0]
-            raise StudyDataError(path, f"row {row}: onset {onset.iloc[row - 1]:g} s is not "
-                                       f"within the run: {run}")
+            raise StudyDataError(
+                path, f"row {row}: onset {onset.iloc[row - 1]:g} s is not within the run: {run}"
+            )
         end = onset + duration
         over = (end > length + TR_TOLERANCE_S).to_numpy()
         if over.any():
             row = row_numbers(over)[0]
             raise StudyDataError(
-                path, f"row {row}: the event ends at {end.iloc[row - 1]:g} s (onset "
-                      f"{onset.iloc[row - 1]:g} s + duration {duration.iloc[row - 1]:g} s), "
-                      f"after the run: {run}")
-    typed = events.assign(onset=onset.to_numpy(), duration=duration.to_numpy(),
-                          trial_type=kinds.to_numpy(object))
+                path,
+                f"row {row}: the event ends at {end.iloc[row - 1]:g} s (onset "
+                f"{onset.iloc[row - 1]:g} s + duration {duration.iloc[row - 1]:g} s), "
+                f"after the run: {run}",
+            )
+    typed = events.assign(
+        onset=onset.to_numpy(), duration=duration.to_numpy(), trial_type=kinds.to_numpy(object)
+    )
     if requirements is not None:
         _check_trial_types(kinds, path, requirements)
         if requirements.conditions is not None and requirements.required_conditions:
             occurring = set(requirements.conditions(typed))
             absent = [c for c in requirements.required_conditions if c not in occurring]
             if absent:
-                raise StudyDataError(path, f"condition(s) {', '.join(absent)} never occur: "
-                                           f"{requirements.needed_by} need every one of "
-                                           f"{', '.join(requirements.required_conditions)}")
+                raise StudyDataError(
+                    path,
+                    f"condition(s) {', '.join(absent)} never occur: "
+                    f"{requirements.needed_by} need every one of "
+                    f"{', '.join(requirements.required_conditions)}",
+                )
     return typed
 
 
-def read_events(path: Path, requirements: EventRequirements | None = None,
-                n_volumes: int | None = None, tr: float | None = None
-                ) -> tuple[pd.DataFrame, str]:
+def read_events(
+    path: Path,
+    requirements: EventRequirements | None = None,
+    n_volumes: int | None = None,
+    tr: float | None = None,
+) -> tuple[pd.DataFrame, str]:
     """Read and :func:`validate_events` an events file: (typed events, sha256)."""
     events, sha = read_tsv(path, "events file")
     return validate_events(events, path, requirements, n_volumes, tr), sha
@@ -340,8 +379,7 @@ def read_events(path: Path, requirements: EventRequirements | None = None,
 # --- images -----------------------------------------------------------------------------------
 
 
-def _check_bold_values(voxels: np.ndarray, slope: float, inter: float, path: Path
-                       ) -> np.ndarray:
+def _check_bold_values(voxels: np.ndarray, slope: float, inter: float, path: Path) -> np.ndarray:
     """Check brain-mask voxels ``(n_brain, t)`` (raw values) for a usable signal in every
     volume; return those that are not NaN/inf throughout.
 
@@ -351,21 +389,27 @@ def _check_bold_values(voxels: np.ndarray, slope: float, inter: float, path: Pat
     whole run) all zero.
     """
     if not (math.isfinite(slope) and math.isfinite(inter)):
-        raise StudyDataError(path, f"scaling scl_slope {slope:g}, scl_inter {inter:g} is not "
-                                   "finite, so no voxel value is")
+        raise StudyDataError(
+            path,
+            f"scaling scl_slope {slope:g}, scl_inter {inter:g} is not finite, so no voxel value is",
+        )
     if voxels.dtype.kind == "f":
         nonfinite = ~np.isfinite(voxels)
         holes = nonfinite.all(axis=1)
         if holes.all():
-            raise StudyDataError(path, "every voxel inside the brain mask is NaN/inf in every "
-                                       "volume")
+            raise StudyDataError(
+                path, "every voxel inside the brain mask is NaN/inf in every volume"
+            )
         damaged = nonfinite[~holes]
         count = int(np.count_nonzero(damaged))
         if count:
             volumes = np.flatnonzero(damaged.any(axis=0))
-            raise StudyDataError(path, f"{count} non-finite voxel values (NaN/inf) inside the "
-                                       f"brain mask in volume(s) {_spans(volumes)} (volumes "
-                                       "numbered from 0)")
+            raise StudyDataError(
+                path,
+                f"{count} non-finite voxel values (NaN/inf) inside the "
+                f"brain mask in volume(s) {_spans(volumes)} (volumes "
+                "numbered from 0)",
+            )
         if holes.any():
             voxels = voxels[~holes]
     # physical value 0 = raw value −inter/slope (slope is never 0: NIfTI reads 0 as 1); an
@@ -375,22 +419,29 @@ def _check_bold_values(voxels: np.ndarray, slope: float, inter: float, path: Pat
         zero = round(zero)
     empty = ~np.any(voxels != zero, axis=0)
     if empty.all():
-        raise StudyDataError(path, "the BOLD image is all zero inside the brain mask (every "
-                                   "volume)")
+        raise StudyDataError(
+            path, "the BOLD image is all zero inside the brain mask (every volume)"
+        )
     if empty.any():
         volumes = np.flatnonzero(empty)
         verb = "volume" if len(volumes) == 1 else "volumes"
-        raise StudyDataError(path, f"{verb} {_spans(volumes)} (numbered from 0) "
-                                   f"{'is' if len(volumes) == 1 else 'are'} all zero inside "
-                                   "the brain mask")
+        raise StudyDataError(
+            path,
+            f"{verb} {_spans(volumes)} (numbered from 0) "
+            f"{'is' if len(volumes) == 1 else 'are'} all zero inside "
+            "the brain mask",
+        )
     return voxels
 
 
 # --- runs -------------------------------------------------------------------------------------
 
 
-def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
-                 events: Mapping[str, EventRequirements] | None = None) -> RunInfo:
+def validate_run(
+    run: Run,
+    strategy: CleaningStrategy = DEFAULT_CLEANING,
+    events: Mapping[str, EventRequirements] | None = None,
+) -> RunInfo:
     """Load every file of ``run``, check them against each other and compute QC.
 
     ``strategy`` is the confound cleaning the run will get (default: ``ConfoundCleaning``'s);
@@ -445,8 +496,9 @@ def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
     bold_tr = bold.tr_s
     assert bold_tr is not None  # read_nifti gives every 4-D image its header TR
     if n_volumes < 2:  # no time series: no FD, no tSNR, nothing to model
-        raise StudyDataError(run.bold_path, f"BOLD run has {n_volumes} volume(s); at least 2 "
-                                            "are needed")
+        raise StudyDataError(
+            run.bold_path, f"BOLD run has {n_volumes} volume(s); at least 2 are needed"
+        )
     if abs(bold_tr - sidecar_tr) > TR_TOLERANCE_S:
         raise StudyDataError(
             run.bold_path,
@@ -461,8 +513,11 @@ def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
     validate_confounds(confounds, run.confounds_path, strategy, n_volumes, sidecar_tr)
     n_events = None
     if run.events_path is not None:
-        n_events = len(validate_events(events_table, run.events_path,
-                                       requirements.get(run.task), n_volumes, sidecar_tr))
+        n_events = len(
+            validate_events(
+                events_table, run.events_path, requirements.get(run.task), n_volumes, sidecar_tr
+            )
+        )
     try:
         fd = framewise_displacement(confounds)
     except KeyError as e:
@@ -481,8 +536,9 @@ def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
         raise StudyDataError(run.mask_path, "mask affine differs from the BOLD affine")
     if mask_data.dtype.kind == "f" and not np.isfinite(mask_data).all():
         count = int(np.count_nonzero(~np.isfinite(mask_data)))
-        raise StudyDataError(run.mask_path, f"brain mask holds {count} non-finite value(s) "
-                                            "(NaN/inf)")
+        raise StudyDataError(
+            run.mask_path, f"brain mask holds {count} non-finite value(s) (NaN/inf)"
+        )
     n_brain = int(np.count_nonzero(mask_data))
     if n_brain == 0:
         raise StudyDataError(run.mask_path, "brain mask is empty")
@@ -491,8 +547,11 @@ def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
     voxels = _check_bold_values(voxels, bold.slope, bold.inter, run.bold_path)
     tsnr = voxel_tsnr(voxels, bold.slope, bold.inter)
     if not math.isfinite(tsnr):
-        raise StudyDataError(run.bold_path, "no voxel inside the brain mask varies over time, "
-                                            "so this is no BOLD signal (tSNR undefined)")
+        raise StudyDataError(
+            run.bold_path,
+            "no voxel inside the brain mask varies over time, "
+            "so this is no BOLD signal (tSNR undefined)",
+        )
     mean_fd, max_fd, n_spikes = fd_summary(fd)
     return RunInfo(
         run=run,
@@ -513,8 +572,9 @@ def validate_run(run: Run, strategy: CleaningStrategy = DEFAULT_CLEANING,
 # --- sessions ---------------------------------------------------------------------------------
 
 
-def split_sessions(runs: Iterable[Run], sessions: Sequence[str] = SESSIONS
-                   ) -> tuple[list[Run], dict[str, list[Run]]]:
+def split_sessions(
+    runs: Iterable[Run], sessions: Sequence[str] = SESSIONS
+) -> tuple[list[Run], dict[str, list[Run]]]:
     """(the runs whose session is one of ``sessions``, {any other session label: its runs})."""
     kept: list[Run] = []
     others: dict[str, list[Run]] = {}
@@ -534,13 +594,16 @@ def check_one_run_per_task(runs: Iterable[Run]) -> None:
         other = first.setdefault((run.session, run.task), run)
         if other is not run:
             raise StudyDataError(
-                run.bold_path, f"a second run of task-{run.task} in ses-{run.session} (besides "
-                               f"{other.bold_path.name}): the analysis takes one run per task "
-                               "and session")
+                run.bold_path,
+                f"a second run of task-{run.task} in ses-{run.session} (besides "
+                f"{other.bold_path.name}): the analysis takes one run per task "
+                "and session",
+            )
 
 
 def session_label_problem(label: str, sessions: Sequence[str] = SESSIONS) -> str:
     """Why ``ses-<label>`` is not used, with the allowed labels and a likely intended one."""
     hint = _close_to(label, sessions)
-    return (f"session label {label!r} is not one of {', '.join(sessions)}"
-            + (f" (did you mean {hint!r}?)" if hint else ""))
+    return f"session label {label!r} is not one of {', '.join(sessions)}" + (
+        f" (did you mean {hint!r}?)" if hint else ""
+    )
