@@ -17,11 +17,24 @@ TINY_STUDY = {"participants": 3, "seed": 0, "voxel_size": 8.0, "volumes": 24}
 # cI, iC, iI), which scans requires of each events file: the tiny study gets short designs
 # that do (its images are untouched; only the scans tests read it).
 TINY_EVENTS = {
-    "faces": {"onset": [4.0, 26.0], "duration": [16.0, 16.0],
-              "trial_type": ["emotional", "neutral"]},
-    "conflict": {"onset": [4.0, 7.0, 10.0, 13.0, 16.0, 19.0, 22.0], "duration": [1.0] * 7,
-                 "trial_type": ["congruent", "congruent", "incongruent", "incongruent",
-                                "congruent", "incongruent", "congruent"]},
+    "faces": {
+        "onset": [4.0, 26.0],
+        "duration": [16.0, 16.0],
+        "trial_type": ["emotional", "neutral"],
+    },
+    "conflict": {
+        "onset": [4.0, 7.0, 10.0, 13.0, 16.0, 19.0, 22.0],
+        "duration": [1.0] * 7,
+        "trial_type": [
+            "congruent",
+            "congruent",
+            "incongruent",
+            "incongruent",
+            "congruent",
+            "incongruent",
+            "congruent",
+        ],
+    },
 }
 
 
@@ -45,8 +58,13 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the task models run on (never modify it: copy it)."""
     from kp_science.simulator import simulate_study
 
-    return simulate_study(tmp_path_factory.mktemp("small") / "study", participants=3, seed=4,
-                          voxel_size=4.0, volumes=60)
+    return simulate_study(
+        tmp_path_factory.mktemp("small") / "study",
+        participants=3,
+        seed=4,
+        voxel_size=4.0,
+        volumes=60,
+    )
 
 
 @pytest.fixture
@@ -174,7 +192,8 @@ def _edit_tsv(path: Path, edit) -> None:
     import pandas as pd
 
     edit(pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)).to_csv(
-        path, sep="\t", index=False)
+        path, sep="\t", index=False
+    )
 
 
 def _set_cell(index: int, column: str, text: str):
@@ -285,8 +304,10 @@ def unreadable_events(root: Path, pid: str) -> tuple[Path, str]:
 def events_misspelt_trial_type(root: Path, pid: str) -> tuple[Path, str]:
     path = _run(root, pid, task="conflict").events_path
     _edit_tsv(path, _set_cell(1, "trial_type", "Congruent"))
-    return path, ("row 2: trial_type 'Congruent' is not one of congruent, incongruent; "
-                  "did you mean 'congruent'?")
+    return path, (
+        "row 2: trial_type 'Congruent' is not one of congruent, incongruent; "
+        "did you mean 'congruent'?"
+    )
 
 
 def events_missing_condition(root: Path, pid: str) -> tuple[Path, str]:
@@ -307,8 +328,10 @@ def onset_past_run_end(root: Path, pid: str) -> tuple[Path, str]:
     run = _run(root, pid)
     end = _run_end_s(run)
     _edit_tsv(run.events_path, _set_cell(1, "onset", f"{end + 2:.3f}"))
-    return run.events_path, f"row 2: onset {end + 2:g} s is not within the run: the run ends " \
-                            f"at {end:g} s"
+    return (
+        run.events_path,
+        f"row 2: onset {end + 2:g} s is not within the run: the run ends at {end:g} s",
+    )
 
 
 def event_ends_after_run(root: Path, pid: str) -> tuple[Path, str]:
@@ -318,8 +341,11 @@ def event_ends_after_run(root: Path, pid: str) -> tuple[Path, str]:
     end = _run_end_s(run)
     onset = float(pd.read_csv(run.events_path, sep="\t")["onset"].iloc[1])
     _edit_tsv(run.events_path, _set_cell(1, "duration", f"{end - onset + 6:.3f}"))
-    return run.events_path, f"row 2: the event ends at {end + 6:g} s (onset {onset:g} s + " \
-                            f"duration {end - onset + 6:g} s), after the run"
+    return (
+        run.events_path,
+        f"row 2: the event ends at {end + 6:g} s (onset {onset:g} s + "
+        f"duration {end - onset + 6:g} s), after the run",
+    )
 
 
 DAMAGES = {
@@ -408,9 +434,13 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     study = simulate_study(base / "study", null=null, **(RECOVERY_STUDY | options))
     warehouse = base / "warehouse"
     failed = materialize_study(
-        study, warehouse, dg.DagsterInstance.ephemeral(), log=lambda _: None,
+        study,
+        warehouse,
+        dg.DagsterInstance.ephemeral(),
+        log=lambda _: None,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        prediction=PredictionModels(n_permutations=19, n_bootstraps=20))
+        prediction=PredictionModels(n_permutations=19, n_bootstraps=20),
+    )
     assert failed == {}, failed
     return study, warehouse
 
@@ -427,6 +457,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for name in SHARED_STUDIES:
             if name in getattr(item, "fixturenames", ()):
                 item.add_marker(pytest.mark.xdist_group(name))
+                # building one of these studies takes minutes: `make test-fast` leaves them out
+                item.add_marker(pytest.mark.slow)
                 break
 
 
@@ -434,12 +466,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Fail, before building its study, a test that xdist did not group (xdist tags a
     grouped test's id with @group; a pytest it does not work with leaves the id alone)."""
-    if (getattr(item.config.option, "loadgroup", False)  # an xdist worker under loadgroup
-            and item.get_closest_marker("xdist_group") and "@" not in item.nodeid):
-        pytest.fail("pytest-xdist ignored this test's xdist_group: this pytest and "
-                    "pytest-xdist do not work together (pytest-xdist issue 1386), and each "
-                    "shared study would be built on every worker; install the versions "
-                    "pyproject.toml allows", pytrace=False)
+    if (
+        getattr(item.config.option, "loadgroup", False)  # an xdist worker under loadgroup
+        and item.get_closest_marker("xdist_group")
+        and "@" not in item.nodeid
+    ):
+        pytest.fail(
+            "pytest-xdist ignored this test's xdist_group: this pytest and "
+            "pytest-xdist do not work together (pytest-xdist issue 1386), and each "
+            "shared study would be built on every worker; install the versions "
+            "pyproject.toml allows",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,13 @@ def one_participant_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     study = tmp_path_factory.getbasetemp() / "one-participant" / "study"
     if not (study / "dataset_description.json").exists():
-        simulate_study(study, participants=1, seed=3, voxel_size=8.0, volumes=60,
-                       progress=False, overwrite=True)
+        simulate_study(
+            study,
+            participants=1,
+            seed=3,
+            voxel_size=8.0,
+            volumes=60,
+            progress=False,
+            overwrite=True,
+        )
     return study

@@ -1,0 +1,222 @@
+"""The daily loop: arrivals found by the sensor, group assets refreshed by declarative
+automation once per batch, the nightly catch-up schedule, and the ``checks`` table."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kp_assets.definitions import build_definitions
+from kp_assets.partitions import participants
+from kp_resources.prediction_models import PredictionModels
+from kp_resources.roi_set import RoiSet
+from kp_resources.study import StudyFolder
+from kp_resources.warehouse import query
+
+GROUP = {
+    "clinical",
+    "participant_status",
+    "enet_summary",
+    "enet_coefficients",
+    "enet_predictions",
+    "enet_cv_curve",
+    "enet_exclusions",
+    "dcm_group_effects",
+    "paper_table",
+    "warehouse_catalog",
+}
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+class Loop:
+    """A running deployment in miniature: an instance, the sensor's cursor, the automation
+    cursor, and what each step requested."""
+
+    def __init__(self, study: Path, warehouse: Path):
+        # few participants in the test study: let the models fit from 3, with little work
+        self.defs = build_definitions(
+            study,
+            warehouse,
+            roi_set=RoiSet(radius_mm=8.0),  # 8 mm voxels: larger spheres
+            prediction=PredictionModels(
+                min_participants=3,
+                n_permutations=9,
+                n_bootstraps=5,
+                nested=False,
+                n_alphas=10,
+                workers=1,
+            ),
+        )
+        self.study = study
+        self.instance = dg.DagsterInstance.ephemeral()
+        self.sensor_cursor: str | None = None
+        self.automation_cursor = None
+        self.group_requests: list[set[str]] = []
+        # the automation sensor is on before anyone is scanned: the first tick sets its state
+        # (an asset's inputs count as "updated" only after a tick has seen them)
+        self.evaluate()
+
+    def tick_sensor(self) -> list[str]:
+        """One sensor tick, its partition requests applied; the requested participants."""
+        sensor = self.defs.resolve_sensor_def("new_participant_sensor")
+        context = dg.build_sensor_context(
+            instance=self.instance,
+            cursor=self.sensor_cursor,
+            resources={"study": StudyFolder(root=str(self.study))},
+        )
+        result = sensor(context)
+        for request in result.dynamic_partitions_requests or []:
+            self.instance.add_dynamic_partitions(
+                request.partitions_def_name, list(request.partition_keys)
+            )
+        self.sensor_cursor = result.cursor
+        return [r.partition_key for r in result.run_requests or []]
+
+    def arrivals(self, ticks: int = 3) -> list[str]:
+        """Tick until the sensor requests runs (its completeness rule may need two ticks)."""
+        for _ in range(ticks):
+            requested = self.tick_sensor()
+            if requested:
+                return requested
+        return []
+
+    def run_participant(self, pid: str) -> None:
+        job = self.defs.resolve_job_def("participant_assets")
+        result = job.execute_in_process(
+            partition_key=pid, instance=self.instance, run_config=QUIET, raise_on_error=False
+        )
+        assert result.success, pid
+
+    def evaluate(self) -> set[str]:
+        result = dg.evaluate_automation_conditions(
+            self.defs, self.instance, cursor=self.automation_cursor
+        )
+        self.automation_cursor = result.cursor
+        graph = self.defs.resolve_asset_graph()
+        return {
+            k.to_user_string() for k in graph.get_all_asset_keys() if result.get_num_requested(k)
+        }
+
+    def refresh_groups(self, max_ticks: int = 8) -> None:
+        """Tick automation and run what it requests, until it requests nothing."""
+        job = self.defs.resolve_implicit_global_asset_job_def()
+        for _ in range(max_ticks):
+            requested = self.evaluate()
+            if not requested:
+                return
+            self.group_requests.append(requested)
+            job.execute_in_process(
+                asset_selection=[dg.AssetKey(k) for k in requested],
+                instance=self.instance,
+                run_config=QUIET,
+                raise_on_error=False,
+            )
+        raise AssertionError(f"automation still requesting after {max_ticks} ticks")
+
+    def times_requested(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for tick in self.group_requests:
+            for key in tick:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+
+@pytest.fixture(scope="module")
+def five_participant_study(tmp_path_factory) -> Path:
+    from kp_science.simulator import simulate_study
+
+    return simulate_study(
+        tmp_path_factory.mktemp("arrivals") / "study",
+        participants=5,
+        seed=4,
+        voxel_size=8.0,
+        volumes=60,
+    )
+
+
+@pytest.mark.slow  # about 50 s: several sensor ticks, each materializing participants
+def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study, tmp_path):
+    study = Path(shutil.copytree(five_participant_study, tmp_path / "study"))
+    holding = tmp_path / "not-yet-scanned"
+    holding.mkdir()
+    for pid in ("sub-04", "sub-05"):
+        shutil.move(study / pid, holding / pid)
+    warehouse = tmp_path / "warehouse"
+    loop = Loop(study, warehouse)
+
+    # the first three participants
+    first = loop.arrivals()
+    assert first == ["sub-01", "sub-02", "sub-03"]
+    for pid in first:
+        loop.run_participant(pid)
+    loop.refresh_groups()
+    assert loop.times_requested() == dict.fromkeys(GROUP, 1)
+    assert (
+        query(warehouse, "SELECT count(*) AS n FROM enet_predictions WHERE model = 'main'").n[0]
+        == 3
+    )
+
+    # a batch of two arrivals: nothing group-level while one of them is still waiting to run
+    for pid in ("sub-04", "sub-05"):
+        shutil.move(holding / pid, study / pid)
+    batch = loop.arrivals()
+    assert batch == ["sub-04", "sub-05"]
+    loop.group_requests.clear()
+    job = loop.defs.resolve_job_def("participant_assets")
+    queued = loop.instance.create_run_for_job(
+        job,
+        status=dg.DagsterRunStatus.NOT_STARTED,
+        tags={"dagster/partition": "sub-05"},
+        asset_selection=set(job.asset_layer.executable_asset_keys),
+    )
+    loop.run_participant("sub-04")
+    assert loop.evaluate() == set(), "group refit while a participant of the batch is queued"
+    loop.instance.report_run_canceled(queued)
+    loop.run_participant("sub-05")
+    loop.refresh_groups()
+    assert loop.times_requested() == dict.fromkeys(GROUP, 1)
+
+    # the newcomers are in SQL and in the refitted models
+    change = query(warehouse, "SELECT DISTINCT participant_id FROM change_scores")
+    assert {"sub-04", "sub-05"} <= set(change.participant_id)
+    fitted = query(warehouse, "SELECT participant_id FROM enet_predictions WHERE model = 'main'")
+    assert sorted(fitted.participant_id) == [f"sub-0{i}" for i in range(1, 6)]
+    checks = query(warehouse, "SELECT * FROM checks WHERE asset = 'enet_summary'")
+    assert checks.passed.all() and "5 participants" in checks.summary.iloc[0]
+
+
+def test_nightly_catch_up_requests_missing_and_stale_work(five_participant_study, tmp_path):
+    defs = build_definitions(five_participant_study, tmp_path / "warehouse")
+    schedule = defs.resolve_schedule_def("nightly_catch_up")
+    with dg.instance_for_test() as instance:
+        _check_catch_up(defs, schedule, instance)
+
+
+def _check_catch_up(
+    defs: dg.Definitions, schedule: dg.ScheduleDefinition, instance: dg.DagsterInstance
+) -> None:
+    instance.add_dynamic_partitions(participants.name, ["sub-01", "sub-02"])
+    # sub-01 fully up to date, except scans built by an older code version
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if node.is_partitioned:
+            version = "scans-0" if key.to_user_string() == "scans" else node.code_version
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    key, partition="sub-01", tags={"dagster/code_version": version}
+                )
+            )
+        else:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(key, tags={"dagster/code_version": node.code_version})
+            )
+    requests = schedule(dg.build_schedule_context(instance=instance))
+    by_partition = {
+        r.partition_key: {k.to_user_string() for k in r.asset_selection} for r in requests
+    }
+    # sub-01: the stale scans and everything built from them; sub-02: everything (missing)
+    assert by_partition["sub-01"] == by_partition["sub-02"]
+    assert {"scans", "roi_timeseries", "change_scores", "dcm_fits"} <= by_partition["sub-01"]
+    assert None not in by_partition  # every group asset is current

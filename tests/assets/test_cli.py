@@ -1,0 +1,149 @@
+"""``kp simulate``, the demo's materialization and ``kp sql`` end to end on a tiny study."""
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from kp_assets.cli import main
+from kp_assets.materialize import materialize_study
+from kp_assets.partitions import participants
+from kp_science.study.reading import sha256_file
+from tests.bad_entries import BAD_ENTRIES, bad_entries
+
+
+class DemoRun(NamedTuple):
+    study: Path
+    warehouse: Path
+    failed: dict[str, str]
+    bad_file: Path
+    log: list[str]
+    partitions: list[str]
+
+
+@pytest.fixture(scope="module")
+def demo_warehouse(tmp_path_factory, small_study) -> DemoRun:
+    """The small study with sub-02's faces run truncated and three bad ``sub-*`` entries (a
+    symbolic link loop, a link out of the study, an unreadable folder), materialized like
+    ``kp demo``."""
+    import shutil
+
+    from tests.conftest import truncate_bold
+
+    base = tmp_path_factory.mktemp("demo")
+    study = shutil.copytree(small_study, base / "study")
+    bad_file, _ = truncate_bold(study, "sub-02")
+    warehouse = base / "warehouse"
+    instance = dg.DagsterInstance.ephemeral()
+    log: list[str] = []
+    with bad_entries(study, base / "outside"):
+        failed = materialize_study(study, warehouse, instance, log=log.append)
+    return DemoRun(
+        study, warehouse, failed, bad_file, log, instance.get_dynamic_partitions(participants.name)
+    )
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_one_bad_participant_fails_alone(demo_warehouse):
+    _, warehouse, failed, bad_file, *_ = demo_warehouse
+    # sub-02 fails alone; with it, two participants remain: too few for the models
+    assert list(failed) == ["group_assets", "sub-02"]
+    assert "2 participants with both sessions" in failed["group_assets"]
+    assert str(bad_file) in failed["sub-02"] and "truncated" in failed["sub-02"]
+    assert sorted(p.name for p in (warehouse / "scans").iterdir()) == [
+        "participant=sub-01",
+        "participant=sub-03",
+    ]
+    assert (warehouse / "clinical" / "part-0.parquet").exists()
+    assert (warehouse / "kp.duckdb").exists()
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_bad_entries_are_skipped_and_the_others_processed(demo_warehouse):
+    """The same run as above: each bad ``sub-*`` entry is logged with its path and reason, is
+    no partition and no failure; sub-01 and sub-03 are processed."""
+    demo = demo_warehouse
+    for name, reason in BAD_ENTRIES.items():
+        prefix = f"  skipped {name!r} ({demo.study / name}): "
+        assert any(line.startswith(prefix) and reason in line for line in demo.log), name
+    assert demo.partitions == ["sub-01", "sub-02", "sub-03"]
+    assert not set(BAD_ENTRIES) & set(demo.failed)
+    assert sorted(line.split()[1] for line in demo.log if line.endswith(" ok")) == [
+        "sub-01",
+        "sub-03",
+    ]
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_kp_sql_formats(demo_warehouse, capsys):
+    warehouse = demo_warehouse.warehouse
+    sql = "SELECT participant_id, count(*) AS runs FROM scans GROUP BY 1 ORDER BY 1"
+    assert main(["sql", sql, "--warehouse", str(warehouse), "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"participant_id": "sub-01", "runs": 6},
+        {"participant_id": "sub-03", "runs": 6},
+    ]
+    assert main(["sql", sql, "--warehouse", str(warehouse), "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[:2] == ["participant_id,runs", "sub-01,6"]
+    assert main(["sql", sql, "--warehouse", str(warehouse)]) == 0
+    assert "sub-03" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_provenance_is_queryable_through_kp_sql(demo_warehouse, capsys):
+    warehouse = demo_warehouse.warehouse
+    sql = (
+        "SELECT key, value FROM provenance WHERE \"table\" = 'scans' "
+        "AND file_name LIKE '%sub-01%' ORDER BY key"
+    )
+    assert main(["sql", sql, "--warehouse", str(warehouse), "--format", "json"]) == 0
+    kv = {r["key"]: r["value"] for r in json.loads(capsys.readouterr().out)}
+    assert kv["kp.asset_key"] == "scans" and kv["kp.partition"] == "sub-01"
+    assert kv["kp.code_version"] and kv["kp.run_id"]
+    sources = json.loads(kv["kp.source_sha256"])
+    bold = next(
+        p
+        for p in sources
+        if p.endswith("task-faces_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz")
+    )
+    assert sources[bold] == sha256_file(bold)
+    assert "dagster" in json.loads(kv["kp.package_versions"])
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_kp_sql_errors(demo_warehouse, tmp_path, capsys):
+    warehouse = demo_warehouse.warehouse
+    assert main(["sql", "SELECT nope FROM scans", "--warehouse", str(warehouse)]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["sql", "SELECT 1", "--warehouse", str(tmp_path / "empty")]) == 2
+    assert "no tables" in capsys.readouterr().err
+
+
+def test_kp_simulate_command(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert (
+        main(
+            [
+                "simulate",
+                str(out),
+                "--participants",
+                "2",
+                "--voxel-size",
+                "8",
+                "--volumes",
+                "20",
+                "--seed",
+                "5",
+                "--null",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert "simulated 2 participants" in capsys.readouterr().out
+    truth = json.loads((out / "derivatives/simulation-truth/simulation.json").read_text())
+    assert truth["seed"] == 5 and truth["options"]["null"] is True and truth["effects"] == []
+    assert len(pd.read_csv(out / "participants.tsv", sep="\t")) == 2

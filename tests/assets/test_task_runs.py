@@ -1,0 +1,47 @@
+"""The task models' inputs (kp_assets.task_runs) check the events as the scans asset does."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kp_resources.cleaning import ConfoundCleaning
+from kp_resources.dcm_models import DCMModels
+from kp_science.study.layout import discover_participants, find_runs
+from tests.assets.conftest import materialize_partitions
+
+
+def test_models_check_the_events_as_scans_does(study_copy, tmp_path, instance, damages):
+    from kp_assets.task_runs import event_requirements, run_model_inputs
+    from kp_science.roi_signals import load_run_confounds
+    from kp_science.study.errors import StudyDataError
+    from kp_science.study.validate import validate_run
+
+    pid = discover_participants(study_copy)[0]
+    warehouse = tmp_path / "wh"
+    assert materialize_partitions(study_copy, warehouse, instance, [pid])[pid].success
+    table = pd.read_parquet(warehouse / "scans" / f"participant={pid}" / "part-0.parquet")
+    scan = table[(table["task"] == "conflict") & (table["session"] == "pre")].iloc[0]
+    cleaning = ConfoundCleaning()
+    _, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
+    volumes = np.arange(int(scan["n_volumes"]))
+    roi_timeseries = pd.DataFrame(
+        {
+            "session": "pre",
+            "task": "conflict",
+            "run": 1,
+            "volume": volumes,
+            "time_s": volumes * 2.0,
+            "scrubbed": ~np.isin(volumes, kept),
+        }
+    )
+    needs = event_requirements(DCMModels())
+    inputs = run_model_inputs(scan, roi_timeseries, cleaning, needs)
+    assert inputs.events["onset"].dtype == float and len(inputs.events) == scan["n_events"]
+
+    path, problem = damages["events_misspelt_trial_type"](study_copy, pid)
+    run = next(r for r in find_runs(study_copy, pid) if r.events_path == path)
+    with pytest.raises(StudyDataError) as at_scans:
+        validate_run(run, cleaning.strategy(), needs)
+    with pytest.raises(StudyDataError) as at_models:
+        run_model_inputs(scan, roi_timeseries, cleaning, needs)
+    assert str(at_models.value) == str(at_scans.value) and problem in str(at_models.value)

@@ -1,0 +1,23 @@
+"""The DCM findings reported (kp_science.dcm.findings)."""
+
+import numpy as np
+import pandas as pd
+
+from kp_science.dcm.findings import DCM_FINDINGS, dcm_findings
+
+
+def test_findings_take_their_effect_and_say_why_when_missing():
+    effects = pd.DataFrame(
+        {
+            "analysis": ["longitudinal"],
+            "covariate": ["caps5_improvement"],
+            "parameter": ["B[emotional][amygdala->vmpfc]"],
+            "mean": [-0.2],
+            "Pp": [0.97],
+        }
+    )
+    table = dcm_findings(effects).set_index("finding")
+    first = table.loc[DCM_FINDINGS[0].key]
+    assert first.estimate == -0.2 and first.pp == 0.97 and "−" in first.note
+    assert np.isnan(table.loc[DCM_FINDINGS[2].key, "estimate"])
+    assert "no baseline effect" in table.loc[DCM_FINDINGS[2].key, "note"]

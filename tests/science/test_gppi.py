@@ -1,0 +1,150 @@
+"""Generalised PPI: deconvolution and the interaction model (kp_science.gppi)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kp_science.activation import CONTRASTS
+from kp_science.gppi import dct_basis, deconvolve, fit_gppi, microtime_hrf
+from tests.science.simulated_runs import _nilearn_t_contrasts, _run
+
+TR, N = 2.0, 120
+
+
+def _reference_gppi(
+    signals, task_regressors, events, confounds, kept, n_volumes, tr, slice_time_ref, contrasts
+):
+    """fit_gppi as first written: one seed at a time, nilearn clean, run_glm and
+    compute_contrast (the slow reference the batched version must equal)."""
+    from nilearn.signal import clean
+    from scipy.signal import fftconvolve
+
+    from kp_science.gppi import RIDGE_GRID, _forward_operator, _ridge_operator
+
+    micro = n_volumes * 16
+    names = sorted(events["trial_type"].unique())
+    boxcars = np.zeros((micro, len(names)))
+    for j, name in enumerate(names):
+        for onset, duration in events.loc[
+            events.trial_type == name, ["onset", "duration"]
+        ].to_numpy(float):
+            start = min(max(int(round(onset / (tr / 16))), 0), micro)
+            stop = min(max(start + 1, int(round((onset + duration) / (tr / 16)))), micro)
+            boxcars[start:stop, j] = 1.0
+    basis, _ = _forward_operator(n_volumes, tr, slice_time_ref)
+    u, s, vt = _ridge_operator(n_volumes, tr, slice_time_ref, tuple(int(k) for k in kept))
+    samples = np.arange(n_volumes) * 16 + min(int(round(slice_time_ref * 16)), 15)
+    all_contrasts = {c: {c: 1.0} for c in names} | dict(contrasts)
+    tables = []
+    for seed in signals.columns:
+        y = signals[seed].to_numpy() - signals[seed].mean()
+        uty = u.T @ y
+        best, best_gcv = None, np.inf
+        for lam in RIDGE_GRID * np.mean(s**2):
+            shrink = s**2 / (s**2 + lam)
+            gcv = len(y) * np.sum((y - u @ (shrink * uty)) ** 2) / (len(y) - shrink.sum()) ** 2
+            if gcv < best_gcv:
+                best, best_gcv = lam, gcv
+        neural = basis @ (vt.T @ (s / (s**2 + best) * uty))
+        ppi = fftconvolve(boxcars * neural[:, None], microtime_hrf(tr)[:, None], axes=0)[:micro][
+            samples
+        ]
+        ppi = clean(
+            ppi,
+            confounds=confounds.to_numpy(),
+            sample_mask=kept,
+            t_r=tr,
+            detrend=False,
+            standardize=None,
+            standardize_confounds=True,
+            filter=False,
+        )
+        columns = [c for c in task_regressors.columns if c != "constant"]
+        design = np.column_stack(
+            [task_regressors[columns].to_numpy(), signals[seed].to_numpy(), ppi, np.ones(len(kept))]
+        )
+        columns += ["seed", *(f"ppi:{c}" for c in names), "constant"]
+        targets = [c for c in signals.columns if c != seed]
+        for name, weights in all_contrasts.items():
+            if not all(c in names for c in weights):
+                continue
+            vector = np.array(
+                [
+                    [
+                        weights.get(c.removeprefix("ppi:"), 0.0) if c.startswith("ppi:") else 0.0
+                        for c in columns
+                    ]
+                ]
+            )
+            _, effect, se, t = _nilearn_t_contrasts(signals[targets].to_numpy(), design, vector)
+            tables.append(
+                pd.DataFrame(
+                    {
+                        "seed": seed,
+                        "target": targets,
+                        "contrast": name,
+                        "beta": effect[:, 0],
+                        "se": se[:, 0],
+                        "t": t[:, 0],
+                    }
+                )
+            )
+    return pd.concat(tables, ignore_index=True)
+
+
+@pytest.mark.parametrize("task", ["faces", "conflict"])
+def test_gppi_equals_the_per_seed_nilearn_reference(task):
+    rng, conditions, confounds, kept, design = _run(task, seed=4)
+    mixing = rng.uniform(0.2, 1.0, (design.shape[1], 4))
+    signals = pd.DataFrame(
+        rng.standard_normal((len(kept), 4)) + design.to_numpy() @ mixing,
+        columns=["vmpfc", "amygdala", "dacc", "insula"],
+        index=kept,
+    )
+    args = (signals, design, conditions, confounds, kept, N, TR, 0.5, CONTRASTS[task])
+    ours, reference = fit_gppi(*args), _reference_gppi(*args)
+    pd.testing.assert_frame_equal(
+        ours[["seed", "target", "contrast"]], reference[["seed", "target", "contrast"]]
+    )
+    # betas in units of their standard error: a near-zero beta has no relative precision
+    np.testing.assert_allclose((ours.beta - reference.beta) / reference.se, 0, atol=1e-10)
+    np.testing.assert_allclose(ours.se, reference.se, rtol=1e-10)
+    np.testing.assert_allclose(ours.t, reference.t, rtol=1e-10, atol=1e-10)
+
+
+def test_deconvolution_recovers_a_smooth_neural_signal():
+    rng = np.random.default_rng(1)
+    basis = dct_basis(N * 16, N)
+    neural = basis[:, 1:25] @ rng.standard_normal(24)
+    from scipy.signal import fftconvolve
+
+    bold = fftconvolve(neural, microtime_hrf(TR))[: N * 16][np.arange(N) * 16 + 8]
+    bold += 0.02 * bold.std() * rng.standard_normal(N)
+    kept = np.arange(N)
+    estimate = deconvolve(bold, kept, N, TR, 0.5)
+    assert np.corrcoef(estimate, neural)[0, 1] > 0.9
+
+
+def test_gppi_finds_a_planted_interaction():
+    """Target = κ·HRF*(emotional·seed neural) + noise: only seed→target emotional is large."""
+    from scipy.signal import fftconvolve
+
+    from kp_science.gppi import condition_boxcars
+
+    rng, conditions, confounds, kept, design = _run("faces", seed=3)
+    hrf = microtime_hrf(TR)
+    samples = np.arange(N) * 16 + 8
+    neural = np.repeat(rng.standard_normal(N * 2), 8)
+    seed = fftconvolve(neural, hrf)[: N * 16][samples]
+    emotional = condition_boxcars(conditions, N, TR)["emotional"].to_numpy()
+    target = 0.8 * fftconvolve(emotional * neural, hrf)[: N * 16][samples]
+    signals = pd.DataFrame({"seed": seed, "target": target, "other": np.zeros(N)})
+    signals += 0.3 * rng.standard_normal(signals.shape)
+    signals = signals.iloc[kept].set_index(pd.Index(kept))
+    table = fit_gppi(
+        signals, design, conditions, confounds, kept, N, TR, 0.5, CONTRASTS["faces"]
+    ).set_index(["seed", "target", "contrast"])
+    assert table.loc[("seed", "target", "emotional"), "t"] > 4
+    assert abs(table.loc[("seed", "target", "neutral"), "t"]) < 3
+    assert abs(table.loc[("other", "target", "emotional"), "t"]) < 3
+    assert len(table) == 3 * 2 * 3  # ordered pairs × (2 conditions + 1 contrast)

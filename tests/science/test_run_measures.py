@@ -1,0 +1,165 @@
+"""The per-run measure chain (kp_science.run_measures) on tiny synthetic runs: the same rows
+as calling the cleaning, design, GLM, gPPI and FC steps one by one, with the documented
+shapes and columns, and the run keys stacked in front."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kp_science.activation import (
+    CONTRASTS,
+    clean_design,
+    fit_roi_glm,
+    task_conditions,
+    task_design,
+)
+from kp_science.gppi import fit_gppi
+from kp_science.rest_fc import pair_correlations
+from kp_science.roi_signals import clean_roi_signals
+from kp_science.rois import ROI_NAMES
+from kp_science.run_measures import (
+    ACTIVATION_DTYPES,
+    GPPI_DTYPES,
+    REST_DTYPES,
+    activation_rows,
+    gppi_rows,
+    rest_rows,
+    run_measures,
+    stack_measures,
+    task_run,
+    with_keys,
+)
+from kp_science.session_features import change_table, feature_table
+from kp_science.simulator.design import conflict_events, faces_events
+from kp_science.simulator.images import cosine_regressors
+
+TR, N, REF = 2.0, 80, 0.5
+ROIS = ["vmpfc", "amygdala", "dacc", "racc"]  # not in canonical order, on purpose
+SCRUBBED = [20, 21, 55]
+
+
+def _inputs(task: str | None, seed: int = 0):
+    """Raw ROI means (N × ROIS, intensity around 800), confounds, kept volumes, events."""
+    rng = np.random.default_rng(seed)
+    events = None
+    if task is not None:
+        events = (faces_events if task == "faces" else conflict_events)(N, TR, rng)
+    confounds = pd.DataFrame(cosine_regressors(N, TR)).assign(
+        motion=rng.standard_normal(N).cumsum() * 0.05
+    )
+    kept = np.setdiff1d(np.arange(N), SCRUBBED)
+    raw = pd.DataFrame(800.0 + 4.0 * rng.standard_normal((N, len(ROIS))), columns=ROIS)
+    return raw, confounds, kept, events
+
+
+@pytest.mark.parametrize("task", ["faces", "conflict"])
+def test_task_run_chain_equals_the_steps_one_by_one(task):
+    raw, confounds, kept, events = _inputs(task)
+    measures = run_measures(raw, confounds, kept, TR, task, events, REF)
+
+    signals = clean_roi_signals(raw, confounds, kept, TR)
+    conditions = task_conditions(events, task)
+    design = clean_design(task_design(conditions, N, TR, REF), confounds, kept, TR)
+    activation = fit_roi_glm(signals, design, CONTRASTS[task])
+    gppi = fit_gppi(signals, design, conditions, confounds, kept, N, TR, REF, CONTRASTS[task])
+    pd.testing.assert_frame_equal(measures.activation, activation, check_exact=True)
+    pd.testing.assert_frame_equal(measures.gppi, gppi, check_exact=True)
+
+    # shapes and columns: every ROI × contrast; every ordered pair × (conditions + contrasts)
+    n_conditions = conditions["trial_type"].nunique()
+    assert list(measures.activation.columns) == list(ACTIVATION_DTYPES)
+    assert len(measures.activation) == len(ROIS) * len(CONTRASTS[task])
+    assert list(measures.gppi.columns) == list(GPPI_DTYPES)
+    assert len(measures.gppi) == (
+        len(ROIS) * (len(ROIS) - 1) * (n_conditions + len(CONTRASTS[task]))
+    )
+    assert (measures.gppi["seed"] != measures.gppi["target"]).all()
+    # a task run has no resting rows, but the columns are there
+    assert measures.rest.empty and list(measures.rest.columns) == list(REST_DTYPES)
+    assert np.isfinite(measures.activation[["beta", "se", "t"]].to_numpy()).all()
+
+
+def test_task_run_design_is_cleaned_on_the_kept_volumes_with_a_constant():
+    raw, confounds, kept, events = _inputs("conflict")
+    signals = clean_roi_signals(raw, confounds, kept, TR)
+    run = task_run(signals, events, "conflict", confounds, kept, N, TR, REF)
+    assert list(run.design.index) == list(kept) == list(run.signals.index)
+    assert run.design.columns[-1] == "constant"
+    assert set(run.design.columns[:-1]) == set(run.conditions["trial_type"])
+    assert {"cC", "cI", "iC", "iI", "first"} >= set(run.conditions["trial_type"])
+    # the task regressors were cleaned of the confounds: orthogonal to them at kept volumes
+    centred = confounds.to_numpy()[kept] - confounds.to_numpy()[kept].mean(axis=0)
+    regressors = run.design.drop(columns="constant").to_numpy()
+    assert np.abs(centred.T @ regressors).max() < 1e-8
+    pd.testing.assert_frame_equal(
+        activation_rows(run), fit_roi_glm(signals, run.design, CONTRASTS["conflict"])
+    )
+    assert len(gppi_rows(run)) > 0
+
+
+def test_rest_run_chain_is_fc_of_the_cleaned_signals_in_canonical_order():
+    raw, confounds, kept, _ = _inputs(None)
+    measures = run_measures(raw, confounds, kept, TR, "rest")
+    signals = clean_roi_signals(raw, confounds, kept, TR)
+    canonical = [r for r in ROI_NAMES if r in ROIS]
+    assert canonical != ROIS
+    pd.testing.assert_frame_equal(
+        measures.rest, pair_correlations(signals[canonical]), check_exact=True
+    )
+    pd.testing.assert_frame_equal(rest_rows(signals), measures.rest)
+    assert len(measures.rest) == len(ROIS) * (len(ROIS) - 1) // 2
+    order = {r: i for i, r in enumerate(ROI_NAMES)}
+    assert all(
+        order[a] < order[b] for a, b in zip(measures.rest.roi_a, measures.rest.roi_b, strict=True)
+    )
+    assert measures.activation.empty and list(measures.activation.columns) == list(
+        ACTIVATION_DTYPES
+    )
+    assert measures.gppi.empty and list(measures.gppi.columns) == list(GPPI_DTYPES)
+
+
+def test_stacked_measures_carry_the_run_keys_in_front_and_give_change_scores():
+    runs = []
+    for i, session in enumerate(["pre", "post"]):
+        for task in ["faces", "rest"]:
+            raw, confounds, kept, events = _inputs(None if task == "rest" else task, seed=i)
+            keys = {"participant_id": "sub-01", "session": session, "task": task}
+            runs.append((keys, run_measures(raw, confounds, kept, TR, task, events, REF)))
+    stacked = stack_measures(runs)
+    keys = ["participant_id", "session", "task"]
+    assert list(stacked.activation.columns) == keys + list(ACTIVATION_DTYPES)
+    assert list(stacked.gppi.columns) == keys + list(GPPI_DTYPES)
+    assert list(stacked.rest.columns) == keys + list(REST_DTYPES)
+    assert stacked.activation["session"].tolist() == ["pre"] * len(ROIS) + ["post"] * len(ROIS)
+    assert set(stacked.rest["task"]) == {"rest"}
+    pd.testing.assert_frame_equal(
+        stacked.gppi[stacked.gppi.session == "post"].drop(columns=keys).reset_index(drop=True),
+        runs[2][1].gppi,
+    )
+    # the inputs were not changed by the keys
+    assert list(runs[0][1].activation.columns) == list(ACTIVATION_DTYPES)
+
+    change = change_table(feature_table(stacked.activation, stacked.gppi, stacked.rest))
+    n_pairs = len(ROIS) * (len(ROIS) - 1)
+    # faces: one activation contrast per ROI, two gPPI conditions per ordered pair, rest pairs
+    assert len(change) == len(ROIS) + 2 * n_pairs + n_pairs // 2
+    np.testing.assert_array_equal(change["change"], change["post"] - change["pre"])
+
+
+def test_stack_of_no_task_runs_has_typed_empty_tables():
+    raw, confounds, kept, _ = _inputs(None)
+    keys = {"participant_id": "sub-01", "session": "pre", "task": "rest"}
+    stacked = stack_measures([(keys, run_measures(raw, confounds, kept, TR, "rest"))])
+    assert stacked.activation.empty and stacked.gppi.empty and len(stacked.rest) == 6
+    assert list(stacked.gppi.columns) == list(keys) + list(GPPI_DTYPES)
+    assert stacked.gppi["beta"].dtype == float
+    features = feature_table(stacked.activation, stacked.gppi, stacked.rest)
+    assert set(features["family"]) == {"rest.fc"}
+    assert change_table(features).empty
+
+
+def test_with_keys_leaves_the_table_alone():
+    table = pd.DataFrame({"roi": ["a"], "beta": [1.0]})
+    keyed = with_keys(table, {"participant_id": "sub-01", "session": "pre"})
+    assert list(keyed.columns) == ["participant_id", "session", "roi", "beta"]
+    assert list(table.columns) == ["roi", "beta"]
