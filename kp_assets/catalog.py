@@ -7,22 +7,16 @@ steps write Parquet only. It depends on the tables it catalogues so it reruns af
 import dagster as dg
 
 from kp_assets.automation import GROUP_REFRESH
+from kp_assets.participant_status import PARTICIPANT_TABLES
 from kp_resources.warehouse import Warehouse
 
-#: Asset keys the catalog waits for; later stages append their tables here.
+#: Asset keys the catalog waits for: scans and clinical first, every participant table, then
+#: the group tables.
 CATALOGUED_TABLES: list[str] = [
-    "scans",
+    PARTICIPANT_TABLES[0],
     "clinical",
     "participant_status",
-    "roi_timeseries",
-    "roi_coverage",
-    "roi_activation",
-    "task_connectivity",
-    "rest_connectivity",
-    "session_features",
-    "change_scores",
-    "dcm_fits",
-    "dcm_parameters",
+    *PARTICIPANT_TABLES[1:],
     "enet_summary",
     "enet_coefficients",
     "enet_predictions",

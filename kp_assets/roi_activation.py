@@ -4,10 +4,9 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.task_runs import task_runs
+from kp_assets.task_runs import task_run_table
 from kp_resources.cleaning import ConfoundCleaning
-from kp_resources.provenance import inherit_provenance
-from kp_science.run_measures import ACTIVATION_DTYPES, activation_rows, empty_rows
+from kp_science.run_measures import ACTIVATION_DTYPES, activation_rows
 
 
 @dg.asset(
@@ -25,14 +24,6 @@ def roi_activation(
     roi_timeseries: pd.DataFrame,
     cleaning: ConfoundCleaning,
 ) -> pd.DataFrame:
-    tables = []
-    for session, run in task_runs(scans, roi_timeseries, cleaning):
-        tables.append(activation_rows(run).assign(session=session, task=run.task))
-    if not tables:  # no task run was acquired: no task features, and nothing to fail on
-        context.log.warning(
-            f"{context.partition_key}: no faces or conflict run in scans, so no roi_activation"
-        )
-        tables.append(empty_rows({"session": str, "task": str} | ACTIVATION_DTYPES))
-    result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
-    columns = ["participant_id", "session", "task", "roi", "contrast", "beta", "se", "t"]
-    return inherit_provenance(result[columns], roi_timeseries)
+    return task_run_table(
+        context, scans, roi_timeseries, cleaning, activation_rows, ACTIVATION_DTYPES
+    )

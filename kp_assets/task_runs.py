@@ -5,17 +5,19 @@
 that are cleaned exactly like the signals.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
+from kp_resources.provenance import inherit_provenance
 from kp_science.roi_signals import load_run_confounds
-from kp_science.run_measures import TaskRun, task_run
+from kp_science.run_measures import TaskRun, empty_rows, task_run
 from kp_science.study.errors import StudyDataError
 from kp_science.study.reading import CHANGED_SINCE_SCANS
 from kp_science.study.validate import EventRequirements, default_event_requirements, read_events
@@ -134,3 +136,30 @@ def task_runs(
             )
         )
     return runs
+
+
+def task_run_table(
+    context: dg.AssetExecutionContext,
+    scans: pd.DataFrame,
+    roi_timeseries: pd.DataFrame,
+    cleaning: ConfoundCleaning,
+    rows: Callable[[TaskRun], pd.DataFrame],
+    dtypes: Mapping[str, object],
+) -> pd.DataFrame:
+    """One participant's table of a per-task-run measure: ``rows(run)`` for every task run,
+    keyed by participant_id, session and task (in that order, then the measure's ``dtypes``
+    columns). No task run at all gives an empty table with those columns and a warning."""
+    tables = []
+    for session, run in task_runs(scans, roi_timeseries, cleaning):
+        table = rows(run)
+        tables.append(table.assign(session=session, task=run.task))
+        context.log.info(f"ses-{session} task-{run.task}: {len(table)} rows")
+    if not tables:  # no task run was acquired: no task features, and nothing to fail on
+        context.log.warning(
+            f"{context.partition_key}: no run of the tasks {', '.join(EVENT_TASKS)} in scans, "
+            f"so no {context.asset_key.to_user_string()}"
+        )
+        tables.append(empty_rows({"session": str, "task": str} | dict(dtypes)))
+    result = pd.concat(tables, ignore_index=True).assign(participant_id=context.partition_key)
+    columns = ["participant_id", "session", "task", *dtypes]
+    return inherit_provenance(result[columns], roi_timeseries)
