@@ -1,5 +1,5 @@
 """The study's vocabulary, defined once: arms and their coding, sessions, tasks and which tasks
-have events (this trial's; issue 15 makes them a study protocol).
+have events (this trial's, until a study protocol declares them per study).
 
 Every other module takes these names from here. The ``Literal`` types let settings declare a
 choice of them (a typo then fails where the setting is made, naming the allowed values).

@@ -1,4 +1,4 @@
-"""A corpus of damaged studies, run through the whole pipeline once (issue 13).
+"""A corpus of damaged studies, run through the whole pipeline once.
 
 One simulated study in which every participant but a few controls is damaged in its own way
 — images, sidecars, masks, confounds, events, the participants and phenotype tables,

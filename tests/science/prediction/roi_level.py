@@ -1,6 +1,6 @@
 """The pipeline's feature stages on a region-level simulated study (no images).
 
-For the seed-level tests of the prediction models (issue 4), which need dozens of
+For the seed-level tests of the prediction models, which need dozens of
 21-participant studies: :func:`change_scores` runs the per-run measure chain the
 ``roi_timeseries`` → ``roi_activation`` / ``task_connectivity`` / ``rest_connectivity`` →
 ``session_features`` → ``change_scores`` assets run (:mod:`kp_science.run_measures`, then

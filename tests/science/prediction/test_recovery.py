@@ -1,4 +1,4 @@
-"""Seed-level recovery and null behaviour of the elastic-net analysis (issue 4).
+"""Seed-level recovery and null behaviour of the elastic-net analysis.
 
 Thirty simulated 21-participant studies are too many for the image path inside the suite,
 so these tests use the region-level path (:mod:`tests.roi_level`): the simulator's planted
