@@ -1,10 +1,8 @@
 """The confound-cleaning resource: one named strategy for every ROI signal of the project."""
 
-import dataclasses
-
 import dagster as dg
 
-from kp_resources.science_config import science_default
+from kp_resources.science_config import from_config, science_default
 from kp_science.cleaning import CleaningStrategy, ConfoundModel
 
 
@@ -24,6 +22,4 @@ class ConfoundCleaning(dg.ConfigurableResource):
 
     def strategy(self) -> CleaningStrategy:
         """The configured strategy as the science code's :class:`CleaningStrategy`."""
-        return CleaningStrategy(
-            **{f.name: getattr(self, f.name) for f in dataclasses.fields(CleaningStrategy)}
-        )
+        return from_config(CleaningStrategy, self)

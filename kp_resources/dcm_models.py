@@ -19,7 +19,7 @@ from typing import get_args
 import dagster as dg
 import numpy as np
 
-from kp_resources.science_config import choice_enum, science_default
+from kp_resources.science_config import choice_enum, from_config, science_default
 from kp_science.dcm.group import Analysis, ChangeMethod, GroupDCMConfig
 from kp_science.dcm.peb import ComponentName
 
@@ -160,12 +160,4 @@ class DCMGroupDesign(dg.ConfigurableResource):
 
     def config(self) -> GroupDCMConfig:
         """The design as the science code's :class:`GroupDCMConfig` (lists → tuples)."""
-        return GroupDCMConfig(
-            model=self.model,
-            analyses=tuple(self.analyses),
-            parameters=tuple(self.parameters) if self.parameters is not None else None,
-            max_exhaustive=self.max_exhaustive,
-            change=self.change,
-            components=self.components,
-            hyperprior_variance=self.hyperprior_variance,
-        )
+        return from_config(GroupDCMConfig, self)

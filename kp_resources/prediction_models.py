@@ -21,11 +21,9 @@ permutations, 500 bootstrap resamples, seed 0, and at least 10 participants with
 sessions. An arm outside the study's arms fails when the configuration loads.
 """
 
-import dataclasses
-
 import dagster as dg
 
-from kp_resources.science_config import choice_enum, science_default
+from kp_resources.science_config import choice_enum, config_dict, from_config, science_default
 from kp_science.prediction.elastic_net import EnetSettings
 from kp_science.prediction.variants import DEFAULT_VARIANTS, ModelVariant
 from kp_science.study.vocabulary import ARMS
@@ -47,23 +45,11 @@ class PredictionVariant(dg.Config):
 
     def variant(self) -> ModelVariant:
         """This model as the science code's :class:`ModelVariant` (lists → tuples)."""
-        return ModelVariant(
-            **{
-                f.name: tuple(value) if isinstance(value := getattr(self, f.name), list) else value
-                for f in dataclasses.fields(ModelVariant)
-            }
-        )
-
-
-def _variant_dict(variant: ModelVariant) -> dict:
-    return {
-        f.name: list(value) if isinstance(value := getattr(variant, f.name), tuple) else value
-        for f in dataclasses.fields(ModelVariant)
-    }
+        return from_config(ModelVariant, self)
 
 
 # Plain dicts, as Dagster's config schema needs for defaults (see DCMModels).
-DEFAULT_VARIANT_CONFIG = [_variant_dict(v) for v in DEFAULT_VARIANTS]
+DEFAULT_VARIANT_CONFIG = [config_dict(v) for v in DEFAULT_VARIANTS]
 
 
 def _settings_default(name: str):
@@ -110,22 +96,12 @@ class PredictionModels(dg.ConfigurableResource):
 
     def settings(self) -> EnetSettings:
         """The analysis settings as :class:`EnetSettings`."""
-        return EnetSettings(
-            l1_ratios=tuple(self.l1_ratios),
-            n_alphas=self.n_alphas,
-            eps=self.eps,
-            n_permutations=self.n_permutations,
-            n_bootstraps=self.n_bootstraps,
-            nested=self.nested,
-            seed=self.seed,
-            min_participants=self.min_participants,
-            n_jobs=self.workers,
-        )
+        return from_config(EnetSettings, self, renamed={"n_jobs": "workers"})
 
     def describe(self) -> dict:
         """JSON-friendly description for metadata and provenance."""
         return {
-            "variants": [_variant_dict(v) for v in self.model_variants()],
+            "variants": [config_dict(v) for v in self.model_variants()],
             "min_participants": self.min_participants,
             "l1_ratios": list(self.l1_ratios),
             "n_alphas": self.n_alphas,
