@@ -121,15 +121,16 @@ def warehouse_jobs(warehouse: Path) -> list[tuple[DCMSpec, np.ndarray, np.ndarra
     from kp_assets.dcm import run_data
     from kp_resources.cleaning import ConfoundCleaning
     from kp_resources.dcm_models import DCMModels
+    from kp_science.study.protocol import default_vocabulary
 
-    models, cleaning = DCMModels(), ConfoundCleaning()
-    a, b, c = next(iter(models.masks().values()))
+    models, cleaning, protocol = DCMModels(), ConfoundCleaning(), default_vocabulary()
+    a, b, c = next(iter(models.masks(protocol.dcm).values()))
     jobs = []
     for folder in sorted((warehouse / "scans").glob("participant=*")):
         scans = pd.read_parquet(folder / "part-0.parquet")
         timeseries = pd.read_parquet(warehouse / "roi_timeseries" / folder.name / "part-0.parquet")
-        for _, scan in scans[scans["task"] == models.task].iterrows():
-            data = run_data(scan, timeseries, models, cleaning)
+        for _, scan in scans[scans["task"] == protocol.dcm.task].iterrows():
+            data = run_data(scan, timeseries, protocol, cleaning)
             jobs.append((data.spec(a, b, c), data.y, data.X0))
     return jobs
 

@@ -32,6 +32,7 @@ from kp_science.dcm.run_data import prepare_run, run_inputs
 from kp_science.simulator.images import cosine_regressors
 from kp_science.simulator.roi_level import simulate_roi_study
 from kp_science.study.clinical import with_improvements
+from kp_science.study.protocol import default_vocabulary
 
 RECOVERED = ("B[emotional][amygdala->vmpfc]", "A[vmpfc->amygdala]")
 
@@ -43,12 +44,12 @@ def seed_range(text: str) -> list[int]:
 
 def first_level_tables(study, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``dcm_fits`` and ``dcm_parameters`` as the asset writes them (default model space)."""
-    models = DCMModels()
-    ((model, (a, b, c)),) = models.masks().items()
-    inputs = models.input_trial_types()
+    design = default_vocabulary().dcm  # the simulated study is this trial's
+    ((model, (a, b, c)),) = DCMModels().masks(design).items()
+    inputs = {name: list(types) for name, types in design.inputs.items()}
     runs, datas = [], []
     for run in study.runs:
-        if run.task != models.task:
+        if run.task != design.task:
             continue
         n = len(run.raw)
         u = run_inputs(run.events, inputs, n, run.tr)
@@ -56,7 +57,7 @@ def first_level_tables(study, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]
         runs.append(run)
         datas.append(
             prepare_run(
-                run.raw[list(models.regions)], u, list(inputs), run.tr, np.arange(n), confounds
+                run.raw[list(design.regions)], u, list(inputs), run.tr, np.arange(n), confounds
             )
         )
     jobs = [(data.spec(a, b, c), data.y, data.X0) for data in datas]
@@ -88,7 +89,11 @@ def one_study(seed: int, null: bool, workers: int) -> dict:
         ).statistic
         for p in RECOVERED
     }
-    result = group_dcm(fits, parameters, with_improvements(study.clinical))
+    result = group_dcm(
+        fits,
+        parameters,
+        with_improvements(study.clinical, [o.name for o in default_vocabulary().outcomes]),
+    )
     findings = dcm_findings(result.effects).set_index("finding")
     effects = result.effects[result.effects.covariate != "mean"]
     return {

@@ -55,7 +55,9 @@ def residuals(study: Path, options: SimulationOptions) -> list[np.ndarray]:
             scan = pd.Series(validate_run(run).record())
             table, _ = _run_tables(scan, roi_set, cleaning)
             measured = table.pivot(index="volume", columns="roi", values="signal")
-            confounds, kept = load_run_confounds(scan["bold_path"], cleaning.strategy())
+            confounds, kept = load_run_confounds(
+                scan["bold_path"], cleaning.strategy(), scan["confounds_path"]
+            )
             planted = pd.DataFrame(
                 BASELINE * (1 + np.column_stack([region[r] for r in ROI_NAMES]) / 100),
                 columns=list(ROI_NAMES),

@@ -1,8 +1,10 @@
-"""The ``kp`` command: ``kp simulate``, ``kp demo``, ``kp sql``.
+"""The ``kp`` command: ``kp simulate``, ``kp demo``, ``kp validate``, ``kp run``, ``kp sql``.
 
-``kp demo`` materializes every asset through the same Definitions, jobs and discovery code that
-``dagster dev`` and the sensor use, on the instance in ``DAGSTER_HOME`` (the repository
-folder by default, storage in ``.dagster/``).
+``kp run`` (a real study) and ``kp demo`` (the simulated one) materialize every asset through
+the same Definitions, jobs and discovery code that ``dagster dev`` and the sensor use, on the
+instance in ``DAGSTER_HOME`` (the repository folder by default, storage in ``.dagster/``).
+``kp validate`` checks a study against its protocol and writes nothing
+(:mod:`kp_science.study.study_check`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kp_resources.locations import REPO_ROOT, study_dir, warehouse_dir
+from kp_resources.locations import (
+    PROTOCOL_ENV,
+    REPO_ROOT,
+    STUDY_ENV,
+    WAREHOUSE_ENV,
+    study_dir,
+    warehouse_dir,
+)
 
+if TYPE_CHECKING:  # kp validate imports the science only when it runs
+    from kp_science.study.study_check import Finding, StudyReport
+
+STORAGE_ENV = "KP_DAGSTER_STORAGE"  # where dagster.yaml puts the instance's storage
 # Dagster's console logger prints every event at DEBUG; the demo prints its own progress
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 EXAMPLE_SQL = (
@@ -26,7 +40,7 @@ EXAMPLE_SQL = (
 def _use_repo_instance() -> None:
     # dagster.yaml lives at the repo root and reads its storage folder from the environment
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT))
-    os.environ.setdefault("KP_DAGSTER_STORAGE", str(REPO_ROOT / ".dagster"))
+    os.environ.setdefault(STORAGE_ENV, str(REPO_ROOT / ".dagster"))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -96,6 +110,147 @@ def demo_study_problem(study: Path) -> str | None:
     )
 
 
+def _open_instance(command: str):
+    """The Dagster instance of ``DAGSTER_HOME`` (the repository's by default), or None after
+    saying on stderr what is wrong with its configuration (file and key)."""
+    _use_repo_instance()
+    from kp_resources.instance import InstanceConfigError, load_instance
+
+    try:
+        return load_instance()
+    except InstanceConfigError as e:
+        print(f"kp {command}: Dagster instance configuration error: {e}", file=sys.stderr)
+        return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved, links followed)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def write_target_problem(study_folders: list[Path], targets: dict[str, Path]) -> str | None:
+    """Why kp must not write to one of ``targets`` (what → folder), or None: kp never writes
+    into a study, so no target may lie inside one of ``study_folders`` (the study folder and
+    its protocol's derivatives and raw roots)."""
+    for what, target in targets.items():
+        for folder in study_folders:
+            if _inside(target, folder):
+                return (
+                    f"the {what} {target} is inside the study folder {folder}, and kp never "
+                    "writes into a study: choose a folder outside it"
+                )
+    return None
+
+
+def _summary_sections(primary: str) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(title, SQL, tables it reads) of each part of the run summary; ``primary``: the
+    protocol's primary outcome (clinical column ``<primary>_improvement``)."""
+    return [
+        (
+            "scans (QC over all runs)",
+            """
+            SELECT count(DISTINCT participant_id) AS participants, count(*) AS runs,
+                   round(median(mean_fd), 3) AS median_mean_fd_mm,
+                   round(max(mean_fd), 3) AS worst_mean_fd_mm,
+                   CAST(sum(n_fd_spikes) AS INTEGER) AS fd_spikes,
+                   round(median(tsnr), 1) AS median_tsnr,
+                   round(min(tsnr), 1) AS min_tsnr
+            FROM scans""",
+            ("scans",),
+        ),
+        (
+            "clinical",
+            f"SELECT arm, count(*) AS participants, "
+            f"round(avg({primary}_improvement), 1) AS mean_{primary}_improvement "
+            "FROM clinical GROUP BY arm ORDER BY arm",
+            ("clinical",),
+        ),
+        (
+            "imaging features (change scores = post − pre)",
+            """
+            SELECT family, count(DISTINCT feature) AS features,
+                   count(DISTINCT participant_id) AS participants_with_change
+            FROM change_scores JOIN (SELECT DISTINCT feature, family FROM session_features)
+                 USING (feature)
+            GROUP BY family ORDER BY family""",
+            ("change_scores", "session_features"),
+        ),
+        (
+            "DCM (first level)",
+            """
+            SELECT model, count(*) AS fits, CAST(sum(CAST(converged AS INTEGER)) AS INTEGER)
+                   AS converged, round(median(explained_variance), 3) AS median_explained_variance
+            FROM dcm_fits GROUP BY model ORDER BY model""",
+            ("dcm_fits",),
+        ),
+        (
+            f"elastic net ({primary} improvement)",
+            """
+            SELECT model, status, n_participants AS n, n_selected AS selected,
+                   round(loo_r, 2) AS loo_r, round(nested_r, 2) AS nested_r,
+                   round(permutation_p, 3) AS permutation_p
+            FROM enet_summary ORDER BY model""",
+            ("enet_summary",),
+        ),
+        (
+            "the paper's findings beside ours",
+            """
+            SELECT finding, published, round(estimate, 2) AS estimate,
+                   round(selection_frequency, 2) AS selection_frequency, note
+            FROM paper_table""",
+            ("paper_table",),
+        ),
+    ]
+
+
+def print_summary(warehouse: Path, primary: str) -> None:
+    """The warehouse at a glance: each summary table whose inputs exist (a run where every
+    participant failed still gets the parts it has). ``primary``: the primary outcome."""
+    from kp_resources.warehouse import format_result, list_tables, query
+
+    tables = list_tables(warehouse)
+    for title, sql, needs in _summary_sections(primary):
+        if set(needs) <= set(tables):
+            print(f"\n{title}:")
+            try:
+                print(format_result(query(warehouse, sql)))
+            except Exception as e:  # a summary must not hide the run's own outcome
+                print(f"  (cannot summarize: {e})")
+
+
+def materialize_and_report(
+    command: str, study: Path, warehouse: Path, protocol: str | None, instance
+) -> int:
+    """What ``kp run`` and ``kp demo`` share once the study is there: materialize every
+    asset (:func:`kp_assets.materialize.materialize_study`, with a progress bar), print the
+    summary and the failures; 0 when nothing failed, else 1."""
+    from tqdm import tqdm
+
+    from kp_assets.materialize import materialize_study
+
+    print(f"materializing assets into {warehouse}")
+    failed = materialize_study(
+        study,
+        warehouse,
+        instance,
+        run_config=QUIET_RUN_CONFIG,
+        log=tqdm.write,
+        protocol=protocol,
+        progress=True,
+    )
+    from kp_science.study.protocol import study_protocol
+
+    print_summary(warehouse, study_protocol(study, protocol).primary.name)
+    print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
+    print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
+    print("UI:   make ui   (then open http://127.0.0.1:3000)")
+    if failed:
+        print(f"\n{len(failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        print(f"kp {command}: {len(failed)} failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     study, warehouse = study_dir(), warehouse_dir()
     # before anything else: a folder that is not kp's to fill stops the demo untouched
@@ -103,19 +258,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if problem:
         print(f"kp demo: {problem}", file=sys.stderr)
         return 2
-
-    _use_repo_instance()
-    from kp_resources.instance import InstanceConfigError, load_instance
-
-    try:  # a mistake in dagster.yaml stops the demo here, naming the file and the key
-        instance = load_instance()
-    except InstanceConfigError as e:
-        print(f"kp demo: Dagster instance configuration error: {e}", file=sys.stderr)
+    # a mistake in dagster.yaml stops the demo here, naming the file and the key
+    instance = _open_instance("demo")
+    if instance is None:
         return 2
 
-    from kp_assets.materialize import materialize_study
-    from kp_resources.warehouse import format_result, list_tables, query
-
+    protocol = None  # a simulated study carries its own kp-protocol.yaml
     if not (study / "dataset_description.json").exists():
         print(f"simulating the default study ({args.participants} participants) into {study}")
         from kp_science.simulator import simulate_study
@@ -127,78 +275,178 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 2
     else:
         print(f"using the study in {study}")
-    print(f"materializing assets into {warehouse}")
-    failed = materialize_study(study, warehouse, instance, run_config=QUIET_RUN_CONFIG)
+        protocol = os.environ.get(PROTOCOL_ENV) or None
+    return materialize_and_report("demo", study, warehouse, protocol, instance)
 
-    summary = query(
-        warehouse,
-        """
-        SELECT count(DISTINCT participant_id) AS participants, count(*) AS runs,
-               round(median(mean_fd), 3) AS median_mean_fd_mm,
-               round(max(mean_fd), 3) AS worst_mean_fd_mm,
-               CAST(sum(n_fd_spikes) AS INTEGER) AS fd_spikes,
-               round(median(tsnr), 1) AS median_tsnr,
-               round(min(tsnr), 1) AS min_tsnr
-        FROM scans""",
-    )
-    arms = query(
-        warehouse,
-        "SELECT arm, count(*) AS participants, "
-        "round(avg(caps5_improvement), 1) AS mean_caps5_improvement "
-        "FROM clinical GROUP BY arm ORDER BY arm",
-    )
-    print("\nscans (QC over all runs):")
-    print(format_result(summary))
-    print("\nclinical:")
-    print(format_result(arms))
-    features = query(
-        warehouse,
-        """
-        SELECT family, count(DISTINCT feature) AS features,
-               count(DISTINCT participant_id) AS participants_with_change
-        FROM change_scores JOIN (SELECT DISTINCT feature, family FROM session_features)
-             USING (feature)
-        GROUP BY family ORDER BY family""",
-    )
-    print("\nimaging features (change scores = post − pre):")
-    print(format_result(features))
-    dcm = query(
-        warehouse,
-        """
-        SELECT model, count(*) AS fits, CAST(sum(CAST(converged AS INTEGER)) AS INTEGER)
-               AS converged, round(median(explained_variance), 3) AS median_explained_variance
-        FROM dcm_fits GROUP BY model ORDER BY model""",
-    )
-    print("\nDCM (amygdala–vmPFC, faces):")
-    print(format_result(dcm))
-    if "enet_summary" in list_tables(warehouse):
-        models = query(
-            warehouse,
-            """
-            SELECT model, status, n_participants AS n, n_selected AS selected,
-                   round(loo_r, 2) AS loo_r, round(nested_r, 2) AS nested_r,
-                   round(permutation_p, 3) AS permutation_p
-            FROM enet_summary ORDER BY model""",
+
+def _study_and_protocol(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """``--study`` (default: ``$KP_STUDY_DIR`` or data/study) and ``--protocol`` (default:
+    ``$KP_PROTOCOL``, else None: the study's kp-protocol.yaml or the default protocol)."""
+    study = Path(args.study).expanduser().resolve() if args.study else study_dir()
+    protocol = args.protocol or os.environ.get(PROTOCOL_ENV)
+    # absolute: worker processes and the messages name the same file
+    return study, str(Path(protocol).expanduser().resolve()) if protocol else None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from kp_science.study.study_check import check_study_folder
+
+    study, protocol = _study_and_protocol(args)
+    if not study.is_dir():
+        print(
+            f"kp validate: no study folder at {study} (pass --study DIR or set {STUDY_ENV})",
+            file=sys.stderr,
         )
-        print("\nelastic net (CAPS-5 improvement):")
-        print(format_result(models))
-    if "paper_table" in list_tables(warehouse):
-        paper = query(
-            warehouse,
-            """
-            SELECT finding, published, round(estimate, 2) AS estimate,
-                   round(selection_frequency, 2) AS selection_frequency, note
-            FROM paper_table""",
-        )
-        print("\nthe paper's findings beside ours:")
-        print(format_result(paper))
-    print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
-    print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
-    print("UI:   make ui   (then open http://127.0.0.1:3000)")
-    if failed:
-        print(f"\n{len(failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
         return 1
-    return 0
+
+    def bar(runs):
+        return tqdm(runs, desc="validating runs", unit="run", disable=args.quiet, file=sys.stderr)
+
+    report = check_study_folder(study, protocol, progress=bar)
+    print("\n".join(report_lines(report, study, verbose=args.verbose)))
+    return 0 if report.passed else 1
+
+
+def report_lines(report: StudyReport, study: Path, verbose: bool = False) -> list[str]:
+    """``kp validate``'s output for a :class:`~kp_science.study.study_check.StudyReport`:
+    the protocol, study-level findings, then per participant and session what is complete,
+    missing or a fault (each with its file and reason; ok findings only when ``verbose``), a
+    summary line and what missing and fault mean."""
+    protocol = report.protocol
+    lines = [f"study: {study}"]
+    if protocol is not None:
+        tasks = ", ".join(f"{t} ({spec.kind})" for t, spec in protocol.tasks.items())
+        lines += [
+            f"protocol: {protocol.where()}",
+            f"  derivatives {protocol.derivatives}, raw {protocol.raw}, space {protocol.space}"
+            + (f", res {protocol.res}" if protocol.res else ""),
+            f"  sessions: baseline ses-{protocol.baseline}, follow-up ses-{protocol.follow_up}; "
+            f"tasks: {tasks}",
+        ]
+    study_level = [f for f in report.of(None) if verbose or f.status != "ok"]
+    if study_level:
+        lines += ["", "study:", *(_finding_line(f, "  ") for f in study_level)]
+    for pid in report.participants:
+        lines += ["", f"{pid}: {report.state(pid)}", *_participant_lines(report.of(pid), verbose)]
+    for pid in report.others:
+        lines += ["", f"{pid} (no participant folder): {report.state(pid)}"]
+        lines += _participant_lines(report.of(pid), verbose)
+    lines += ["", _summary_line(report), *_LEGEND]
+    return lines
+
+
+_LEGEND = (
+    "legend: missing = not there (yet): the study is incomplete, which is not a fault (kp run "
+    "processes what is there; a missing follow-up session only delays that participant's "
+    "change scores, a missing task run leaves out that task's features).",
+    "        FAULT = must be fixed: the pipeline would fail on it or leave data out. "
+    "Exit status 1 when there is any fault, else 0.",
+)
+
+
+def _finding_line(f: Finding, indent: str) -> str:
+    label = {"ok": "ok", "missing": "missing", "fault": "FAULT"}[f.status]
+    run = f"task-{f.task} run-{f.run}: " if f.task is not None else ""
+    where = f"{f.path}: " if f.path is not None else ""
+    return f"{indent}{label:<8} {run}{where}{f.reason}"
+
+
+def _participant_lines(findings: list[Finding], verbose: bool) -> list[str]:
+    """Participant-wide findings (clinical, folder-level), then one line per session with its
+    state and runs, each non-ok finding (every finding when ``verbose``) beneath it."""
+    lines = []
+    overall = [f for f in findings if f.session is None]
+    lines += [_finding_line(f, "  ") for f in overall if verbose or f.status != "ok"]
+    sessions = list(dict.fromkeys(f.session for f in findings if f.session is not None))
+    for session in sessions:
+        found = [f for f in findings if f.session == session]
+        statuses = {f.status for f in found}
+        state = (
+            "FAULT"
+            if "fault" in statuses
+            else "incomplete"
+            if "missing" in statuses
+            else "complete"
+        )
+        runs = [f for f in found if f.task is not None]
+        ok = [f for f in runs if f.status == "ok"]
+        tasks = ", ".join(dict.fromkeys(f.task for f in ok))
+        detail = f" ({len(ok)} of {len(runs)} runs ok" + (f": {tasks})" if tasks else ")")
+        lines.append(f"  ses-{session}: {state}" + (detail if runs else ""))
+        lines += [_finding_line(f, "    ") for f in found if verbose or f.status != "ok"]
+    return lines
+
+
+def _summary_line(report: StudyReport) -> str:
+    states = [report.state(pid) for pid in report.participants]
+    runs = [f for f in report.findings if f.task is not None]
+    bad_runs = sum(f.status == "fault" for f in runs)
+    verdict = "no faults" if report.passed else "FAULTS FOUND"
+    return (
+        f"summary: {verdict}: {len(report.participants)} participant(s): "
+        f"{states.count('complete')} complete, {states.count('incomplete')} incomplete, "
+        f"{states.count('fault')} with faults; {len(runs)} run(s) validated "
+        f"({len(runs) - bad_runs} ok, {bad_runs} with faults); "
+        f"{len(report.faults)} fault(s), {len(report.missing)} missing"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kp_science.study.errors import StudyDataError
+    from kp_science.study.layout import discover_study
+    from kp_science.study.protocol import ProtocolError, study_protocol
+
+    study, protocol_file = _study_and_protocol(args)
+    if not study.is_dir():
+        print(
+            f"kp run: no study folder at {study} (pass --study DIR or set {STUDY_ENV}; "
+            "`kp demo` simulates a study to try kp on)",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        protocol = study_protocol(study, protocol_file)
+        found = discover_study(protocol)
+    except ProtocolError as e:
+        print(f"kp run: study protocol error: {e}", file=sys.stderr)
+        return 1
+    except StudyDataError as e:  # the derivatives root cannot be listed
+        print(f"kp run: {e}", file=sys.stderr)
+        return 1
+    if not found.participants:
+        print(
+            f"kp run: no participant folders (sub-*) in {protocol.derivatives} "
+            f"(protocol: {protocol.where()})",
+            file=sys.stderr,
+        )
+        return 1
+    warehouse = (
+        Path(args.warehouse).expanduser().resolve() if args.warehouse else _warehouse_for(study)
+    )
+    _use_repo_instance()
+    folders = list(dict.fromkeys([study, protocol.derivatives, protocol.raw]))
+    targets = {"warehouse": warehouse, "Dagster storage": Path(os.environ[STORAGE_ENV])}
+    problem = write_target_problem(folders, targets)
+    if problem:
+        print(f"kp run: {problem}", file=sys.stderr)
+        return 1
+    instance = _open_instance("run")
+    if instance is None:
+        return 1
+    print(
+        f"running the study in {study} ({len(found.participants)} participant(s); "
+        f"protocol: {protocol.where()})"
+    )
+    return materialize_and_report("run", study, warehouse, protocol_file, instance)
+
+
+def _warehouse_for(study: Path) -> Path:
+    """``$KP_WAREHOUSE_DIR``, else ``warehouse/`` beside ``study`` (as :func:`warehouse_dir`
+    is beside the default study)."""
+    env = os.environ.get(WAREHOUSE_ENV)
+    return Path(env).expanduser().resolve() if env else study.parent / "warehouse"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,6 +490,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="participants to simulate when there is no study yet (default 21)",
     )
     demo.set_defaults(func=cmd_demo)
+
+    study_help = "study folder (default: $KP_STUDY_DIR or data/study)"
+    protocol_help = (
+        "study protocol file (default: $KP_PROTOCOL, else <study>/kp-protocol.yaml, else the "
+        "default protocol)"
+    )
+    validate = sub.add_parser(
+        "validate",
+        help="check a study against its protocol, writing nothing; exit 1 on any fault",
+        description="Check every participant, session and run of a study as the pipeline "
+        "would, writing nothing. 'missing' means not there yet (incomplete, not a fault); "
+        "FAULT means something to fix. Exit status 0 without faults, 1 with.",
+    )
+    validate.add_argument("--study", default=None, help=study_help)
+    validate.add_argument("--protocol", default=None, help=protocol_help)
+    validate.add_argument("--verbose", action="store_true", help="list what is ok, too")
+    validate.add_argument("--quiet", action="store_true", help="no progress bar")
+    validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser(
+        "run",
+        help="materialize every asset of a real study (never simulates, never writes into it)",
+    )
+    run.add_argument("--study", default=None, help=study_help)
+    run.add_argument("--protocol", default=None, help=protocol_help)
+    run.add_argument(
+        "--warehouse",
+        default=None,
+        help="warehouse folder (default: $KP_WAREHOUSE_DIR or warehouse/ beside the study)",
+    )
+    run.set_defaults(func=cmd_run)
 
     sql = sub.add_parser(
         "sql",

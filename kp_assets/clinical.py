@@ -1,4 +1,5 @@
-"""``clinical``: arm and CAPS-5 / MADRS scores before and after treatment, one row per person."""
+"""``clinical``: arm and the outcome scores (this trial: CAPS-5, MADRS) before and after
+treatment, one row per person, as the study protocol declares them."""
 
 import dagster as dg
 import pandas as pd
@@ -7,7 +8,6 @@ from kp_assets.automation import GROUP_REFRESH
 from kp_resources.quality import check_result
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
-from kp_science.study.layout import discover_participants
 
 
 @dg.asset(
@@ -17,16 +17,18 @@ from kp_science.study.layout import discover_participants
     automation_condition=GROUP_REFRESH,
     group_name="ingest",
     kinds={"pandas", "parquet"},
-    code_version="clinical-2",
+    code_version="clinical-3",
     description=(
-        "participants.tsv joined with phenotype/caps5.tsv and phenotype/madrs.tsv; "
-        "improvement = pre − post (positive = better, NaN until the post visit). A total "
-        "outside the study resource's caps5_range / madrs_range is rejected (NaN) and "
-        "described in clinical_problems."
+        "The raw root's participants.tsv (arm from the protocol's arm column) joined with the "
+        "protocol's outcome files (this trial: phenotype/caps5.tsv, phenotype/madrs.tsv); "
+        "<outcome>_pre / _post are the baseline and follow-up sessions; improvement = pre − "
+        "post (positive = better, NaN until the follow-up visit). A score outside its "
+        "outcome's range (protocol) is rejected (NaN) and described in clinical_problems."
     ),
 )
 def clinical(context: dg.AssetExecutionContext, study: StudyFolder) -> pd.DataFrame:
     df = study.clinical()
+    primary = study.protocol().primary.name
     rejected = df.loc[df["clinical_problems"] != "", ["participant_id", "clinical_problems"]]
     for pid, problems in rejected.itertuples(index=False):
         for problem in problems.split("; "):
@@ -35,7 +37,7 @@ def clinical(context: dg.AssetExecutionContext, study: StudyFolder) -> pd.DataFr
     context.add_output_metadata(
         {
             "n_participants": len(df),
-            "n_with_post_caps5": int(df["caps5_post"].notna().sum()),
+            f"n_with_post_{primary}": int(df[f"{primary}_post"].notna().sum()),
             "n_with_rejected_values": len(rejected),
             **{f"n_{arm}": int(n) for arm, n in counts.items()},
         }
@@ -45,8 +47,9 @@ def clinical(context: dg.AssetExecutionContext, study: StudyFolder) -> pd.DataFr
 
 @dg.asset_check(
     asset=clinical,
-    description="Every participant with a scan folder has an arm and CAPS-5 before and after "
-    "treatment (the prediction models need all three), and no participant has a "
+    description="Every participant with a scan folder has an arm and the primary outcome "
+    "(this trial: CAPS-5) before and after treatment (the prediction models need all three), "
+    "and no participant has a "
     "clinical value rejected as impossible (clinical_problems).",
 )
 def clinical_completeness_check(
@@ -55,14 +58,16 @@ def clinical_completeness_check(
     study: StudyFolder,
     warehouse: Warehouse,
 ) -> dg.AssetCheckResult:
-    scanned = discover_participants(study.path)
+    scanned = study.participants()
+    primary = study.protocol().primary.name
     table = clinical.set_index("participant_id")
     problems = {}
     for pid in scanned:
         if pid not in table.index:
             problems[pid] = "no row in participants.tsv / phenotype"
             continue
-        missing = [c for c in ("arm", "caps5_pre", "caps5_post") if pd.isna(table.at[pid, c])]
+        needed = ("arm", f"{primary}_pre", f"{primary}_post")
+        missing = [c for c in needed if c not in table.columns or pd.isna(table.at[pid, c])]
         if missing:
             problems[pid] = "missing " + ", ".join(missing)
     # rejected values, scanned or not: each is a file someone has to correct
@@ -83,7 +88,7 @@ def clinical_completeness_check(
     summary = (
         ". ".join(parts)
         if parts
-        else f"all {len(scanned)} scanned participants have arm and CAPS-5 pre/post"
+        else f"all {len(scanned)} scanned participants have arm and {primary} pre/post"
     )
     return check_result(
         context,

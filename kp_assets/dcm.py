@@ -1,8 +1,8 @@
-"""``dcm_fits`` and ``dcm_parameters``: first-level DCM of each session's faces run.
+"""``dcm_fits`` and ``dcm_parameters``: first-level DCM of every run of the DCM's task.
 
-For every session of the participant, the faces run's amygdala and vmPFC signals (the
-``dcm_models`` resource names the task, regions, inputs and the model space) are fitted with
-every model by the SPM12-equivalent estimator of :mod:`kp_science.dcm`:
+For every run of the protocol's DCM task (this trial: faces) in every session, the run's
+region signals (this trial: amygdala and vmPFC; the ``dcm_models`` resource names the model
+space) are fitted with every model by the SPM12-equivalent estimator of :mod:`kp_science.dcm`:
 
 - data: every volume's raw ROI mean from ``roi_timeseries`` as percent signal change; a DCM
   needs an unbroken series, so scrubbed volumes are not dropped but each gets a spike column
@@ -12,6 +12,15 @@ every model by the SPM12-equivalent estimator of :mod:`kp_science.dcm`:
 - inputs: boxcars from the events (default: faces = emotional + neutral blocks, emotional =
   emotional blocks); TR from ``scans``; slice delay = the run's slice-timing reference
   (``time_s`` of volume 0) — TR/2 for fMRIPrep's slice-timing-corrected runs, as SPM assumes.
+
+**Several runs of a session** are inverted one by one, each with its own data, confounds and
+inputs, and both tables carry ``run``; the group analyses combine a session's runs by
+Bayesian fixed effects (SPM's Bayesian parameter averaging of the run posteriors, see
+:mod:`kp_science.dcm.group_tables`). SPM's alternative — one model over the concatenated
+runs with per-run confounds — was not chosen: it needs a concatenated design (inputs, block-
+diagonal confounds, restarting the hemodynamics at each run boundary) that this estimator
+does not model, whereas per-run inversion reuses the one-run fit unchanged, so a study with
+one run per session gets exactly the numbers it always did.
 
 A flat or NaN ROI signal, a missing ROI or an input that is never on fails the participant
 with a :class:`StudyDataError` naming the file and the problem. An inversion that reaches the
@@ -25,17 +34,20 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from kp_assets.partitions import participants
-from kp_assets.task_runs import event_requirements, run_model_inputs
+from kp_assets.task_runs import run_model_inputs
 from kp_resources.asset_metadata import markdown_table
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
 from kp_resources.quality import check_result
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.dcm import DCMResult, DCMSpec, invert_many, parameter_table, priors
 from kp_science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
 from kp_science.figures import markdown_image
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label
+from kp_science.study.protocol import StudyProtocol
+from kp_science.study.validate import study_event_requirements
 
 FIT_COLUMNS = [
     "participant_id",
@@ -75,23 +87,34 @@ def _run_label(scan: pd.Series) -> str:
     return f"ses-{scan['session']} task-{scan['task']} run-{scan['run']}"
 
 
+def _figure_label(scan: pd.Series, several: bool) -> str:
+    """A fit's row label in the fit figure: the session, and the run when a session has
+    several."""
+    return f"ses-{scan['session']}" + (f" run-{scan['run']}" if several else "")
+
+
 def run_data(
-    scan: pd.Series, roi_timeseries: pd.DataFrame, models: DCMModels, cleaning: ConfoundCleaning
+    scan: pd.Series,
+    roi_timeseries: pd.DataFrame,
+    protocol: StudyProtocol,
+    cleaning: ConfoundCleaning,
 ) -> DCMRunData:
-    """The DCM data of one run of the ``scans`` inventory (see the module docstring)."""
+    """The DCM data of one run of the ``scans`` inventory (see the module docstring), for
+    the protocol's DCM regions and inputs."""
+    design = protocol.dcm
     label = _run_label(scan)
     rows = roi_timeseries[
         (roi_timeseries["session"] == scan["session"])
         & (roi_timeseries["task"] == scan["task"])
         & (roi_timeseries["run"] == scan["run"])
     ]
-    missing = [r for r in models.regions if r not in set(rows["roi"])]
+    missing = [r for r in design.regions if r not in set(rows["roi"])]
     if missing:
         raise StudyDataError(
             scan["bold_path"],
             f"DCM of {label}: no usable signal for ROI(s) {', '.join(missing)} in roi_timeseries",
         )
-    raw = rows.pivot(index="volume", columns="roi", values="raw")[list(models.regions)]
+    raw = rows.pivot(index="volume", columns="roi", values="raw")[list(design.regions)]
     n_volumes, tr = int(scan["n_volumes"]), float(scan["tr"])
     if not np.array_equal(raw.index.to_numpy(), np.arange(n_volumes)):
         raise StudyDataError(
@@ -99,8 +122,8 @@ def run_data(
             f"DCM of {label}: roi_timeseries has {len(raw)} of {n_volumes} volumes",
         )
     # the events are checked as scans checked them, the DCM inputs' trial types included
-    shared = run_model_inputs(scan, roi_timeseries, cleaning, event_requirements(models))
-    inputs = models.input_trial_types()
+    shared = run_model_inputs(scan, roi_timeseries, cleaning, study_event_requirements(protocol))
+    inputs = {name: list(types) for name, types in design.inputs.items()}
     # ``from None``: the run reports the innermost cause, which must be the error with the file
     try:
         u = run_inputs(shared.events, inputs, n_volumes, tr)
@@ -159,14 +182,14 @@ def parameter_rows(result: DCMResult, spec: DCMSpec) -> pd.DataFrame:
     outs={
         "dcm_fits": dg.AssetOut(
             kinds={"pandas", "parquet"},
-            code_version="dcm_fits-1",
-            description="One row per session × model of the first-level DCM of the faces run: "
-            "free energy, explained variance, iterations, converged, seconds, and "
-            "the posterior covariance of the free parameters.",
+            code_version="dcm_fits-2",
+            description="One row per run × model of the first-level DCM of the protocol's DCM "
+            "task (this trial: faces): free energy, explained variance, iterations, "
+            "converged, seconds, and the posterior covariance of the free parameters.",
         ),
         "dcm_parameters": dg.AssetOut(
             kinds={"pandas", "parquet"},
-            code_version="dcm_parameters-1",
+            code_version="dcm_parameters-2",
             description="Posterior of every estimated DCM parameter (long): mean, variance, "
             "Pp, prior mean and variance; names like A[amygdala->vmpfc], "
             "B[emotional][amygdala->vmpfc], C[faces][amygdala], transit[vmpfc].",
@@ -191,13 +214,16 @@ def dcm_first_level(
     dcm_models: DCMModels,
     cleaning: ConfoundCleaning,
     warehouse: Warehouse,
+    study: StudyFolder,
 ):
     pid = validate_participant_label(context.partition_key)
-    masks = dcm_models.masks()
-    runs = [scan for _, scan in scans[scans["task"] == dcm_models.task].iterrows()]
+    protocol = study.protocol()
+    design = protocol.dcm
+    masks = dcm_models.masks(design)
+    runs = [scan for _, scan in scans[scans["task"] == design.task].iterrows()]
     if not runs:
-        context.log.warning(f"{pid}: no {dcm_models.task} runs: nothing to fit")
-    datas = [run_data(scan, roi_timeseries, dcm_models, cleaning) for scan in runs]
+        context.log.warning(f"{pid}: no {design.task} runs: nothing to fit")
+    datas = [run_data(scan, roi_timeseries, protocol, cleaning) for scan in runs]
     jobs, keys = [], []
     for scan, data in zip(runs, datas, strict=True):
         for model, (a, b, c) in masks.items():
@@ -209,6 +235,7 @@ def dcm_first_level(
         results = invert_many(jobs, max_iter=dcm_models.max_iter, workers=dcm_models.workers)
 
     fits, parameters, figure_fits = [], [], []
+    several = len(runs) > len({scan["session"] for scan in runs})
     for (scan, model, data), (spec, _, _), result in zip(keys, jobs, results, strict=True):
         fits.append(fit_row(scan, model, data, result, spec.parameter_names))
         parameters.append(
@@ -217,7 +244,7 @@ def dcm_first_level(
             )
         )
         if model == next(iter(masks)):
-            figure_fits.append((f"ses-{scan['session']}", data, result))
+            figure_fits.append((_figure_label(scan, several), data, result))
         context.log.info(
             f"{pid} {_run_label(scan)} model {model}: {result.message}, "
             f"F = {result.F:.1f}, EV = {result.explained_variance_total:.0%}, "
@@ -240,10 +267,19 @@ def dcm_first_level(
     parameter_frame.attrs.update(provenance)
 
     summary = fit_table[
-        ["session", "model", "free_energy", "explained_variance", "n_iter", "converged", "seconds"]
+        [
+            "session",
+            "run",
+            "model",
+            "free_energy",
+            "explained_variance",
+            "n_iter",
+            "converged",
+            "seconds",
+        ]
     ]
     fit_metadata = {
-        "model_space": dg.MetadataValue.json(dcm_models.describe()),
+        "model_space": dg.MetadataValue.json(dcm_models.describe(design)),
         "fits": dg.MetadataValue.md(markdown_table(summary) if len(summary) else "none"),
         "n_not_converged": int((~fit_table["converged"]).sum()),
         "seconds": float(fit_table["seconds"].sum()),
@@ -261,7 +297,9 @@ def dcm_first_level(
         metadata={
             "connections": dg.MetadataValue.md(
                 markdown_table(
-                    key.pivot_table(index="parameter", columns=["model", "session"], values="mean")
+                    key.pivot_table(
+                        index="parameter", columns=["model", "session", "run"], values="mean"
+                    )
                 )
                 if len(key)
                 else "none"
@@ -278,7 +316,15 @@ def dcm_first_level(
         "flagged": dg.MetadataValue.md(
             markdown_table(
                 flagged[
-                    ["session", "model", "converged", "n_iter", "explained_variance", "message"]
+                    [
+                        "session",
+                        "run",
+                        "model",
+                        "converged",
+                        "n_iter",
+                        "explained_variance",
+                        "message",
+                    ]
                 ]
             )
             if len(flagged)
@@ -290,7 +336,7 @@ def dcm_first_level(
     summary = (
         f"{len(flagged)} of {len(fit_table)} fits not converged or explaining less "
         f"than {threshold:.0%}: "
-        + ", ".join(f"ses-{r.session} {r.model}" for r in flagged.itertuples())
+        + ", ".join(f"ses-{r.session} run-{r.run} {r.model}" for r in flagged.itertuples())
         if len(flagged)
         else f"all {len(fit_table)} fits converged, explained variance ≥ {threshold:.0%}"
     )

@@ -16,9 +16,10 @@ from kp_assets.automation import GROUP_REFRESH
 from kp_assets.participant_status import current_participants, not_current
 from kp_resources.asset_metadata import markdown_table
 from kp_resources.dcm_models import DCMGroupDesign
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.dcm.findings import dcm_findings
-from kp_science.dcm.group import group_dcm
+from kp_science.dcm.group import for_study, group_dcm
 from kp_science.dcm.group_plots import effects_png
 from kp_science.figures import markdown_image
 
@@ -48,6 +49,7 @@ def dcm_group_effects(
     participant_status: pd.DataFrame,
     dcm_group: DCMGroupDesign,
     warehouse: Warehouse,
+    study: StudyFolder,
 ) -> pd.DataFrame:
     current = current_participants(participant_status)
     dcm_fits = dcm_fits[dcm_fits["participant_id"].isin(current)] if len(dcm_fits) else dcm_fits
@@ -58,7 +60,8 @@ def dcm_group_effects(
     )
     left_out = not_current(participant_status).assign(analysis="all")
     try:
-        result = group_dcm(dcm_fits, dcm_parameters, clinical, dcm_group.config())
+        config = for_study(dcm_group.config(), study.protocol())
+        result = group_dcm(dcm_fits, dcm_parameters, clinical, config)
     except ValueError as err:
         for table in ("dcm_group_effects", "paper_table"):
             moved = warehouse.retract(table, f"retracted: group DCM not estimated: {err}")

@@ -27,7 +27,7 @@ from kp_assets.session_features import change_scores, session_features
 from kp_assets.task_connectivity import task_connectivity
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMGroupDesign, DCMModels
-from kp_resources.locations import study_root, warehouse_root
+from kp_resources.locations import protocol_file, study_root, warehouse_root
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.quality import QualityThresholds
@@ -71,12 +71,17 @@ def _config_value(path: str | Path) -> str:
 
 
 def build_definitions(
-    study: str | Path, warehouse: str | Path, **overrides: dg.ConfigurableResource
+    study: str | Path,
+    warehouse: str | Path,
+    protocol: str | Path | None = None,
+    **overrides: dg.ConfigurableResource,
 ) -> dg.Definitions:
-    """The project's definitions with resources bound to a study folder and a warehouse
-    (paths, or ``dg.EnvVar`` values naming the variables that hold them); ``overrides`` replace
+    """The project's definitions with resources bound to a study folder, a warehouse and a
+    study protocol file (paths, or ``dg.EnvVar`` values naming the variables that hold them;
+    no protocol: the study's own ``kp-protocol.yaml`` or the default); ``overrides`` replace
     resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``)."""
     study, warehouse = _config_value(study), _config_value(warehouse)
+    protocol = None if protocol is None else _config_value(protocol)
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=[clinical_completeness_check],
@@ -84,7 +89,7 @@ def build_definitions(
         sensors=[new_participant_sensor],
         schedules=[nightly_catch_up],
         resources={
-            "study": StudyFolder(root=study),
+            "study": StudyFolder(root=study, protocol_file=protocol),
             "io_manager": ParquetIOManager(root=warehouse),
             "warehouse": Warehouse(root=warehouse),
             "roi_set": RoiSet(),
@@ -100,4 +105,4 @@ def build_definitions(
 
 # the environment's study and warehouse: dg.EnvVar for a variable set when the code location
 # loads (Dagster reads its value when a resource is set up), the default path otherwise
-defs = build_definitions(study_root(), warehouse_root())
+defs = build_definitions(study_root(), warehouse_root(), protocol_file())

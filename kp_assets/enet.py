@@ -22,6 +22,7 @@ from kp_resources.asset_metadata import markdown_table
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.provenance import inherit_provenance
 from kp_resources.quality import check_result
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.figures import markdown_image
 from kp_science.prediction import (
@@ -31,6 +32,7 @@ from kp_science.prediction import (
     plot_cv_curve,
     plot_observed_vs_predicted,
 )
+from kp_science.prediction.variants import measures_of
 
 DESCRIPTIONS = {
     "enet_summary": "One row per model variant: status, participants, selected grid point, "
@@ -103,6 +105,7 @@ def enet_models(
     participant_status: pd.DataFrame,
     prediction: PredictionModels,
     warehouse: Warehouse,
+    study: StudyFolder,
 ):
     """Fit every configured variant on the current participants: LOO grid selection, refit,
     nested LOO, permutation test and bootstrap selection frequencies."""
@@ -144,10 +147,13 @@ def enet_models(
         )
 
     variants, settings = prediction.model_variants(), prediction.settings()
+    protocol = study.protocol()
+    arm_codes = protocol.arm_codes
+    change_scores = measures_of(change_scores, protocol.families)
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for i, variant in enumerate(variants, 1):
         start = time.perf_counter()
-        tables = fit_all(change_scores, clinical, [variant], settings, left_out)
+        tables = fit_all(change_scores, clinical, [variant], settings, left_out, arm_codes)
         status = tables["enet_summary"]["status"].iloc[0]
         context.log.info(
             f"[{i}/{len(variants)}] {variant.name}: {status} ({time.perf_counter() - start:.1f} s)"

@@ -1,4 +1,4 @@
-"""Materialize every asset of a study: what ``kp demo`` and the recovery tests run.
+"""Materialize every asset of a study: what ``kp run``, ``kp demo`` and the recovery tests run.
 
 It uses the same discovery code as ``new_participant_sensor`` and the same jobs as the UI:
 one partition per participant folder, the participant job once per participant (a failing
@@ -7,17 +7,20 @@ own process), then the group job and the catalog job.
 """
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from tqdm import tqdm
 
 from kp_assets.definitions import build_definitions
 from kp_assets.participant_status import innermost_message
 from kp_assets.partitions import participants
 from kp_science.study.layout import discover_study
+from kp_science.study.protocol import study_protocol
 
 
 def first_error(result: dg.ExecuteInProcessResult) -> str:
@@ -39,6 +42,7 @@ def _run_participant(
     instance: dg.DagsterInstance,
     study: Path,
     warehouse: Path,
+    protocol: str | None,
     pid: str,
     run_config: dict | None,
     resources: dict,
@@ -46,7 +50,8 @@ def _run_participant(
     """Run the participant job for one participant; returns the error message or None."""
     if not instance.has_dynamic_partition(participants.name, pid):
         instance.add_dynamic_partitions(participants.name, [pid])
-    job = build_definitions(study, warehouse, **resources).resolve_job_def("participant_assets")
+    defs = build_definitions(study, warehouse, protocol, **resources)
+    job = defs.resolve_job_def("participant_assets")
     result = job.execute_in_process(
         partition_key=pid, instance=instance, raise_on_error=False, run_config=run_config
     )
@@ -62,6 +67,7 @@ def _run_participant_in_worker(
     ref: Any,
     study: Path,
     warehouse: Path,
+    protocol: str | None,
     pid: str,
     run_config: dict | None,
     resources: dict[str, tuple[type, dict]],
@@ -70,7 +76,7 @@ def _run_participant_in_worker(
     ``resources`` as :func:`_portable` gives them."""
     instance = dg.DagsterInstance.from_ref(ref) if ref else dg.DagsterInstance.ephemeral()
     rebuilt = {k: cls(**fields) for k, (cls, fields) in resources.items()}
-    return _run_participant(instance, study, warehouse, pid, run_config, rebuilt)
+    return _run_participant(instance, study, warehouse, protocol, pid, run_config, rebuilt)
 
 
 def _limit_threads() -> None:
@@ -88,23 +94,33 @@ def materialize_study(
     log: Callable[[str], None] = print,
     jobs: int | None = None,
     only: Sequence[str] | None = None,
+    protocol: str | os.PathLike[str] | None = None,
+    progress: bool = False,
     **resources: dg.ConfigurableResource,
 ) -> dict[str, str]:
     """Materialize all assets; returns ``{participant or job name: error}`` of the failures.
 
-    ``sub-*`` entries that are not participant folders (:func:`discover_study`: bad names,
-    links that loop or leave the study, unreadable folders) are logged with the reason and
-    skipped; they are not failures.
+    ``protocol``: the study protocol file (default: ``<study>/kp-protocol.yaml`` when it
+    exists, else the default protocol; see :func:`study_protocol`); a protocol that does not
+    load raises :class:`~kp_science.study.protocol.ProtocolError` before anything runs.
+    Participants are the ``sub-*`` folders of its derivatives root. ``sub-*`` entries that
+    are not participant folders (:func:`discover_study`: bad names, links that loop or leave
+    the study, unreadable folders) are logged with the reason and skipped; they are not
+    failures.
 
     ``only``: run the participant job for these participants only (those in the study), then the
     group assets as always; default every participant folder.
     ``jobs``: participants processed at once (default: up to 2, one per core). Worker
     processes record their runs in ``instance`` when it is persistent; an ephemeral instance
     cannot be shared, so each worker then uses its own. ``resources`` override the defaults.
+    ``progress``: a progress bar on stderr over the participants and the two group jobs (pass
+    a ``log`` that writes around it, such as ``tqdm.write``).
     """
-    ids, skipped = discover_study(study)
+    protocol = None if protocol is None else str(protocol)
+    where = study_protocol(study, protocol)
+    ids, skipped = discover_study(where)
     for name, reason in skipped.items():  # never a partition: someone has to fix it
-        log(f"  skipped {name!r} ({Path(study) / name}): {reason}")
+        log(f"  skipped {name!r} ({where.derivatives / name}): {reason}")
     known = set(instance.get_dynamic_partitions(participants.name))
     new = [pid for pid in ids if pid not in known]
     if new:
@@ -115,40 +131,56 @@ def materialize_study(
     ref = None if instance.is_ephemeral else instance.get_ref()
     workers = max(1, min(jobs or os.cpu_count() or 1, 2, len(ids) or 1))
     failed: dict[str, str] = {}
+    group_jobs = ("group_assets", "catalog_refresh")
+    bar = tqdm(
+        total=len(ids) + len(group_jobs),
+        desc="materializing",
+        unit="job",
+        disable=not progress,
+        file=sys.stderr,
+    )
 
     def report(done: int, pid: str, error: str | None) -> None:
+        bar.update()
         if error is None:
             log(f"  [{done}/{len(ids)}] {pid} ok")
         else:
             failed[pid] = error
             log(f"  [{done}/{len(ids)}] {pid} FAILED: {error}")
 
-    if workers == 1:
-        for i, pid in enumerate(ids, 1):
-            report(i, pid, _run_participant(instance, study, warehouse, pid, run_config, resources))
-    else:
-        with ProcessPoolExecutor(workers, initializer=_limit_threads) as pool:
-            futures = {
-                pool.submit(
-                    _run_participant_in_worker,
-                    ref,
-                    study,
-                    warehouse,
-                    pid,
-                    run_config,
-                    _portable(resources),
-                ): pid
-                for pid in ids
-            }
-            for i, future in enumerate(as_completed(futures), 1):
-                report(i, futures[future], future.result())
+    with bar:
+        if workers == 1:
+            for i, pid in enumerate(ids, 1):
+                error = _run_participant(
+                    instance, study, warehouse, protocol, pid, run_config, resources
+                )
+                report(i, pid, error)
+        else:
+            with ProcessPoolExecutor(workers, initializer=_limit_threads) as pool:
+                futures = {
+                    pool.submit(
+                        _run_participant_in_worker,
+                        ref,
+                        study,
+                        warehouse,
+                        protocol,
+                        pid,
+                        run_config,
+                        _portable(resources),
+                    ): pid
+                    for pid in ids
+                }
+                for i, future in enumerate(as_completed(futures), 1):
+                    report(i, futures[future], future.result())
 
-    defs = build_definitions(study, warehouse, **resources)
-    for job in ("group_assets", "catalog_refresh"):
-        result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config
-        )
-        if not result.success:
-            failed[job] = "; ".join(step_errors(result)) or "failed"
-            log(f"  {job} FAILED: {failed[job]}")
+        defs = build_definitions(study, warehouse, protocol, **resources)
+        for job in group_jobs:
+            bar.set_postfix_str(job)
+            result = defs.resolve_job_def(job).execute_in_process(
+                instance=instance, raise_on_error=False, run_config=run_config
+            )
+            bar.update()
+            if not result.success:
+                failed[job] = "; ".join(step_errors(result)) or "failed"
+                log(f"  {job} FAILED: {failed[job]}")
     return dict(sorted(failed.items()))

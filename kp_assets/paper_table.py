@@ -6,6 +6,11 @@ One row per finding, computed from the elastic-net tables and the group DCM effe
 :func:`kp_science.prediction.paper_table`; a finding the data cannot give is NaN with
 the reason in ``note``. The DCM rows carry ``pp``, the posterior probability that the effect
 is present.
+
+The findings are named in this trial's vocabulary (the default protocol's). A study whose
+protocol has the same design under other names has its terms read back into those names
+(:func:`kp_science.study.protocol.name_correspondence`), so a renaming changes no row; a study
+of another design gets every row NaN, saying so.
 """
 
 import dagster as dg
@@ -13,9 +18,17 @@ import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
 from kp_resources.asset_metadata import markdown_table
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.dcm.findings import dcm_findings
 from kp_science.prediction import paper_table as build_paper_table
+from kp_science.study.protocol import default_vocabulary, name_correspondence, translate_names
+
+OTHER_DESIGN = "not comparable: the study's protocol is not the paper's design"
+
+
+def _in_paper_names(values: pd.Series, names: dict[str, str]) -> pd.Series:
+    return values.map(lambda v: translate_names(v, names) if isinstance(v, str) else v)
 
 
 @dg.asset(
@@ -25,7 +38,7 @@ from kp_science.prediction import paper_table as build_paper_table
     group_name="prediction",
     automation_condition=GROUP_REFRESH,
     kinds={"pandas", "parquet"},
-    code_version="paper_table-2",
+    code_version="paper_table-3",
     description="One row per headline finding of the paper: published value and direction, "
     "this analysis' estimate, fully standardized β, selection frequency, whether "
     "the direction agrees, and why an estimate is missing.",
@@ -35,14 +48,29 @@ def paper_table(
     enet_summary: pd.DataFrame,
     enet_coefficients: pd.DataFrame,
     warehouse: Warehouse,
+    study: StudyFolder,
 ) -> pd.DataFrame:
-    dcm = (
-        dcm_findings(warehouse.query("SELECT * FROM dcm_group_effects"))
+    protocol = study.protocol()
+    names = name_correspondence(protocol, default_vocabulary())
+    if names is None:
+        context.log.warning(
+            f"the design of {protocol.where()} is not the paper's: no finding can be read off"
+        )
+        names, enet_summary = {}, enet_summary.assign(status=OTHER_DESIGN)
+    effects = (
+        warehouse.query("SELECT * FROM dcm_group_effects")
         if "dcm_group_effects" in warehouse.list_tables()
         else None
     )
+    if effects is not None and names:
+        effects = effects.assign(
+            covariate=_in_paper_names(effects["covariate"], names),
+            parameter=_in_paper_names(effects["parameter"], names),
+        )
+    dcm = dcm_findings(effects) if effects is not None and names else None
+    coefficients = enet_coefficients.assign(term=_in_paper_names(enet_coefficients["term"], names))
     table = build_paper_table(
-        {"enet_summary": enet_summary, "enet_coefficients": enet_coefficients}, dcm
+        {"enet_summary": enet_summary, "enet_coefficients": coefficients}, dcm
     )
     shown = table[
         ["finding", "published", "estimate", "selection_frequency", "pp", "same_direction", "note"]

@@ -99,7 +99,7 @@ def participant_status(
         set(listing.participants) | set(context.instance.get_dynamic_partitions("participants"))
     )
     table = status_table(
-        study.root,
+        study.protocol(),
         warehouse.root,
         PARTICIPANT_TABLES,
         listing.participants,

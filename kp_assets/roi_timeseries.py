@@ -21,6 +21,7 @@ from kp_resources.asset_metadata import markdown_table
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.quality import QualityThresholds, check_result
 from kp_resources.roi_set import RoiSet
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.figures import markdown_image
 from kp_science.roi_plots import roi_positions_png
@@ -85,7 +86,9 @@ def _run_tables(
     if not usable:
         raise StudyDataError(run["bold_path"], "no ROI has a usable voxel")
 
-    confounds, kept = load_run_confounds(run["bold_path"], cleaning.strategy())
+    confounds, kept = load_run_confounds(
+        run["bold_path"], cleaning.strategy(), run["confounds_path"]
+    )
     needed = confounds.shape[1] + cleaning.min_free_volumes
     if len(kept) < needed:
         raise StudyDataError(
@@ -165,8 +168,10 @@ def roi_signals(
     cleaning: ConfoundCleaning,
     warehouse: Warehouse,
     quality: QualityThresholds,
+    study: StudyFolder,
 ):
     pid = validate_participant_label(context.partition_key)
+    roi_set = roi_set.for_protocol(study.protocol())
     tables, coverages = [], []
     for i, (_, run) in enumerate(scans.iterrows(), 1):
         table, coverage = _run_tables(run, roi_set, cleaning)
@@ -174,7 +179,7 @@ def roi_signals(
         coverages.append(coverage)
         kept = int(coverage["n_volumes_kept"].iloc[0])
         context.log.info(
-            f"{pid} [{i}/{len(scans)}] ses-{run['session']} task-{run['task']}: "
+            f"{pid} [{i}/{len(scans)}] ses-{run['session']} task-{run['task']} run-{run['run']}: "
             f"{kept}/{run['n_volumes']} volumes kept, "
             f"min ROI coverage {coverage['coverage'].min():.0%}"
         )

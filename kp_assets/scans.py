@@ -4,7 +4,6 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.partitions import participants
-from kp_assets.task_runs import event_requirements
 from kp_resources.asset_metadata import markdown_table
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMModels
@@ -14,13 +13,7 @@ from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label
-from kp_science.study.validate import (
-    check_one_run_per_task,
-    session_label_problem,
-    split_sessions,
-    validate_run,
-)
-from kp_science.study.vocabulary import SESSIONS
+from kp_science.study.validate import select_runs, study_event_requirements, validate_run
 
 CHECKS = [
     dg.AssetCheckSpec(
@@ -41,7 +34,7 @@ def _run_checks(
     context: dg.AssetExecutionContext, df: pd.DataFrame, root: str, quality: QualityThresholds
 ):
     pid = context.partition_key
-    labels = "ses-" + df["session"] + " task-" + df["task"]
+    labels = "ses-" + df["session"] + " task-" + df["task"] + " run-" + df["run"].astype(str)
     limits = {
         "scans_motion_check": (
             df["mean_fd"] > quality.max_mean_fd_mm,
@@ -80,8 +73,9 @@ def _run_checks(
     description=(
         "One row per BOLD run of the participant: files, sha256, volumes, TR, voxel grid, "
         "framewise displacement (mm) and tSNR. Every run is validated before anything is written "
-        "(against the cleaning strategy and what the task models need of the events); runs of "
-        "sessions other than pre/post are left out with a warning."
+        "(against the cleaning strategy and what the task models need of the events); every "
+        "run of a task is kept (several runs are analysed run by run); runs of sessions or "
+        "tasks the study protocol does not name are left out with a warning."
     ),
 )
 def scans(
@@ -94,31 +88,15 @@ def scans(
 ):
     # The key reaches file paths below, so it is validated before anything else.
     pid = validate_participant_label(context.partition_key)
+    protocol = study.protocol()
     # taken before any file is read: a change while reading makes the inventory out of date
     fingerprint = study.fingerprint(pid)
-    found = study.runs(pid)
-    if not found:
-        raise StudyDataError(study.path / pid, "no preprocessed BOLD runs (*_desc-preproc_bold)")
-    # A session the analysis does not know (ses-baseline) is most likely misnamed: its runs are
-    # left out, loudly, and the participant goes on with the sessions it has. Nothing to go
-    # on with fails.
-    runs, left_out = split_sessions(found)
-    for label, skipped in left_out.items():
-        context.log.warning(
-            f"{pid}: {skipped[0].bold_path.parent.parent}: {session_label_problem(label)}; its "
-            f"{len(skipped)} run(s) are left out of the inventory (rename the folder and its "
-            "files to include them)"
-        )
-    if not runs:
-        label, skipped = next(iter(left_out.items()))
-        raise StudyDataError(
-            skipped[0].bold_path.parent.parent,
-            f"no runs in the sessions the analysis uses "
-            f"({', '.join('ses-' + s for s in SESSIONS)}): "
-            f"{session_label_problem(label)}",
-        )
-    check_one_run_per_task(runs)
-    strategy, needs = cleaning.strategy(), event_requirements(dcm_models)
+    runs, left_out, failure = select_runs(protocol, pid, study.runs(pid))
+    for item in left_out:
+        context.log.warning(f"{pid}: {item.path}: {item.problem}")
+    if failure is not None:
+        raise failure
+    strategy, needs = cleaning.strategy(), study_event_requirements(protocol)
 
     # Validate every run before returning, so a bad file fails the whole partition and the
     # warehouse never holds a partial inventory; all problems are logged, the first is raised.
@@ -149,11 +127,18 @@ def scans(
     yield dg.Output(
         df,
         metadata={
-            "sessions": ", ".join(df["session"].unique()),  # runs come pre first
+            "sessions": ", ".join(df["session"].unique()),  # the baseline session first
             "n_runs": len(df),
             "max_mean_fd_mm": float(df["mean_fd"].max()),
             "min_tsnr": float(df["tsnr"].min()),
-            "left_out_sessions": ", ".join(f"ses-{s}" for s in left_out) or "none",
+            "left_out_sessions": ", ".join(
+                dict.fromkeys(f"ses-{x.session}" for x in left_out if x.task is None)
+            )
+            or "none",
+            "left_out_tasks": ", ".join(
+                sorted({f"task-{x.task}" for x in left_out if x.task is not None})
+            )
+            or "none",
         },
     )
     yield from _run_checks(context, df, warehouse.root, quality)

@@ -2,10 +2,14 @@
 
 A participant folder is picked up only when it is **complete and settled**:
 
-- complete: it has at least one ``ses-*`` folder, and every ``ses-*`` folder it has holds, for
-  each expected task (:data:`EXPECTED_TASKS`), the preprocessed BOLD run with its JSON sidecar,
-  brain mask and confounds TSV, plus the events TSV for the task paradigms (faces, conflict).
-  A session that is not there yet (post-treatment) is fine; a half-filled one is not;
+- complete: it has at least one of the study protocol's sessions (a ``ses-<label>`` folder,
+  or a ``func/`` folder in a study without session folders, which is the baseline), and in
+  every such session each task of the protocol has at least one run (several are fine), each
+  with its preprocessed BOLD file, JSON sidecar, brain mask and confounds TSV, plus the events
+  TSV (in the raw root) for the tasks with events (:func:`missing_files`). A session that is
+  not there yet (the follow-up) is fine; a half-filled one is not. Folders of sessions the
+  protocol does not name are not waited for (the ``scans`` asset leaves their runs out, with
+  a warning);
 - settled: its fingerprint (names, sizes and modification times of its files; see
   :func:`kp_science.study.layout.participant_fingerprint`) is the same at two consecutive ticks,
   i.e. nothing was written to it for one sensor interval (30 s).
@@ -34,8 +38,14 @@ import dagster as dg
 from kp_assets.partitions import participants
 from kp_resources.study import StudyFolder
 from kp_science.study.errors import StudyDataError
-from kp_science.study.layout import find_runs, participant_dir, session_folders
-from kp_science.study.vocabulary import EVENT_TASKS, TASKS
+from kp_science.study.layout import (
+    StudyLike,
+    as_protocol,
+    find_runs,
+    participant_dir,
+    session_folders,
+)
+from kp_science.study.protocol import StudyProtocol
 
 # Every participant-partitioned asset from ``scans`` down (roi_timeseries, ..., change_scores,
 # first-level DCM): ``participants`` is the project's only dynamic partitioning. Group assets
@@ -45,41 +55,69 @@ PARTICIPANT_ASSETS = dg.AssetSelection.assets("scans").downstream() & dg.AssetSe
     "partitions:dynamic"
 )
 
-# The runs every session must have before a participant is processed: one of every task.
-EXPECTED_TASKS = TASKS
 # Missing files named in the log per participant (the rest are counted).
 _SHOWN_MISSING = 3
 
 
-def missing_files(root: str | Path, pid: str) -> list[str]:
-    """What participant ``pid`` still lacks under the completeness rule (paths relative to its
-    folder; an empty list means complete). See the module docstring. A ``ses-*`` entry that is
-    a symbolic link loop or cannot be read raises :class:`StudyDataError` naming it."""
-    base = participant_dir(root, pid)
-    sessions = session_folders(root, pid)  # a loop or unreadable ses-* raises, naming it
-    if not sessions:
-        return ["ses-*/ (no session folder yet)"]
+def _present_sessions(protocol: StudyProtocol, pid: str) -> list[tuple[str, str]]:
+    """(session label, folder relative to the participant's) of the protocol's sessions
+    that participant ``pid`` has: ``ses-<label>`` folders, and ``func`` (the baseline) in a
+    study without session folders."""
+    folders = set(session_folders(protocol, pid))  # a loop or unreadable ses-* raises
+    present = [(s, f"ses-{s}") for s in protocol.sessions if f"ses-{s}" in folders]
+    sessionless = (participant_dir(protocol, pid) / "func").is_dir()
+    if sessionless and protocol.baseline not in (s for s, _ in present):
+        present.insert(0, (protocol.baseline, "func"))
+    return present
+
+
+def _shown(path: Path, base: Path) -> str:
+    """``path`` relative to the participant folder ``base`` when inside it (the raw root's
+    events may be elsewhere: then the whole path)."""
+    return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+def _bold_pattern(protocol: StudyProtocol, pid: str, session: str, folder: str, task: str) -> str:
+    """Where a run of ``task`` would be and its name (for messages), relative to the
+    participant folder; ``folder``: ``ses-<label>`` or ``func`` (no session folders)."""
+    res = f"_res-{protocol.res}" if protocol.res else ""
+    if folder == "func":
+        return f"func/{pid}_task-{task}_*space-{protocol.space}{res}_desc-preproc_bold.nii*"
+    return (
+        f"{folder}/func/{pid}_ses-{session}_task-{task}_*space-{protocol.space}{res}"
+        "_desc-preproc_bold.nii*"
+    )
+
+
+def missing_files(study: StudyLike, pid: str) -> list[str]:
+    """What participant ``pid`` still lacks under the completeness rule of ``study`` (a
+    :class:`StudyProtocol`, or a study folder meaning its protocol): paths relative to its
+    derivatives folder (events files in a separate raw root: their whole path); an empty
+    list means complete. See the module docstring. A ``ses-*`` entry that is a symbolic link
+    loop or cannot be read raises :class:`StudyDataError` naming it."""
+    protocol = as_protocol(study)
+    base = participant_dir(protocol, pid)
+    present = _present_sessions(protocol, pid)
+    if not present:
+        wanted = " or ".join(f"ses-{s}/" for s in protocol.sessions)
+        return [f"{wanted} (no session folder yet)"]
     try:
-        runs = find_runs(root, pid)
+        runs = find_runs(protocol, pid)
     except StudyDataError:
         # a file name that does not parse: waiting will not fix it, the run names the file
         return []
     missing = []
-    for session in sessions:
-        found = {r.task: r for r in runs if f"ses-{r.session}" == session}
-        for task in EXPECTED_TASKS:
-            run = found.get(task)
-            if run is None:
-                missing.append(
-                    f"{session}/func/{pid}_{session}_task-{task}_*_desc-preproc_bold.nii.gz"
-                )
-                continue
-            entities = run.bold_path.name.split("_space-")[0]
-            files = [run.bold_path, run.sidecar_path, run.mask_path, run.confounds_path]
-            if task in EVENT_TASKS:
-                files.append(run.events_path or run.bold_path.parent / f"{entities}_events.tsv")
-            # exists() follows links: a DataLad/annex link without content is missing
-            missing += [str(f.relative_to(base)) for f in files if not f.exists()]
+    for session, folder in present:
+        for task, spec in protocol.tasks.items():
+            found = [r for r in runs if r.session == session and r.task == task]
+            if not found:
+                missing.append(_bold_pattern(protocol, pid, session, folder, task))
+            for run in found:
+                files = [run.bold_path, run.sidecar_path, run.mask_path, run.confounds_path]
+                if spec.has_events:
+                    files.append(run.expected_events_path or run.events_path)
+                # exists() follows links: a DataLad/annex link without content is missing
+                missing += [_shown(f, base) for f in files if f is not None and not f.exists()]
     return missing
 
 
@@ -127,6 +165,7 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     seen, pending = _parse_cursor(context)
 
     try:
+        protocol = study.protocol()
         pids, skipped = study.discover()
     except Exception as e:
         # the whole study is unreachable (not mounted, renamed, no permission): fail the tick;
@@ -142,7 +181,7 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     for name, reason in skipped.items():
         # Never a partition key and never read further: someone has to fix it. One that was a
         # participant (now unreadable, a broken link...) keeps its state until it is back.
-        context.log.warning(f"skipping {name!r} ({study.path / name}): {reason}")
+        context.log.warning(f"skipping {name!r} ({protocol.derivatives / name}): {reason}")
         if name in seen:
             next_seen[name] = seen[name]
         if name in pending:
@@ -153,7 +192,7 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     for pid in pids:
         try:
             fingerprint = study.fingerprint(pid)
-            missing = [] if seen.get(pid) == fingerprint else missing_files(study.root, pid)
+            missing = [] if seen.get(pid) == fingerprint else missing_files(protocol, pid)
         except (OSError, ValueError) as e:
             # this participant alone cannot be read now: keep what we knew, retry next tick
             context.log.warning(

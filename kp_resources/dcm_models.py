@@ -1,7 +1,9 @@
-"""The DCM model-space resource: which regions, inputs and models the first-level DCM fits.
+"""The DCM model-space resource: which models the first-level DCM fits, and how.
 
-Every participant's faces runs are fitted with every model of the space. Masks are nested
-lists (JSON-friendly), 1 = estimated, 0 = fixed at zero:
+The DCM's task, regions and inputs are the study protocol's (``dcm:``,
+:class:`kp_science.study.protocol.DCMDesign`); every run of that task is fitted with every
+model of the space. Masks are nested lists (JSON-friendly), over the protocol's regions and
+inputs in their order, 1 = estimated, 0 = fixed at zero:
 
 - ``a`` (n × n): ``a[i][j]`` = the connection from region j to region i (self-connections
   are always estimated, as in SPM);
@@ -9,9 +11,9 @@ lists (JSON-friendly), 1 = estimated, 0 = fixed at zero:
   (SPM's ``b(:,:,k)``);
 - ``c`` (n × m): ``c[i][k]`` = input k drives region i.
 
-Default (the paper's model): regions amygdala, vmPFC; inputs faces (every face block) and
-emotional (emotional face blocks); one model ``full`` with both connections, emotional faces
-modulating both, faces driving the amygdala.
+Default (the paper's model, over the default protocol's regions amygdala, vmPFC and inputs
+faces (every face block) and emotional (emotional face blocks)): one model ``full`` with both
+connections, emotional faces modulating both, faces driving the amygdala.
 """
 
 from typing import get_args
@@ -22,15 +24,9 @@ import numpy as np
 from kp_resources.science_config import choice_enum, from_config, science_default
 from kp_science.dcm.group import Analysis, ChangeMethod, GroupDCMConfig
 from kp_science.dcm.peb import ComponentName
+from kp_science.study.protocol import DCMDesign
 
 AnalysisChoice = choice_enum(get_args(Analysis))
-
-
-class DCMInput(dg.Config):
-    """An input of the DCM: ``name`` and the events ``trial_types`` that switch it on."""
-
-    name: str
-    trial_types: list[str]
 
 
 class DCMModel(dg.Config):
@@ -62,8 +58,7 @@ def _fields(item: dg.Config | dict) -> dict:
 class DCMModels(dg.ConfigurableResource):
     """Model space of the first-level DCM (see the module docstring for the masks).
 
-    task: the task whose runs are modelled. regions: ROI names, in data order. inputs: the
-    inputs, in mask order. models: the models to fit, each to every run. max_iter: the
+    models: the models to fit, each to every run of the protocol's DCM task. max_iter: the
     variational Laplace iteration limit (SPM: 128); a fit that reaches it is stored with
     ``converged = false``. min_explained_variance: below this share of variance explained
     (over both regions) the convergence check flags a fit (SPM's ``spm_dcm_fmri_check`` uses
@@ -71,36 +66,28 @@ class DCMModels(dg.ConfigurableResource):
     asset's own process).
     """
 
-    task: str = "faces"
-    regions: list[str] = ["amygdala", "vmpfc"]
-    inputs: list[DCMInput] = [
-        {"name": "faces", "trial_types": ["emotional", "neutral"]},
-        {"name": "emotional", "trial_types": ["emotional"]},
-    ]
     models: list[DCMModel] = [FULL_MODEL]
     max_iter: int = 128
     min_explained_variance: float = 0.05
     workers: int = 1
 
-    def input_trial_types(self) -> dict[str, list[str]]:
-        """Input name → trial types, in input order."""
-        return {f["name"]: list(f["trial_types"]) for f in map(_fields, self.inputs)}
-
     def model_masks(self) -> dict[str, dict[str, list]]:
         """Model name → {"a", "b", "c"} nested-list masks, as configured."""
         return {f["name"]: {k: f[k] for k in "abc"} for f in map(_fields, self.models)}
 
-    def masks(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Model name → (a (n, n), b (n, n, m), c (n, m)) as float arrays in DCMSpec's layout.
+    def masks(self, design: DCMDesign) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Model name → (a (n, n), b (n, n, m), c (n, m)) as float arrays in DCMSpec's layout,
+        over the protocol's ``design`` (its regions and inputs).
 
         Raises ValueError if a name repeats or a mask has the wrong shape.
         """
-        inputs = [_fields(i)["name"] for i in self.inputs]
+        inputs = list(design.inputs)
+        regions = list(design.regions)
         models = [_fields(x)["name"] for x in self.models]
-        n, m = len(self.regions), len(inputs)
+        n, m = len(regions), len(inputs)
         if n == 0 or m == 0 or not models:
             raise ValueError("DCMModels: at least one region, one input and one model are needed")
-        for label, names in (("region", self.regions), ("input", inputs), ("model", models)):
+        for label, names in (("region", regions), ("input", inputs), ("model", models)):
             if len(set(names)) != len(names):
                 raise ValueError(f"DCMModels: {label} names must be unique, got {names}")
         out = {}
@@ -110,17 +97,18 @@ class DCMModels(dg.ConfigurableResource):
                 if arr.shape != shape:
                     raise ValueError(
                         f"DCMModels: model {name!r} mask {label} has shape {arr.shape}, "
-                        f"expected {shape} for regions {self.regions} and inputs {inputs}"
+                        f"expected {shape} for regions {regions} and inputs {inputs}"
                     )
             out[name] = (a, np.moveaxis(b, 0, -1), c)
         return out
 
-    def describe(self) -> dict:
-        """The whole configuration as plain JSON-able data (for metadata)."""
+    def describe(self, design: DCMDesign) -> dict:
+        """The whole configuration, with the protocol's ``design``, as plain JSON-able data
+        (for metadata)."""
         return {
-            "task": self.task,
-            "regions": list(self.regions),
-            "inputs": self.input_trial_types(),
+            "task": design.task,
+            "regions": list(design.regions),
+            "inputs": {name: list(types) for name, types in design.inputs.items()},
             "models": self.model_masks(),
             "max_iter": self.max_iter,
             "min_explained_variance": self.min_explained_variance,

@@ -34,7 +34,8 @@ from kp_resources.parquet_files import (
     read_parquet_kv,
 )
 from kp_resources.provenance import INPUTS_KEY, file_write_id, inputs_digest
-from kp_science.study.layout import BIDS_LABEL, participant_fingerprint
+from kp_science.study.layout import BIDS_LABEL, StudyLike, as_protocol, participant_fingerprint
+from kp_science.study.protocol import StudyProtocol
 
 CURRENT = "current"
 #: Statuses in the order they are tested; the first that applies is reported.
@@ -144,7 +145,7 @@ def stale_inputs(file: WarehouseFile, footers: Footers) -> list[str]:
 
 
 def participant_status(
-    study_root: str | os.PathLike[str],
+    study: StudyLike,
     warehouse_root: str | os.PathLike[str],
     participant_tables: Sequence[str],
     participants: Sequence[str],
@@ -154,12 +155,16 @@ def participant_status(
     """One row per participant in the study, in any participant table, or skipped by
     discovery under a participant's name (``STATUS_COLUMNS``).
 
+    ``study``: the study protocol (or the study folder, meaning its protocol): the
+    folders' fingerprints are computed as ``scans`` computed them.
+
     ``participant_tables``: every participant-partitioned table, upstream first (``scans``
     first: its footer holds the folder fingerprint). ``participants``: the study's
     participant folders now; ``skipped``: folders discovery skipped, ``{name: reason}``;
     ``runs``: ``{participant: (state, message)}`` of each participant's latest run when it
     is ``"failed"`` or ``"processing"`` (from the Dagster instance; optional).
     """
+    protocol = as_protocol(study)
     skipped, runs = dict(skipped or {}), dict(runs or {})
     footers = read_footers(warehouse_root, participant_tables)
     scans = footers.get(participant_tables[0], {})
@@ -173,9 +178,7 @@ def participant_status(
     checked_at = datetime.now(UTC)
     rows = []
     for pid in everyone:
-        status, reason = _status(
-            study_root, pid, present, skipped, runs, participant_tables, footers
-        )
+        status, reason = _status(protocol, pid, present, skipped, runs, participant_tables, footers)
         scan = scans.get(pid)
         rows.append(
             {
@@ -191,7 +194,7 @@ def participant_status(
 
 
 def _status(
-    study_root: str | os.PathLike[str],
+    protocol: StudyProtocol,
     pid: str,
     present: set[str],
     skipped: Mapping[str, str],
@@ -199,7 +202,7 @@ def _status(
     tables: Sequence[str],
     footers: Footers,
 ) -> tuple[str, str]:
-    folder = Path(study_root) / pid
+    folder = protocol.derivatives / pid
     if pid not in present:
         if pid in skipped:
             return "withdrawn", f"{folder}: skipped by discovery ({skipped[pid]})"
@@ -215,7 +218,7 @@ def _status(
         )
     recorded = scans.kv.get("kp.source_fingerprint")
     try:
-        now = participant_fingerprint(study_root, pid)
+        now = participant_fingerprint(protocol, pid)
     except (OSError, ValueError) as e:
         return "changed", f"{folder}: cannot be read now ({e})"
     if recorded != now:

@@ -2,7 +2,8 @@
 
 Defaults keep everything inside the repository (git-ignored): the study in ``data/study`` and
 the warehouse beside it in ``data/warehouse``. ``KP_STUDY_DIR`` and ``KP_WAREHOUSE_DIR``
-override them (a lab server points them at its own storage).
+override them (a lab server points them at its own storage), and ``KP_PROTOCOL`` names the
+study protocol file (default: ``<study>/kp-protocol.yaml`` if it exists, else this trial's).
 
 :func:`study_dir` and :func:`warehouse_dir` are the paths now (what ``kp demo`` and ``kp sql``
 use). The Dagster definitions take :func:`study_root` and :func:`warehouse_root` instead: a
@@ -22,6 +23,7 @@ import dagster as dg
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STUDY_ENV = "KP_STUDY_DIR"
 WAREHOUSE_ENV = "KP_WAREHOUSE_DIR"
+PROTOCOL_ENV = "KP_PROTOCOL"
 
 
 def study_dir() -> Path:
@@ -46,3 +48,10 @@ def warehouse_root() -> str:
     Parquet IO manager): ``dg.EnvVar("KP_WAREHOUSE_DIR")`` when that variable is set, else
     :func:`warehouse_dir`'s path (beside the study folder as it is now)."""
     return dg.EnvVar(WAREHOUSE_ENV) if os.environ.get(WAREHOUSE_ENV) else str(warehouse_dir())
+
+
+def protocol_file() -> str | None:
+    """``protocol_file`` of :class:`kp_resources.study.StudyFolder` in the definitions:
+    ``dg.EnvVar("KP_PROTOCOL")`` when that variable is set, else None (the study's own
+    ``kp-protocol.yaml``, or the default protocol)."""
+    return dg.EnvVar(PROTOCOL_ENV) if os.environ.get(PROTOCOL_ENV) else None

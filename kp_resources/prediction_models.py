@@ -4,7 +4,8 @@ One configuration declares every model variant (docs/architecture.md §5 "Predic
 analysis settings. A variant is ``name``, ``families`` (feature families such as
 ``faces.gppi`` or whole tasks such as ``faces``; unset = every change score), ``outcome``
 (a ``clinical`` column), ``covariates`` (further ``clinical`` columns), ``interaction_with_arm``
-(arm and change × arm terms) and ``arms`` (analyse only these arms). A model per task is one
+(arm and change × arm terms) and ``arms`` (analyse only the arms of these roles, ``active``
+or ``control``: the study protocol's ``arms.active`` / ``arms.control``). A model per task is one
 line, e.g. in a run config::
 
     resources:
@@ -18,22 +19,21 @@ Every field and default is the science side's (:class:`ModelVariant`,
 (``main``, ``interaction``, ``covariate``, ``ketamine_only``), a grid of 10 mixing ratios
 (0.1 … 1.0) × 50 penalties spanning three orders of magnitude, nested LOO, 1000 outcome
 permutations, 500 bootstrap resamples, seed 0, and at least 10 participants with both
-sessions. An arm outside the study's arms fails when the configuration loads.
+sessions. An arm role other than active/control fails when the configuration loads.
 """
 
 import dagster as dg
 
 from kp_resources.science_config import choice_enum, config_dict, from_config, science_default
 from kp_science.prediction.elastic_net import EnetSettings
-from kp_science.prediction.variants import DEFAULT_VARIANTS, ModelVariant
-from kp_science.study.vocabulary import ARMS
+from kp_science.prediction.variants import ARM_ROLES, DEFAULT_VARIANTS, ModelVariant
 
-ArmChoice = choice_enum(ARMS)
+ArmChoice = choice_enum(ARM_ROLES)
 
 
 class PredictionVariant(dg.Config):
-    """One elastic-net model: the fields and defaults of :class:`ModelVariant` (``arms`` one
-    of the study's arms)."""
+    """One elastic-net model: the fields and defaults of :class:`ModelVariant` (``arms``: arm
+    roles, active or control)."""
 
     name: str
     families: list[str] | None = science_default(ModelVariant, "families")

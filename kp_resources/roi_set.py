@@ -8,6 +8,8 @@ right). The definition (coordinates and radius, or the atlas and lookup checksum
 rule) goes into the provenance of every table built from it.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
@@ -21,6 +23,7 @@ import pandas as pd
 
 from kp_science.roi_signals import RoiVoxels, atlas_voxels, sphere_voxels
 from kp_science.rois import ROI_CENTRES_MM, ROI_NAMES
+from kp_science.study.protocol import StudyProtocol
 
 # Keys of :meth:`RoiSet.definition` that say where a file is, not what it holds: left out of
 # the fingerprint so moving the atlas does not invalidate every table built from it.
@@ -37,7 +40,9 @@ class RoiSet(dg.ConfigurableResource):
     atlas_path: a 3-D NIfTI label image (integer labels, 0 = background), any grid; it is
     resampled to each run's grid by nearest neighbour. lookup_path: TSV with columns ``index``
     (label) and ``name`` (one of amygdala, vmpfc, racc, dacc, hippocampus_ant, insula_ant).
-    Set both or neither; with an atlas, ``radius_mm`` and ``allow_overlap`` are unused.
+    Set both or neither; with an atlas, ``radius_mm`` and ``allow_overlap`` are unused. A
+    study declares its atlas in its protocol (``rois:``, :meth:`for_protocol`); these two
+    fields are for trying another atlas in a run's configuration.
     """
 
     radius_mm: float = 6.0
@@ -57,6 +62,22 @@ class RoiSet(dg.ConfigurableResource):
                 f"(got atlas_path={self.atlas_path!r}, lookup_path={self.lookup_path!r})"
             )
         return self.atlas_path is not None
+
+    def for_protocol(self, protocol: StudyProtocol) -> RoiSet:
+        """This ROI set with the study protocol's atlas (``rois:``) when the protocol declares
+        one; raises ValueError when this resource names another atlas (one place per study)."""
+        if protocol.roi_atlas is None or protocol.roi_lookup is None:
+            return self
+        declared = (str(protocol.roi_atlas), str(protocol.roi_lookup))
+        if self.uses_atlas and (self.atlas_path, self.lookup_path) != declared:
+            raise ValueError(
+                f"RoiSet: atlas_path/lookup_path {self.atlas_path}, {self.lookup_path} differ "
+                f"from the atlas of {protocol.where()} (rois: {declared[0]}, {declared[1]}): "
+                "declare the study's ROI atlas in one place"
+            )
+        return RoiSet(
+            **(self.model_dump() | {"atlas_path": declared[0], "lookup_path": declared[1]})
+        )
 
     def lookup(self) -> dict[int, str]:
         """Atlas label → region name, in the canonical region order (atlas only)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from kp_science.study.clinical import SCORE_RANGES, load_clinical
+from kp_science.study.clinical import load_clinical
 from kp_science.study.layout import (
     Run,
     StudyListing,
@@ -17,51 +17,52 @@ from kp_science.study.layout import (
     has_bold_runs,
     participant_fingerprint,
 )
-
-# ---------------------------------------------------------------------------------------------
-# Dagster resource
-# ---------------------------------------------------------------------------------------------
+from kp_science.study.protocol import StudyProtocol, study_protocol
 
 
 class StudyFolder(dg.ConfigurableResource):
-    """The study folder (BIDS / fMRIPrep-style) as a Dagster resource; ``root`` is its path.
+    """The study as a Dagster resource: ``root``, its folder, and ``protocol_file``, its
+    study protocol (docs/protocol.md; default: ``<root>/kp-protocol.yaml`` when it exists,
+    else this trial's default protocol with both roots at ``root``).
 
-    kp's definitions set ``root`` to ``dg.EnvVar("KP_STUDY_DIR")`` when that variable is set
-    (Dagster reads it wherever the resource is set up: run worker, sensor, Dask worker), else
-    to the in-repo ``data/study`` (:func:`kp_resources.locations.study_root`).
-
-    ``caps5_range`` and ``madrs_range`` are the lowest and highest possible totals of the
-    two scales (default 0–80 and 0–60): a value outside is rejected by :meth:`clinical`.
+    kp's definitions set ``root`` to ``dg.EnvVar("KP_STUDY_DIR")`` and ``protocol_file`` to
+    ``dg.EnvVar("KP_PROTOCOL")`` when those variables are set (Dagster reads them wherever
+    the resource is set up: run worker, sensor, Dask worker), else ``root`` to the in-repo
+    ``data/study`` (:func:`kp_resources.locations.study_root`).
     """
 
     root: str
-    caps5_range: list[float] = list(SCORE_RANGES["caps5"])
-    madrs_range: list[float] = list(SCORE_RANGES["madrs"])
+    protocol_file: str | None = None
 
     @property
     def path(self) -> Path:
         return Path(self.root)
 
+    def protocol(self) -> StudyProtocol:
+        """The validated study protocol (see :func:`kp_science.study.protocol.study_protocol`);
+        raises :class:`~kp_science.study.protocol.ProtocolError` naming the file and key."""
+        return study_protocol(self.root, self.protocol_file)
+
     def participants(self) -> list[str]:
         """Valid participant labels, sorted."""
-        return discover_participants(self.root)
+        return discover_participants(self.protocol())
 
     def discover(self) -> StudyListing:
         """See :func:`discover_study`: the participants and the skipped ``sub-*`` entries."""
-        return discover_study(self.root)
+        return discover_study(self.protocol())
 
     def fingerprint(self, pid: str) -> str:
         """See :func:`participant_fingerprint`."""
-        return participant_fingerprint(self.root, pid)
+        return participant_fingerprint(self.protocol(), pid)
 
     def has_bold_runs(self, pid: str) -> bool:
         """See :func:`has_bold_runs`."""
-        return has_bold_runs(self.root, pid)
+        return has_bold_runs(self.protocol(), pid)
 
     def runs(self, pid: str) -> list[Run]:
         """See :func:`find_runs`."""
-        return find_runs(self.root, pid)
+        return find_runs(self.protocol(), pid)
 
     def clinical(self) -> pd.DataFrame:
-        """See :func:`load_clinical` (with this resource's score ranges)."""
-        return load_clinical(self.root, {"caps5": self.caps5_range, "madrs": self.madrs_range})
+        """See :func:`load_clinical` (the protocol's outcomes, arms and raw root)."""
+        return load_clinical(self.protocol())

@@ -9,15 +9,14 @@ noise) with ``compute_contrast`` t contrasts: the same statistics as nilearn's
 design and confound regression below) because nilearn's per-call machinery costs 10–100× the
 algebra on ROI-sized problems; the tests pin the results to nilearn's.
 
-Conditions:
-- faces: ``emotional`` and ``neutral`` face blocks.
-- conflict: each trial labelled by its own and the previous trial's congruency — ``cC``,
-  ``cI``, ``iC``, ``iI`` (lower case: previous trial; upper case: current trial); the first
-  trial, which has no predecessor, is its own condition ``first``.
-
-Contrasts (weights over conditions): faces ``emotional_vs_neutral`` = emotional − neutral;
-conflict ``regulation`` = iI − cI (conflict adaptation, Etkin et al. 2006) and ``monitoring``
-= ½(cI + iI) − ½(cC + iC) (incongruent − congruent).
+Conditions and contrasts are the study protocol's (:class:`kp_science.study.protocol.TaskSpec`):
+a task's trial types are its conditions, or, with a previous-trial recoding, each trial is
+labelled by the previous trial's code and its own in upper case — in this trial's conflict task
+``cC``, ``cI``, ``iC``, ``iI`` (c/i: congruent/incongruent) — the first trial, which has no
+predecessor, being its own condition ``first``. Contrasts are weights over those conditions:
+this trial's faces ``emotional_vs_neutral`` = emotional − neutral; conflict ``regulation`` =
+iI − cI (conflict adaptation, Etkin et al. 2006) and ``monitoring`` = ½(cI + iI) − ½(cC + iC)
+(incongruent − congruent).
 """
 
 from __future__ import annotations
@@ -30,15 +29,7 @@ import pandas as pd
 
 from kp_science.glm import fit_ar1_glm, t_contrasts
 from kp_science.roi_signals import confound_basis, regress_out
-
-CONTRASTS: dict[str, dict[str, dict[str, float]]] = {
-    "faces": {"emotional_vs_neutral": {"emotional": 1.0, "neutral": -1.0}},
-    "conflict": {
-        "regulation": {"iI": 1.0, "cI": -1.0},
-        "monitoring": {"cI": 0.5, "iI": 0.5, "cC": -0.5, "iC": -0.5},
-    },
-}
-CONGRUENCY = {"congruent": "c", "incongruent": "i"}
+from kp_science.study.protocol import FIRST_TRIAL, TaskSpec
 
 # nilearn make_first_level_design_matrix defaults, which the fast design reproduces
 OVERSAMPLING = 50
@@ -46,18 +37,22 @@ MIN_ONSET = -24.0
 MAX_CONDITION = 1e15  # nilearn full_rank: a design this ill-conditioned gets regularized
 
 
-def task_conditions(events: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Events (onset, duration, trial_type) with the trial types the task's contrasts use."""
+def task_conditions(events: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
+    """Events (onset, duration, trial_type) sorted by onset, with the model conditions of
+    ``task`` as trial types: the trial types themselves, or with a previous-trial recoding
+    (``task.previous_trial``) previous code + own code in upper case, the first trial
+    ``first``. A recoded task allows only its declared conditions (ValueError otherwise)."""
     order = np.argsort(events["onset"].to_numpy(float), kind="stable")
     onset = events["onset"].to_numpy(float)[order]
     duration = events["duration"].to_numpy(float)[order]
     kind = events["trial_type"].astype(str).to_numpy(object)[order]
-    if task == "conflict":
-        bad = sorted({str(k) for k in kind if k not in CONGRUENCY})
+    if task.previous_trial:
+        codes = task.previous_trial
+        bad = sorted({str(k) for k in kind if k not in codes})
         if bad:
-            raise ValueError(f"conflict trial_type must be congruent/incongruent, got {bad}")
-        short = [CONGRUENCY[k] for k in kind]
-        labels = ["first" if i == 0 else short[i - 1] + s.upper() for i, s in enumerate(short)]
+            raise ValueError(f"{task.label} trial_type must be {'/'.join(codes)}, got {bad}")
+        short = [codes[k] for k in kind]
+        labels = [FIRST_TRIAL if i == 0 else short[i - 1] + s.upper() for i, s in enumerate(short)]
     else:
         labels = list(kind)
     return pd.DataFrame(
@@ -65,37 +60,41 @@ def task_conditions(events: pd.DataFrame, task: str) -> pd.DataFrame:
     )
 
 
-def _condition_labels(events: pd.DataFrame, task: str) -> list[str]:
+def _condition_labels(events: pd.DataFrame, task: TaskSpec) -> list[str]:
     return list(task_conditions(events, task)["trial_type"])
 
 
-def contrast_event_rules() -> dict[str, dict]:
-    """What each task's contrasts need from every events file of the task, as keyword
-    arguments of ``kp_science.study.validate.EventRequirements`` (plain data: no Dagster here).
+def contrast_event_rules(tasks: Mapping[str, TaskSpec]) -> dict[str, dict]:
+    """What each event task's contrasts need from every events file of the task, as keyword
+    arguments of ``kp_science.study.validate.EventRequirements`` (plain data).
 
-    faces: the trial types named in its contrasts (others are modelled as conditions of
-    their own). conflict: only congruent/incongruent, both of them, and every trial
-    sequence (cC, cI, iC, iI) the contrasts weigh must occur.
+    A task without recoding: the trial types named in its contrasts (others are modelled as
+    conditions of their own). A recoded task: only its declared conditions, each one its
+    contrasts' model conditions need, and every model condition the contrasts weigh must
+    occur (this trial's conflict task: cC, cI, iC, iI formed from consecutive trials).
     """
     rules = {}
-    for task, contrasts in CONTRASTS.items():
-        conditions = sorted({c for weights in contrasts.values() for c in weights})
-        names = ", ".join(contrasts)
-        if task == "conflict":
+    for label, task in tasks.items():
+        if not task.has_events:
+            continue
+        conditions = sorted({c for weights in task.contrasts.values() for c in weights})
+        names = ", ".join(task.contrasts) or "none"
+        if task.previous_trial:
             letters = {ch.lower() for c in conditions for ch in c}
-            rules[task] = {
-                "required": tuple(k for k, s in CONGRUENCY.items() if s in letters),
-                "allowed": tuple(CONGRUENCY),
-                "needed_by": f"the conflict contrasts {names} (conditions: previous trial's "
-                "congruency c/i, then the trial's own C/I)",
+            rules[label] = {
+                "required": tuple(k for k, s in task.previous_trial.items() if s in letters),
+                "allowed": tuple(task.previous_trial),
+                "needed_by": f"the {label} contrasts {names} (conditions: previous trial's "
+                f"code {'/'.join(task.previous_trial.values())}, then the trial's own in "
+                "upper case)",
                 "conditions": partial(_condition_labels, task=task),
                 "required_conditions": tuple(conditions),
             }
         else:
-            rules[task] = {
+            rules[label] = {
                 "required": tuple(conditions),
                 "allowed": None,
-                "needed_by": f"the {task} contrast(s) {names}",
+                "needed_by": f"the {label} contrast(s) {names}",
             }
     return rules
 

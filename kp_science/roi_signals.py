@@ -4,7 +4,8 @@ Extraction reads a run once (the caller passes the decoded array), takes every R
 with plain array indexing, and averages the usable ones: voxels outside the brain mask, with
 a non-finite value or with zero temporal variance are excluded and counted. Cleaning follows
 nilearn's ``load_confounds`` strategy named in :class:`kp_science.cleaning.CleaningStrategy`
-(confounds and the scrubbing sample mask come from nilearn itself) and
+(confounds and the sample mask of scrubbed and non-steady-state volumes selected from the
+run's confounds file as ``load_confounds`` selects them, tested equal) and
 ``nilearn.signal.clean``, applied to the ROI means — the same result as cleaning every voxel
 and averaging, since both steps are linear, at a fraction of the cost.
 """
@@ -20,8 +21,7 @@ from typing import cast
 import numpy as np
 import pandas as pd
 
-from kp_science.cleaning import CleaningStrategy
-from kp_science.study.errors import StudyDataError
+from kp_science.cleaning import CleaningStrategy, select_confounds
 from kp_science.study.validate import validate_confounds_file
 
 
@@ -149,39 +149,52 @@ def extract_roi_means(
     return Extraction(pd.DataFrame(means), pd.DataFrame(rows))
 
 
-def load_run_confounds(
-    bold_path: Path | str, strategy: CleaningStrategy
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """Confounds and the indices of kept volumes for a run, from nilearn's load_confounds
-    (it finds ``*_desc-confounds_timeseries.tsv`` beside the fMRIPrep BOLD file).
+# entities of a preprocessed BOLD file that its confounds file does not carry (fMRIPrep names
+# the confounds after the source run: no output space, resolution, density or description)
+OUTPUT_ENTITIES = ("space", "res", "den", "desc")
 
-    The file is checked first (:func:`kp_science.study.validate.validate_confounds_file`), so a
-    missing, unreadable or damaged file raises ``StudyDataError`` naming it, the column and
-    the row, never a library error.
-    """
+
+def derived_confounds_path(bold_path: Path | str) -> Path:
+    """The fMRIPrep confounds file beside a preprocessed BOLD file: its name's entities without
+    space, res, den and desc, then ``_desc-confounds_timeseries.tsv`` (e.g.
+    ``sub-01_task-rest_run-1_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.nii.gz`` →
+    ``sub-01_task-rest_run-1_desc-confounds_timeseries.tsv``)."""
     path = Path(bold_path)
-    stem = path.name.split("_space-")[0]
-    tsv = path.with_name(f"{stem}_desc-confounds_timeseries.tsv")
+    entities = path.name.split("_")[:-1]  # the last part is the suffix and extension
+    source = [e for e in entities if e.split("-", 1)[0] not in OUTPUT_ENTITIES]
+    return path.with_name("_".join([*source, "desc-confounds_timeseries.tsv"]))
+
+
+def load_run_confounds(
+    bold_path: Path | str,
+    strategy: CleaningStrategy,
+    confounds_path: Path | str | None = None,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Confound regressors and the indices of kept volumes of a run.
+
+    ``confounds_path``: the run's fMRIPrep confounds file (``Run.confounds_path``, the
+    ``scans`` table's ``confounds_path``); when None it is derived from the BOLD file name
+    (:func:`derived_confounds_path`). The file is checked first
+    (:func:`kp_science.study.validate.validate_confounds_file`), so a missing, unreadable or
+    damaged file raises ``StudyDataError`` naming it, the column and the row, never a library
+    error; then :func:`kp_science.cleaning.select_confounds` takes what nilearn's
+    ``load_confounds`` would: regressors (n_volumes, k), demeaned over the kept volumes, no
+    NaN; kept: 0-based volume indices (n_kept,), without scrubbed and non-steady-state volumes.
+    """
+    tsv = Path(confounds_path) if confounds_path is not None else derived_confounds_path(bold_path)
     stat = tsv.stat() if tsv.exists() else None
-    # every model of a run needs the same confounds; nilearn's parser is slow, so memoise on
-    # the file's identity (path, size, mtime) and hand out copies
-    key = (str(path), str(tsv), strategy, stat and (stat.st_size, stat.st_mtime_ns))
+    # every model of a run needs the same confounds; memoise on the file's identity (path,
+    # size, mtime) and hand out copies
+    key = (str(tsv), strategy, stat and (stat.st_size, stat.st_mtime_ns))
     confounds, kept = _load_confounds_cached(key)
     return confounds.copy(), kept.copy()
 
 
 @lru_cache(maxsize=64)
 def _load_confounds_cached(key: tuple) -> tuple[pd.DataFrame, np.ndarray]:
-    from nilearn.interfaces.fmriprep import load_confounds
-
-    path, tsv, strategy, _ = key
-    validate_confounds_file(Path(tsv), strategy)
-    try:
-        confounds, sample_mask = load_confounds(path, **strategy.nilearn_arguments())
-    except ValueError as e:  # nilearn's own refusals of a file (a second confounds file, …)
-        raise StudyDataError(tsv, f"nilearn load_confounds cannot use it: {e}") from e
-    kept = np.arange(len(confounds)) if sample_mask is None else np.asarray(sample_mask)
-    return confounds, kept
+    tsv, strategy, _ = key
+    table = validate_confounds_file(Path(tsv), strategy)
+    return select_confounds(table, strategy)
 
 
 def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:

@@ -14,13 +14,17 @@ means. The steps, per run:
    Glover-convolved regressors at the slice-timing reference, cleaned of the same confounds
    at the same kept volumes, plus a constant (kept volumes × conditions + 1).
 3. **Activation** (:func:`activation_rows`): AR(1) GLM of every ROI on the design, the
-   task's contrasts (:data:`.activation.CONTRASTS`).
+   task's contrasts (the protocol's :class:`~kp_science.study.protocol.TaskSpec`).
 4. **gPPI** (:func:`gppi_rows`): every ordered seed → target pair, every condition and task
    contrast (:func:`.gppi.fit_gppi`).
 5. **Rest FC** (:func:`rest_rows`): Pearson r and Fisher z of every ROI pair, ROIs in the
-   canonical order of :data:`.rois.ROI_NAMES`.
+   canonical order of :data:`.rois.ROI_NAMES`, with the run's kept volumes (the weight of
+   the run when :mod:`.session_features` combines a session's runs).
 
-Task-run rows follow the column order of the signals they are given (the caller decides it).
+Everything here is per run: the tables keep one row per run × measure (the callers key them
+by session, task and run), and :mod:`.session_features` combines the runs of a session by
+fixed effects. Task-run rows follow the column order of the signals they are given (the
+caller decides it).
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kp_science.activation import CONTRASTS, clean_design, fit_roi_glm, task_conditions, task_design
+from kp_science.activation import clean_design, fit_roi_glm, task_conditions, task_design
 from kp_science.gppi import fit_gppi
 from kp_science.rest_fc import pair_correlations
 from kp_science.roi_signals import clean_roi_signals
 from kp_science.rois import ROI_NAMES
+from kp_science.study.protocol import TaskSpec
 
 # columns and types of each measure's rows (without the run's keys)
 ACTIVATION_DTYPES: dict[str, type] = {
@@ -54,7 +59,13 @@ GPPI_DTYPES: dict[str, type] = {
     "se": float,
     "t": float,
 }
-REST_DTYPES: dict[str, type] = {"roi_a": str, "roi_b": str, "r": float, "z": float}
+REST_DTYPES: dict[str, type] = {
+    "roi_a": str,
+    "roi_b": str,
+    "r": float,
+    "z": float,
+    "n_volumes_kept": int,
+}
 
 
 def empty_rows(dtypes: Mapping[str, type]) -> pd.DataFrame:
@@ -76,6 +87,7 @@ class TaskRun:
     """
 
     task: str
+    contrasts: Mapping[str, Mapping[str, float]]
     signals: pd.DataFrame
     conditions: pd.DataFrame
     design: pd.DataFrame
@@ -89,7 +101,7 @@ class TaskRun:
 def task_run(
     signals: pd.DataFrame,
     events: pd.DataFrame,
-    task: str,
+    task: TaskSpec,
     confounds: pd.DataFrame,
     kept: np.ndarray,
     n_volumes: int,
@@ -99,7 +111,7 @@ def task_run(
     """A task run's conditions and cleaned design, with what its models need.
 
     ``signals``: cleaned ROI signals (kept volumes × ROIs); ``events``: onset (s), duration
-    (s), trial_type as in the events file; ``task``: a key of :data:`.activation.CONTRASTS`;
+    (s), trial_type as in the events file; ``task``: the protocol's task (conditions, contrasts);
     ``confounds`` (n_volumes × confounds) and ``kept`` (kept volume indices): what cleaned
     ``signals``; ``tr`` (s); ``slice_time_ref``: fraction of TR.
     """
@@ -108,14 +120,23 @@ def task_run(
         task_design(conditions, n_volumes, tr, slice_time_ref), confounds, kept, tr
     )
     return TaskRun(
-        task, signals, conditions, design, confounds, kept, n_volumes, tr, slice_time_ref
+        task.label,
+        task.contrasts,
+        signals,
+        conditions,
+        design,
+        confounds,
+        kept,
+        n_volumes,
+        tr,
+        slice_time_ref,
     )
 
 
 def activation_rows(run: TaskRun) -> pd.DataFrame:
     """Activation of every ROI: rows roi, contrast, beta (% signal change per unit regressor),
     se, t, contrast-major, for the task's contrasts (:func:`.activation.fit_roi_glm`)."""
-    return fit_roi_glm(run.signals, run.design, CONTRASTS[run.task])
+    return fit_roi_glm(run.signals, run.design, run.contrasts)
 
 
 def gppi_rows(run: TaskRun) -> pd.DataFrame:
@@ -130,7 +151,7 @@ def gppi_rows(run: TaskRun) -> pd.DataFrame:
         run.n_volumes,
         run.tr,
         run.slice_time_ref,
-        CONTRASTS[run.task],
+        run.contrasts,
     )
 
 
@@ -142,9 +163,10 @@ def canonical_order(signals: pd.DataFrame) -> pd.DataFrame:
 
 def rest_rows(signals: pd.DataFrame) -> pd.DataFrame:
     """Resting connectivity of cleaned ROI signals (kept volumes × ROIs): rows roi_a, roi_b,
-    r (Pearson), z (Fisher), one per unordered pair in canonical ROI order
-    (:func:`canonical_order`, :func:`.rest_fc.pair_correlations`)."""
-    return pair_correlations(canonical_order(signals))
+    r (Pearson), z (Fisher), n_volumes_kept (the signals' rows), one per unordered pair in
+    canonical ROI order (:func:`canonical_order`, :func:`.rest_fc.pair_correlations`)."""
+    pairs = pair_correlations(canonical_order(signals))
+    return pairs.assign(n_volumes_kept=len(signals)).astype({"n_volumes_kept": int})
 
 
 @dataclass(frozen=True)
@@ -163,7 +185,7 @@ def run_measures(
     confounds: pd.DataFrame,
     kept: np.ndarray,
     tr: float,
-    task: str,
+    task: TaskSpec | None = None,
     events: pd.DataFrame | None = None,
     slice_time_ref: float = 0.0,
 ) -> RunMeasures:
@@ -172,11 +194,11 @@ def run_measures(
     ``raw``: ROI means (n_volumes × ROIs, image intensity); ``confounds`` (n_volumes ×
     confounds) and ``kept`` (indices of the volumes scrubbing keeps): the cleaning;
     ``tr`` (s); ``events`` (onset, duration, trial_type; None for a resting run) and
-    ``task`` (a key of :data:`.activation.CONTRASTS` for a task run); ``slice_time_ref``:
+    ``task`` (the protocol's task, for a task run); ``slice_time_ref``:
     reference time of each volume as a fraction of TR.
     """
     signals = clean_roi_signals(raw, confounds, kept, tr)
-    if events is None:
+    if events is None or task is None:
         return RunMeasures(
             empty_rows(ACTIVATION_DTYPES), empty_rows(GPPI_DTYPES), rest_rows(signals)
         )

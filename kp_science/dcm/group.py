@@ -53,8 +53,8 @@ than design columns.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
@@ -71,12 +71,8 @@ from kp_science.dcm.peb import (
     reduce_peb,
 )
 from kp_science.dcm.reduction import free_energy_change
-from kp_science.study.vocabulary import ARM_CODES as ARM_CODE
-from kp_science.study.vocabulary import SESSIONS
+from kp_science.study.protocol import StudyProtocol, default_vocabulary
 
-COVARIATES = ("mean", "caps5_improvement", "arm", "caps5_improvement:arm")
-# within-arm slopes on improvement as weights on (improvement, interaction) columns
-ARM_SLOPES = {f"caps5_improvement[{arm}]": code for arm, code in ARM_CODE.items()}
 SESSION_CODE = (-0.5, 0.5)  # pre, post: the within-participant session regressor
 EFFECT_COLUMNS = [
     "analysis",
@@ -128,12 +124,27 @@ class GroupDCMConfig:
     model: str | None = None
     parameters: tuple[str, ...] | None = None
     analyses: tuple[Analysis, ...] = get_args(Analysis)
-    pre: str = SESSIONS[0]
-    post: str = SESSIONS[1]
+    pre: str = field(default_factory=lambda: default_vocabulary().baseline)
+    post: str = field(default_factory=lambda: default_vocabulary().follow_up)
+    improvement: str = field(
+        default_factory=lambda: f"{default_vocabulary().primary.name}_improvement"
+    )
+    arm_codes: Mapping[str, float] = field(default_factory=lambda: default_vocabulary().arm_codes)
     change: ChangeMethod = "difference"
     components: Components = "fields"
     hyperprior_variance: float = 1.0
     max_exhaustive: int = 8
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        """The second-level design's columns: mean, improvement, arm, improvement × arm."""
+        return ("mean", self.improvement, "arm", f"{self.improvement}:arm")
+
+    @property
+    def arm_slopes(self) -> dict[str, float]:
+        """Within-arm slope name (``caps5_improvement[ketamine]``) → the arm's code, its
+        weight on the interaction column."""
+        return {f"{self.improvement}[{arm}]": code for arm, code in self.arm_codes.items()}
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.analyses if a not in get_args(Analysis)]
@@ -180,23 +191,30 @@ class GroupDCMResult:
 # --- designs --------------------------------------------------------------------------------
 
 
-def clinical_covariates(clinical: pd.DataFrame) -> pd.DataFrame:
-    """Per participant: ``caps5_improvement`` and the arm code (NaN when unknown)."""
+def for_study(config: GroupDCMConfig, protocol: StudyProtocol) -> GroupDCMConfig:
+    """``config`` with the study's session labels, improvement column and arm codes."""
+    return replace(
+        config,
+        pre=protocol.baseline,
+        post=protocol.follow_up,
+        improvement=f"{protocol.primary.name}_improvement",
+        arm_codes=protocol.arm_codes,
+    )
+
+
+def clinical_covariates(
+    clinical: pd.DataFrame, config: GroupDCMConfig = GroupDCMConfig()
+) -> pd.DataFrame:
+    """Per participant: ``improvement`` (the ``config.improvement`` column, e.g.
+    caps5_improvement) and ``arm``, its code (``config.arm_codes``; NaN when unknown)."""
     if "participant_id" not in clinical.columns or "arm" not in clinical.columns:
         raise ValueError("clinical table needs participant_id and arm")
     table = clinical.set_index(clinical["participant_id"].astype(str))
-    if "caps5_improvement" in table.columns:
-        improvement = pd.to_numeric(table["caps5_improvement"], errors="coerce")
-    elif {"caps5_pre", "caps5_post"} <= set(table.columns):
-        improvement = pd.to_numeric(table["caps5_pre"], errors="coerce") - pd.to_numeric(
-            table["caps5_post"], errors="coerce"
-        )
-    else:
-        raise ValueError("clinical table needs caps5_improvement (or caps5_pre and caps5_post)")
-    arm = table["arm"].map(
-        lambda a: ARM_CODE.get(str(a).strip().lower(), np.nan) if pd.notna(a) else np.nan
-    )
-    return pd.DataFrame({"caps5_improvement": improvement.astype(float), "arm": arm.astype(float)})
+    if config.improvement not in table.columns:
+        raise ValueError(f"clinical table needs {config.improvement}")
+    improvement = pd.to_numeric(table[config.improvement], errors="coerce")
+    arm = table["arm"].map(lambda a: config.arm_codes.get(a, np.nan) if pd.notna(a) else np.nan)
+    return pd.DataFrame({"improvement": improvement.astype(float), "arm": arm.astype(float)})
 
 
 def design_matrix(covariates: pd.DataFrame) -> np.ndarray:
@@ -204,7 +222,7 @@ def design_matrix(covariates: pd.DataFrame) -> np.ndarray:
 
     ``covariates`` : rows of :func:`clinical_covariates` for the participants, in order.
     """
-    improvement = covariates["caps5_improvement"].to_numpy(float)
+    improvement = covariates["improvement"].to_numpy(float)
     arm = covariates["arm"].to_numpy(float)
     improvement = improvement - improvement.mean()
     interaction = improvement * arm
@@ -214,16 +232,16 @@ def design_matrix(covariates: pd.DataFrame) -> np.ndarray:
     return X
 
 
-def _check_design(X: np.ndarray, analysis: str) -> None:
+def _check_design(X: np.ndarray, analysis: str, covariates: Sequence[str]) -> None:
     n, k = X.shape
     if n < k:
         raise ValueError(
             f"{analysis}: {n} participants are fewer than the {k} second-level "
-            f"parameters (design columns {', '.join(COVARIATES)})"
+            f"parameters (design columns {', '.join(covariates)})"
         )
     if np.linalg.matrix_rank(X) < k:
         raise ValueError(
-            f"{analysis}: the design [{', '.join(COVARIATES)}] is rank deficient "
+            f"{analysis}: the design [{', '.join(covariates)}] is rank deficient "
             f"over its {n} participants (e.g. one arm only, or no spread in "
             f"improvement)"
         )
@@ -250,8 +268,8 @@ def _eligible(
                 reason = "no clinical record"
             elif covariates["arm"].isna()[pid]:
                 reason = "arm unknown"
-            elif covariates["caps5_improvement"].isna()[pid]:
-                reason = "CAPS-5 improvement unknown"
+            elif covariates["improvement"].isna()[pid]:
+                reason = "improvement unknown"
         if reason:
             excluded.append({"analysis": analysis, "participant_id": pid, "reason": reason})
         else:
@@ -269,8 +287,8 @@ def baseline_analysis(
 ) -> tuple[GroupAnalysis, list[dict]]:
     """PEB of the pre-treatment parameters on [mean, improvement, arm, improvement × arm]."""
     keep, excluded = _eligible(first, covariates, [config.pre], "baseline")
-    X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(COVARIATES)))
-    _check_design(X, "baseline")
+    X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(config.covariates)))
+    _check_design(X, "baseline", config.covariates)
     posts = [first.posteriors[(pid, config.pre)] for pid in keep]
     peb = estimate_peb(
         np.array([q[0] for q in posts]),
@@ -280,7 +298,7 @@ def baseline_analysis(
         X,
         F_first=np.array([q[2] for q in posts]),
         parameters=first.names,
-        covariates=COVARIATES,
+        covariates=config.covariates,
         components=config.components,
         hC=config.hyperprior_variance,
     )
@@ -325,8 +343,8 @@ def longitudinal_analysis(
             f"unknown change method {config.change!r}; choose 'difference' or 'within_peb'"
         )
     keep, excluded = _eligible(first, covariates, [config.pre, config.post], "longitudinal")
-    X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(COVARIATES)))
-    _check_design(X, "longitudinal")
+    X = design_matrix(covariates.loc[keep]) if keep else np.zeros((0, len(config.covariates)))
+    _check_design(X, "longitudinal", config.covariates)
     within, means, covs, F = {}, [], [], []
     p = first.pE.size
     prior_mean, prior_cov = np.zeros(p), 2.0 * first.pC
@@ -353,7 +371,7 @@ def longitudinal_analysis(
         X,
         F_first=np.array(F),
         parameters=first.names,
-        covariates=COVARIATES,
+        covariates=config.covariates,
         components=config.components,
         hC=config.hyperprior_variance,
     )
@@ -385,13 +403,16 @@ def contrast_posterior(peb: PEBResult, weights: np.ndarray) -> tuple[float, floa
     )
 
 
-def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
+def effects_table(
+    analysis: GroupAnalysis, config: GroupDCMConfig = GroupDCMConfig()
+) -> pd.DataFrame:
     """Long table of one analysis's group effects (:data:`EFFECT_COLUMNS`).
 
     ``mean``/``sd``/``Pp``: after model reduction and averaging; ``peb_mean``/``peb_sd``:
     the full PEB posterior; ``prob_positive``: its probability that the effect is > 0.
-    Then the within-arm slopes (:data:`ARM_SLOPES`, module docstring), whose ``mean``/``sd``
-    are the full PEB posterior's and ``Pp`` that of the slope being present.
+    Then the within-arm slopes (:attr:`GroupDCMConfig.arm_slopes`, module docstring),
+    whose ``mean``/``sd`` are the full PEB posterior's and ``Pp`` that of the slope being
+    present.
     """
     peb, red = analysis.peb, analysis.reduction
     p, k = peb.Ep.shape
@@ -417,11 +438,10 @@ def effects_table(analysis: GroupAnalysis) -> pd.DataFrame:
                 }
             )
     columns = list(peb.covariates)
-    if {"caps5_improvement", "caps5_improvement:arm"} <= set(columns):
-        slope, interaction = (
-            columns.index(c) for c in ("caps5_improvement", "caps5_improvement:arm")
-        )
-        for name, code in ARM_SLOPES.items():
+    terms = (config.improvement, f"{config.improvement}:arm")
+    if set(terms) <= set(columns):
+        slope, interaction = (columns.index(c) for c in terms)
+        for name, code in config.arm_slopes.items():
             for i in range(p):
                 c = np.zeros((p, k))
                 c[i, slope], c[i, interaction] = 1.0, code
@@ -467,13 +487,13 @@ def group_dcm(
     if unknown:
         raise ValueError(f"unknown analysis(es) {unknown}; choose from {list(runners)}")
     first = first_level_posteriors(fits, parameters, config.model, config.parameters)
-    covariates = clinical_covariates(clinical)
+    covariates = clinical_covariates(clinical, config)
     analyses, excluded, tables = {}, [], []
     for name in config.analyses:
         analysis, left_out = runners[name](first, covariates, config)
         analyses[name] = analysis
         excluded.extend(left_out)
-        tables.append(effects_table(analysis))
+        tables.append(effects_table(analysis, config))
     effects = (
         pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=EFFECT_COLUMNS)
     )

@@ -1,15 +1,29 @@
-"""Reading the first-level DCM posteriors of one model out of the warehouse's DCM tables.
+"""Reading the first-level DCM posteriors of one model out of the warehouse's DCM tables,
+a session's runs combined by Bayesian fixed effects.
 
 The group analyses (:mod:`.group`) take their first-level posteriors from the tables the
 ``dcm_fits`` / ``dcm_parameters`` assets store:
 
 - fits: one row per participant × session × model (× run) with ``participant_id``,
-  ``session`` ('pre'/'post'), ``model``, ``converged``, ``free_parameters`` (names, e.g.
+  ``session``, ``model``, ``converged``, ``free_parameters`` (names, e.g.
   ``A[vmpfc->amygdala]``, ``B[emotional][amygdala->vmpfc]``), ``covariance`` (list of lists
   over ``free_parameters``) and, if present, ``free_energy`` and ``run``;
 - parameters: long table ``participant_id, session, model, parameter, mean`` (+ ``run``,
   ``prior_mean``, ``prior_variance`` when present; otherwise the priors follow from the
   names, as in :func:`kp_science.dcm.priors`).
+
+**Several runs of a session.** The first level inverts every run on its own (the same
+model, each run with its own confounds); the session's posterior is their Bayesian fixed-
+effects combination (:func:`bayesian_fixed_effects`; SPM's Bayesian parameter averaging,
+``spm_dcm_average``): posteriors of independent data under one shared prior N(pE, pC)
+multiply, and the prior counted once per run is divided out N − 1 times,
+
+    P = Σ_i P_i − (N − 1) P0,    μ = P⁻¹ (Σ_i P_i μ_i − (N − 1) P0 pE),
+
+with P_i = C_i⁻¹ the run posteriors' precisions and P0 = pC⁻¹. It is done over every free
+parameter (the stored posterior covariance), then the chosen parameters are kept. The
+session's free energy is the sum of its runs' (independent data), and it counts as converged
+only if every run did. A session with one run keeps that run's posterior exactly.
 
 Fits with different free parameters or priors (different model structures) raise
 ``ValueError`` naming the participants.
@@ -62,6 +76,44 @@ def _matrix(value: Any) -> np.ndarray:
     return np.array([np.asarray(row, dtype=float) for row in value], dtype=float)
 
 
+def bayesian_fixed_effects(
+    means: Sequence[np.ndarray],
+    covariances: Sequence[np.ndarray],
+    pE: np.ndarray,
+    pC: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bayesian fixed-effects combination (Bayesian parameter averaging) of the posteriors
+    of the same p parameters from N independent runs under one shared prior.
+
+    ``means``: N posterior means (p,); ``covariances``: N posterior covariances (p, p);
+    ``pE`` (p,), ``pC`` (p, p): the prior of every run. Returns the combined (mean (p,),
+    covariance (p, p)): precision Σ P_i − (N − 1) pC⁻¹ and mean as in the module docstring.
+    A single run is returned as it is. Raises ValueError when a covariance or the combined
+    precision is not positive definite (posteriors that did not come from that prior).
+    """
+    if len(means) != len(covariances) or not means:
+        raise ValueError(f"{len(means)} means for {len(covariances)} covariances")
+    if len(means) == 1:
+        return np.asarray(means[0], float), np.asarray(covariances[0], float)
+    prior_precision = np.linalg.inv(pC)
+    extra = len(means) - 1  # the shared prior is in every run's posterior: keep it once
+    precision = -extra * prior_precision
+    weighted = -extra * prior_precision @ pE
+    for mean, covariance in zip(means, covariances, strict=True):
+        run_precision = np.linalg.inv(covariance)
+        precision = precision + run_precision
+        weighted = weighted + run_precision @ mean
+    precision = (precision + precision.T) / 2
+    try:
+        np.linalg.cholesky(precision)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            "the runs' combined posterior precision is not positive definite"
+        ) from None
+    covariance = np.linalg.inv(precision)
+    return covariance @ weighted, (covariance + covariance.T) / 2
+
+
 def first_level_posteriors(
     fits: pd.DataFrame,
     parameters: pd.DataFrame,
@@ -80,12 +132,15 @@ def first_level_posteriors(
 
     Returns
     -------
-    :class:`FirstLevel`. With several runs of a session the lowest-numbered run is used.
+    :class:`FirstLevel`. Several runs of a session are combined by Bayesian fixed effects
+    (module docstring); without a ``run`` column in both tables the lowest-numbered (else
+    first) row of a session is used.
 
     Raises
     ------
     ValueError : no fits, an ambiguous or unknown model, fits whose free parameters or
-        priors differ (the participants are named), or requested parameters not estimated.
+        priors differ (the participants are named), requested parameters not estimated, or
+        runs of a session that cannot be combined.
     """
     missing = {
         "participant_id",
@@ -109,16 +164,21 @@ def first_level_posteriors(
     rows = fits[fits["model"].astype(str) == model]
     if rows.empty:
         raise ValueError(f"no first-level fits of model {model!r} (have {models})")
+    table = parameters[parameters["model"].astype(str) == model]
+    # the runs are told apart only when both tables carry them
+    keys = ["participant_id", "session"]
     if "run" in rows.columns:
         rows = rows.sort_values("run", kind="stable")
-    rows = rows.drop_duplicates(["participant_id", "session"], keep="first")
+        if "run" in table.columns:
+            keys.append("run")
+    rows = rows.drop_duplicates(keys, keep="first")
 
     structures = {
-        (str(r.participant_id), str(r.session)): _names(r.free_parameters)
+        tuple(str(getattr(r, k)) for k in keys): _names(r.free_parameters)
         for r in rows.itertuples()
     }
     common, _ = Counter(structures.values()).most_common(1)[0]
-    odd = sorted({pid for (pid, _), s in structures.items() if s != common})
+    odd = sorted({key[0] for key, s in structures.items() if s != common})
     if odd:
         raise ValueError(
             f"model {model!r} has different free parameters (model structure) "
@@ -140,38 +200,59 @@ def first_level_posteriors(
         )
     index = np.array([free.index(n) for n in names])
 
-    table = parameters[parameters["model"].astype(str) == model]
-    if "run" in table.columns and "run" in rows.columns:
-        table = table.merge(
-            rows[["participant_id", "session", "run"]], on=["participant_id", "session", "run"]
-        )
+    if "run" in keys:
+        table = table.merge(rows[keys], on=keys)
     pE, pC = _priors(table, names, model)
-    means = table.pivot_table(
-        index=["participant_id", "session"], columns="parameter", values="mean", aggfunc="first"
-    )
-    posteriors = {}
+    means = table.pivot_table(index=keys, columns="parameter", values="mean", aggfunc="first")
+    sessions: dict[tuple[str, str], list] = {}
     for r in rows.itertuples():
-        key = (str(r.participant_id), str(r.session))
-        if key not in means.index or means.loc[key, list(names)].isna().to_numpy().any():
-            raise ValueError(
-                f"dcm_parameters lacks the posterior means of {key[0]} session "
-                f"{key[1]} model {model!r}"
-            )
-        cov = _matrix(r.covariance)
-        if cov.shape != (len(free), len(free)):
-            raise ValueError(
-                f"covariance of {key[0]} session {key[1]} is {cov.shape}, "
-                f"expected {len(free)} × {len(free)}"
-            )
-        F = float(getattr(r, "free_energy", 0.0))
-        F = F if np.isfinite(F) else 0.0  # unknown: the PEB's F then omits this term
-        posteriors[key] = (
-            means.loc[key, list(names)].to_numpy(float),
-            cov[np.ix_(index, index)],
-            F,
-            bool(r.converged),
-        )
+        sessions.setdefault((str(r.participant_id), str(r.session)), []).append(r)
+    posteriors = {}
+    for key, runs in sessions.items():
+        # one run: the chosen parameters only (as they always were); several: all the free
+        # ones, combined, then the chosen kept
+        wanted = list(names) if len(runs) == 1 else list(free)
+        run_means, run_covariances, F, converged = [], [], 0.0, True
+        for r in runs:
+            row_key = tuple(getattr(r, k) for k in keys)
+            if (
+                row_key not in means.index
+                or not set(wanted) <= set(means.columns)
+                or (means.loc[row_key, wanted].isna().to_numpy().any())
+            ):
+                raise ValueError(
+                    f"dcm_parameters lacks the posterior means of {key[0]} session "
+                    f"{key[1]}{_run_text(r, keys)} model {model!r}"
+                )
+            cov = _matrix(r.covariance)
+            if cov.shape != (len(free), len(free)):
+                raise ValueError(
+                    f"covariance of {key[0]} session {key[1]}{_run_text(r, keys)} is "
+                    f"{cov.shape}, expected {len(free)} × {len(free)}"
+                )
+            run_means.append(means.loc[row_key, wanted].to_numpy(float))
+            run_covariances.append(cov if len(runs) > 1 else cov[np.ix_(index, index)])
+            run_F = float(getattr(r, "free_energy", 0.0))
+            F += run_F if np.isfinite(run_F) else 0.0  # unknown: the PEB's F omits it
+            converged = converged and bool(r.converged)
+        if len(runs) == 1:
+            mean, cov = run_means[0], run_covariances[0]
+        else:
+            free_pE, free_pC = _priors(table, free, model)
+            try:
+                mean, cov = bayesian_fixed_effects(run_means, run_covariances, free_pE, free_pC)
+            except ValueError as e:
+                raise ValueError(
+                    f"runs of {key[0]} session {key[1]} model {model!r}: {e}"
+                ) from None
+            mean, cov = mean[index], cov[np.ix_(index, index)]
+        posteriors[key] = (mean, cov, F, converged)
     return FirstLevel(names=names, pE=pE, pC=pC, posteriors=posteriors)
+
+
+def _run_text(row: Any, keys: Sequence[str]) -> str:
+    """`` run <n>`` when the runs are told apart, for messages."""
+    return f" run {row.run}" if "run" in keys else ""
 
 
 def _is_self_connection(name: str) -> bool:

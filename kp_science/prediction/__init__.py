@@ -60,7 +60,6 @@ _EXPORTS = {
     "PathStats": "solver",
     "enet_paths": "solver",
     "prepare_designs": "solver",
-    "ARM_CODES": "variants",
     "DEFAULT_VARIANTS": "variants",
     "DesignReport": "variants",
     "ModelVariant": "variants",

@@ -29,7 +29,7 @@ meanings and units:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -104,17 +104,21 @@ def fit_variant(
     variant: ModelVariant,
     settings: EnetSettings | None = None,
     left_out: pd.DataFrame | None = None,
+    arm_codes: Mapping[str, float] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Fit one variant and evaluate it; returns ``{table name: DataFrame}`` (see module doc).
 
     ``left_out`` (participant_id, reason): participants the caller removed from
     ``change_scores`` beforehand (e.g. not current); they are listed among the exclusions.
+    ``arm_codes``: the study's arm coding (see :func:`.variants.design_matrix`).
     Raises ValueError when the design cannot be built (e.g. fewer than
     ``settings.min_participants`` complete participants; the message states the count).
     """
     settings = settings or EnetSettings()
     start = time.perf_counter()
-    X_df, y_s, report = design_matrix(change_scores, clinical, variant, settings.min_participants)
+    X_df, y_s, report = design_matrix(
+        change_scores, clinical, variant, settings.min_participants, arm_codes
+    )
     excluded = report.excluded
     if left_out is not None and len(left_out):  # their reason, not "no change scores"
         excluded = pd.concat(
@@ -239,9 +243,10 @@ def fit_all(
     variants: Iterable[ModelVariant] = DEFAULT_VARIANTS,
     settings: EnetSettings | None = None,
     left_out: pd.DataFrame | None = None,
+    arm_codes: Mapping[str, float] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """:func:`fit_variant` for every variant, tables concatenated (``model`` column);
-    ``left_out`` as for :func:`fit_variant`.
+    ``left_out`` and ``arm_codes`` as for :func:`fit_variant`.
 
     A variant whose design cannot be built (too few participants, no matching feature …)
     does not stop the others: it gets a summary row with ``status`` = the reason and no
@@ -250,7 +255,7 @@ def fit_all(
     parts: dict[str, list[pd.DataFrame]] = {name: [] for name in TABLES}
     for variant in variants:
         try:
-            tables = fit_variant(change_scores, clinical, variant, settings, left_out)
+            tables = fit_variant(change_scores, clinical, variant, settings, left_out, arm_codes)
         except ValueError as err:
             row: dict[str, object] = {c: np.nan for c in SUMMARY_COLUMNS}
             row.update(model=variant.name, status=f"not fitted: {err}", outcome=variant.outcome)

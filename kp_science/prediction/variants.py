@@ -7,13 +7,14 @@ are analysed. :data:`DEFAULT_VARIANTS` are the paper's models (docs/architecture
 * ``main`` — all change scores → CAPS-5 improvement;
 * ``interaction`` — change scores, arm, and change × arm for every feature;
 * ``covariate`` — ``main`` plus concomitant MADRS improvement;
-* ``ketamine_only`` — ``main`` within the ketamine arm.
+* ``ketamine_only`` — ``main`` within the active arm (ketamine).
 
-Arm coding (:data:`kp_science.study.vocabulary.ARM_CODES`): ketamine = +0.5, midazolam =
-−0.5 (effect coding), and the interaction term of a feature is the raw change score times
-that code (term name ``<feature>:arm``). With this coding the feature's own coefficient is
-the slope averaged over the two arms and the interaction coefficient is the
-ketamine-minus-midazolam difference in slope, whether or not the change score is centred.
+Arm coding (the study protocol's ``arm_codes``): active arm (ketamine) = +0.5, control
+(midazolam) = −0.5 (effect coding), and the interaction term of a feature is the raw change
+score times that code (term name ``<feature>:arm``). With this coding the feature's own
+coefficient is the slope averaged over the two arms and the interaction coefficient is the
+active-minus-control (ketamine-minus-midazolam) difference in slope, whether or not the
+change score is centred.
 The product is formed from each participant's own values only, so no other participant (in
 particular no held-out one) leaks into it; every column — feature, arm, product, covariate
 — is then z-scored inside each training fold like the rest.
@@ -27,12 +28,18 @@ constant columns are dropped and listed; fewer than ``min_participants`` remaini
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-from kp_science.study.vocabulary import ACTIVE_ARM, ARM_CODES, ARMS, Arm
+from kp_science.study.protocol import default_vocabulary
+
+# an arm by its role in the study protocol (arms.active / arms.control)
+ArmRole = Literal["active", "control"]
+ARM_ROLES: tuple[str, ...] = get_args(ArmRole)
 
 ARM_TERM = "arm"
 INTERACTION_SUFFIX = ":arm"
@@ -46,11 +53,12 @@ class ModelVariant:
     a feature name (``"faces.gppi"`` matches ``faces.gppi.vmpfc->amygdala.emotional``,
     ``"faces"`` matches every faces feature); None = every feature. ``outcome``: a column of
     ``clinical``. ``covariates``: further ``clinical`` columns entered as predictors.
-    ``interaction_with_arm``: add the arm (ketamine +0.5 / midazolam −0.5) and one
-    ``<feature>:arm`` product per feature. ``arms``: analyse only these arms (None = all).
+    ``interaction_with_arm``: add the arm (active +0.5 / control −0.5) and one
+    ``<feature>:arm`` product per feature. ``arms``: analyse only the arms of these roles
+    (``"active"``, ``"control"``: the protocol's ``arms.active`` / ``arms.control``; None =
+    all).
 
-    Raises ValueError naming the field and the allowed values for an arm not in
-    :data:`~kp_science.study.vocabulary.ARMS`.
+    Raises ValueError naming the field and the allowed values for another arm role.
     """
 
     name: str
@@ -58,15 +66,15 @@ class ModelVariant:
     outcome: str = "caps5_improvement"
     covariates: tuple[str, ...] = ()
     interaction_with_arm: bool = False
-    arms: tuple[Arm, ...] | None = None
+    arms: tuple[ArmRole, ...] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
-        unknown = [a for a in self.arms or () if a not in ARMS]
+        unknown = [a for a in self.arms or () if a not in ARM_ROLES]
         if unknown:
             raise ValueError(
                 f"ModelVariant {self.name!r}: arms must be among "
-                f"{', '.join(ARMS)}, got {', '.join(map(repr, unknown))}"
+                f"{', '.join(ARM_ROLES)}, got {', '.join(map(repr, unknown))}"
             )
 
 
@@ -75,17 +83,25 @@ DEFAULT_VARIANTS: tuple[ModelVariant, ...] = (
     ModelVariant(
         "interaction",
         interaction_with_arm=True,
-        description="change scores, arm (ketamine +0.5 / midazolam −0.5) and change × arm",
+        description="change scores, arm (active +0.5 / control −0.5) and change × arm",
     ),
     ModelVariant(
         "covariate",
         covariates=("madrs_improvement",),
         description="main model plus MADRS improvement",
     ),
-    ModelVariant(
-        "ketamine_only", arms=(ACTIVE_ARM,), description="main model within the ketamine arm"
-    ),
+    ModelVariant("ketamine_only", arms=("active",), description="main model within the active arm"),
 )
+
+
+def measures_of(change_scores: pd.DataFrame, measures: Iterable[str] | None) -> pd.DataFrame:
+    """The rows of ``change_scores`` whose feature is one of ``measures`` (the second part
+    of its name: ``activation``, ``gppi``, ``fc``; the study protocol's
+    ``prediction.families``); None keeps every row."""
+    if measures is None:
+        return change_scores
+    kept = change_scores["feature"].str.split(".").str[1].isin(list(measures))
+    return change_scores[kept.to_numpy(dtype=bool)]
 
 
 def interaction_term(feature: str) -> str:
@@ -144,6 +160,7 @@ def design_matrix(
     clinical: pd.DataFrame,
     variant: ModelVariant,
     min_participants: int = 10,
+    arm_codes: Mapping[str, float] | None = None,
 ) -> tuple[pd.DataFrame, pd.Series, DesignReport]:
     """Build the design matrix of one variant.
 
@@ -154,6 +171,8 @@ def design_matrix(
     clinical : one row per participant (participant_id, arm, the outcome, covariates).
     variant : which features, outcome, covariates, arm terms and arms.
     min_participants : fewest complete participants for a fit.
+    arm_codes : arm value → code, active +0.5 and control −0.5 (the study protocol's
+        ``arm_codes``; None = the default protocol's).
 
     Returns
     -------
@@ -167,6 +186,7 @@ def design_matrix(
     ValueError : fewer than ``min_participants`` participants remain, or the inputs lack
         required columns.
     """
+    codes = dict(default_vocabulary().arm_codes if arm_codes is None else arm_codes)
     wide = _wide_changes(change_scores)
     features = sorted(f for f in wide.columns if _in_families(f, variant.families))
     if not features:
@@ -185,7 +205,7 @@ def design_matrix(
     excluded: list[tuple[str, str]] = []
     kept: list[str] = []
     for pid in participants:
-        reason = _exclusion_reason(pid, wide, clin, features, variant)
+        reason = _exclusion_reason(pid, wide, clin, features, variant, codes)
         if reason is None:
             kept.append(pid)
         else:
@@ -193,7 +213,7 @@ def design_matrix(
 
     X = wide.loc[kept, features].copy()
     if variant.interaction_with_arm:
-        code = clin.loc[kept, "arm"].map(ARM_CODES).astype(float)
+        code = clin.loc[kept, "arm"].map(codes).astype(float)
         X[ARM_TERM] = code.to_numpy()
         products = X[features].mul(code.to_numpy(), axis=0)
         products.columns = [interaction_term(f) for f in features]
@@ -234,16 +254,19 @@ def _exclusion_reason(
     clin: pd.DataFrame,
     features: list[str],
     variant: ModelVariant,
+    arm_codes: Mapping[str, float],
 ) -> str | None:
     """Why participant ``pid`` cannot enter the variant, or None if it can."""
     if pid not in clin.index:
         return "no clinical record"
     row = clin.loc[pid]
     assert isinstance(row, pd.Series)  # clinical has one row per participant
-    if variant.arms is not None and row.get("arm") not in variant.arms:
-        return f"arm {row.get('arm')!r} not in {', '.join(variant.arms)}"
-    if variant.interaction_with_arm and row.get("arm") not in ARM_CODES:
-        return f"arm {row.get('arm')!r} is not {' or '.join(ARMS)}"
+    roles = {arm: "active" if code > 0 else "control" for arm, code in arm_codes.items()}
+    if variant.arms is not None and roles.get(str(row.get("arm"))) not in variant.arms:
+        wanted = [a for a, role in roles.items() if role in variant.arms]
+        return f"arm {row.get('arm')!r} not in {', '.join(wanted)}"
+    if variant.interaction_with_arm and row.get("arm") not in arm_codes:
+        return f"arm {row.get('arm')!r} is not {' or '.join(arm_codes)}"
     # a score rejected where it entered (out of its instrument's range) says so
     rejected = row.get("clinical_problems")
     why = f" ({rejected})" if isinstance(rejected, str) and rejected else ""

@@ -15,7 +15,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from kp_science.study.vocabulary import ARMS
+from kp_science.study.protocol import default_vocabulary
+
+# the simulator writes this trial's study: the default protocol's names
+ARMS = default_vocabulary().arms
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,11 @@ from kp_science.simulator.study import (
     region_signals,
     run_rng,
 )
-from kp_science.study.vocabulary import SESSIONS, TASKS
+from kp_science.study.protocol import default_vocabulary
+
+# the simulator writes this trial's study: the default protocol's names
+SESSIONS = default_vocabulary().sessions
+TASKS = default_vocabulary().task_labels
 
 # measured by bench/roi_noise.py (3 participants × 18 runs at 4 mm: SD 0.488, AR(1) 0.208)
 ROI_NOISE_SD = 0.49  # % signal: residual noise of a cleaned ROI mean

@@ -3,6 +3,7 @@
 Layout (fMRIPrep derivatives in MNI space, one run per task)::
 
     <out>/dataset_description.json
+    <out>/kp-protocol.yaml                       the study protocol (the default one)
     <out>/participants.tsv                       participant_id, arm, age, sex
     <out>/phenotype/caps5.tsv, madrs.tsv         participant_id, session, caps5_total | madrs_total
     <out>/sub-XX/ses-{pre,post}/func/
@@ -57,7 +58,11 @@ from kp_science.simulator.images import (
     synthesize_run,
 )
 from kp_science.simulator.neural import integrate_dcm
-from kp_science.study.vocabulary import SESSIONS, TASKS
+from kp_science.study.protocol import PROTOCOL_FILE, default_vocabulary, write_protocol
+
+# the simulator writes this trial's study: the default protocol's names
+SESSIONS = default_vocabulary().sessions
+TASKS = default_vocabulary().task_labels
 
 SESSION_ORDER = {session: i for i, session in enumerate(SESSIONS)}
 # faces runs are longer (6.7 min): one run of 150 volumes could not tell the DCM's
@@ -330,6 +335,9 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
             indent=2,
         )
     )
+
+    # the study's protocol: this trial's, both roots the study folder (docs/protocol.md)
+    write_protocol(out / PROTOCOL_FILE)
 
     truth = out / "derivatives" / "simulation-truth"
     truth.mkdir(parents=True)

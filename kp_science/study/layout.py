@@ -1,17 +1,26 @@
-"""Where a study's files are: participant discovery, BIDS labels, session folders and runs.
+"""Where a study's files are: participant discovery, BIDS file names, session folders and runs.
 
-The layout (see docs/architecture.md, "The study folder")::
+Every function takes the study as a :class:`~kp_science.study.protocol.StudyProtocol`, or as a
+folder meaning :func:`~kp_science.study.protocol.study_protocol` of it (its
+``kp-protocol.yaml``, else the default protocol with both roots at that folder). Participant
+folders are the ``sub-*`` folders of the protocol's ``derivatives`` root (fMRIPrep output);
+events files are looked up in its ``raw`` root (the BIDS dataset; the same folder by default).
+The layout (docs/architecture.md §7)::
 
-    <study>/participants.tsv                 participant_id, arm, age, sex
-    <study>/phenotype/{caps5,madrs}.tsv      participant_id, session, {caps5,madrs}_total
-    <study>/sub-XX/ses-YY/func/
-        sub-XX_ses-YY_task-T_space-S_desc-preproc_bold.nii.gz   4-D BOLD
-        sub-XX_ses-YY_task-T_space-S_desc-preproc_bold.json     sidecar (RepetitionTime)
-        sub-XX_ses-YY_task-T_space-S_desc-brain_mask.nii.gz     3-D brain mask
-        sub-XX_ses-YY_task-T_desc-confounds_timeseries.tsv      fMRIPrep confounds
-        sub-XX_ses-YY_task-T_events.tsv                         task events (not for rest)
+    <derivatives>/sub-XX/[ses-YY/]func/
+        sub-XX[_ses-YY]_task-T[_acq-A…][_run-N]_space-S[_res-R]_desc-preproc_bold.nii[.gz]
+        the same name with .json instead of .nii[.gz]               sidecar (RepetitionTime)
+        the same entities with _desc-brain_mask.nii[.gz]            3-D brain mask
+        sub-XX[_ses-YY]_task-T[_acq-A…][_run-N]_desc-confounds_timeseries.tsv
+    <raw>/sub-XX/[ses-YY/]func/
+        sub-XX[_ses-YY]_task-T[_acq-A…][_run-N]_events.tsv         task events (not for rest)
 
-``derivatives/`` is never read.
+File names are read by their BIDS entities, in any order (:func:`parse_bids_name`). A run is a
+``desc-preproc`` BOLD file in the protocol's ``space`` and ``res`` (no ``_res-`` entity when
+``res`` is None): files in other spaces or resolutions, other ``desc`` values and the
+per-echo outputs of a multi-echo run (``_echo-``; the optimally combined file is the run) are
+not runs and are ignored. A study without session folders (BOLD files directly in
+``sub-XX/func/``, without a ``ses`` entity) has one session: the protocol's baseline.
 """
 
 from __future__ import annotations
@@ -27,18 +36,35 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kp_science.study.errors import StudyDataError
-from kp_science.study.vocabulary import SESSIONS
+from kp_science.study.protocol import StudyProtocol, study_protocol
 
 # A participant label is "sub-" + BIDS alphanumerics: no separators, dots or path syntax, so a
 # label can always be joined onto the study root without escaping it.
 BIDS_LABEL = re.compile(r"^sub-[A-Za-z0-9]+$")
 
+#: A study as the functions here take it: its protocol, or its folder (see the module docstring).
+StudyLike = StudyProtocol | str | os.PathLike[str]
 
-_BOLD_NAME = re.compile(
-    r"^(?P<sub>sub-[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+)_task-(?P<task>[A-Za-z0-9]+)"
-    r"(?:_run-(?P<run>[0-9]+))?_space-(?P<space>[A-Za-z0-9]+)_desc-preproc_bold"
-    r"(?P<ext>\.nii(?:\.gz)?)$"
-)
+
+def as_protocol(study: StudyLike) -> StudyProtocol:
+    """``study`` when it is a :class:`StudyProtocol`, else the protocol of the study folder
+    ``study`` (:func:`study_protocol`: its ``kp-protocol.yaml`` or the default protocol).
+
+    A protocol file that does not load raises
+    :class:`~kp_science.study.protocol.ProtocolError`; a folder that is a symbolic link loop
+    raises :class:`StudyDataError` naming it.
+    """
+    if isinstance(study, StudyProtocol):
+        return study
+    try:
+        return study_protocol(study)
+    except RuntimeError as e:
+        # pathlib's resolve() (the protocol's roots) reports a link loop as a RuntimeError
+        if "loop" not in str(e).lower():
+            raise
+        raise StudyDataError(
+            study, "cannot list the study folder: a symbolic link loop: remove or fix the link"
+        ) from e
 
 
 def validate_participant_label(label: str) -> str:
@@ -102,19 +128,19 @@ def _entry_problem(root_real: Path, path: Path) -> str | None:
     return None
 
 
-def discover_study(root: str | os.PathLike[str]) -> StudyListing:
+def discover_study(study: StudyLike) -> StudyListing:
     """The participants of the study and the ``sub-*`` entries left out, each with its reason.
 
-    A ``sub-*`` entry is a participant when its name is a valid label (see
-    :func:`validate_participant_label`) and it is a folder that can be listed, inside the study
-    folder. Every other one is skipped, never a partition and never read further: an invalid
-    name (``sub-01;DROP``), a file, a symbolic link loop, a broken link, a link to a folder
-    outside the study (or to the study folder itself), a folder that cannot be read or that
-    vanished while the study was listed. One bad entry never stops discovery; callers report
-    the skipped ones (with the path) so someone fixes them. Raises :class:`StudyDataError` only
-    when the study folder itself cannot be listed.
+    Participant folders are looked for in the protocol's derivatives root. A ``sub-*`` entry
+    is a participant when its name is a valid label (see :func:`validate_participant_label`)
+    and it is a folder that can be listed, inside that root. Every other one is skipped, never
+    a partition and never read further: an invalid name (``sub-01;DROP``), a file, a symbolic
+    link loop, a broken link, a link to a folder outside the root (or to the root itself), a
+    folder that cannot be read or that vanished while the study was listed. One bad entry
+    never stops discovery; callers report the skipped ones (with the path) so someone fixes
+    them. Raises :class:`StudyDataError` only when the root itself cannot be listed.
     """
-    root = Path(root)
+    root = as_protocol(study).derivatives
     try:
         with os.scandir(root) as entries:
             names = sorted(e.name for e in entries if e.name.startswith("sub-"))
@@ -138,14 +164,15 @@ def discover_study(root: str | os.PathLike[str]) -> StudyListing:
     return StudyListing(participants, skipped)
 
 
-def discover_participants(root: str | os.PathLike[str]) -> list[str]:
+def discover_participants(study: StudyLike) -> list[str]:
     """Sorted participant labels of the study (:func:`discover_study` without the skipped)."""
-    return discover_study(root).participants
+    return discover_study(study).participants
 
 
-def participant_dir(root: str | os.PathLike[str], pid: str) -> Path:
-    """The folder of participant ``pid`` (validated first, so it stays inside ``root``)."""
-    return Path(root) / validate_participant_label(pid)
+def participant_dir(study: StudyLike, pid: str) -> Path:
+    """The derivatives folder of participant ``pid`` (validated first, so it stays inside the
+    derivatives root)."""
+    return as_protocol(study).derivatives / validate_participant_label(pid)
 
 
 def _listing(folder: Path) -> list[str]:
@@ -200,30 +227,57 @@ def _file_stats(base: Path) -> list[tuple[str, int, int]]:
     return found
 
 
-def participant_fingerprint(root: str | os.PathLike[str], pid: str) -> str:
-    """A cheap fingerprint (16 hex digits) of every file under the participant's folder.
+def _raw_event_stats(base: Path) -> list[tuple[str, int, int]]:
+    """(path relative to ``base``, size, mtime in ns) of the events files in ``base/func`` and
+    ``base/ses-*/func`` (``base``: a participant's folder in the raw root; none when it does
+    not exist). A broken link (content not fetched) counts with size -1."""
+    folders = ["func"] + [f"{s}/func" for s in _session_names(base)]
+    found = []
+    for folder in folders:
+        for name in _listing(base / folder):
+            if name.startswith(".") or not name.endswith("_events.tsv"):
+                continue
+            path = base / folder / name
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise StudyDataError(path, _os_problem(path, e)) from e
+                found.append((f"{folder}/{name}", -1, 0))
+                continue
+            found.append((f"{folder}/{name}", st.st_size, st.st_mtime_ns))
+    return found
 
-    Hashes the sorted relative paths with their size and mtime (ns), without reading contents, so
-    it changes when a session arrives, a file is replaced or touched. Hidden files (names starting
-    with ``.``, e.g. rsync temporaries) are skipped. A symbolic link loop or a folder that cannot
-    be read raises :class:`StudyDataError` naming it (``OSError`` if the participant's folder is
-    gone), so the caller can set this participant aside.
+
+def participant_fingerprint(study: StudyLike, pid: str) -> str:
+    """A cheap fingerprint (16 hex digits) of the participant's files.
+
+    Hashes the sorted relative paths with their size and mtime (ns) of every file under the
+    participant's derivatives folder and, when the raw root is another folder, of its events
+    files there (``sub-XX/[ses-*/]func/*_events.tsv``), without reading contents, so it
+    changes when a session arrives, a file is replaced or touched. Hidden files (names
+    starting with ``.``, e.g. rsync temporaries) are skipped. A symbolic link loop or a folder
+    that cannot be read raises :class:`StudyDataError` naming it (``OSError`` if the
+    participant's folder is gone), so the caller can set this participant aside.
     """
-    base = participant_dir(root, pid)
+    protocol = as_protocol(study)
+    base = participant_dir(protocol, pid)
     lines = [f"{rel}\t{size}\t{mtime}\n" for rel, size, mtime in _file_stats(base)]
+    if protocol.raw != protocol.derivatives:
+        # "raw:" keeps a raw file apart from a derivatives file of the same relative path
+        raw = _raw_event_stats(protocol.raw / pid)
+        lines += [f"raw:{rel}\t{size}\t{mtime}\n" for rel, size, mtime in raw]
     digest = hashlib.sha256()
     for line in sorted(lines):
         digest.update(line.encode())
     return digest.hexdigest()[:16]
 
 
-_BOLD_GLOB = "*_desc-preproc_bold.nii*"
-
-
-def session_folders(root: str | os.PathLike[str], pid: str) -> list[str]:
-    """Sorted names of the participant's ``ses-*`` folders. A ``ses-*`` entry that is a
-    symbolic link loop or cannot be read raises :class:`StudyDataError` naming it."""
-    return _session_names(participant_dir(root, pid))
+def session_folders(study: StudyLike, pid: str) -> list[str]:
+    """Sorted names of the participant's ``ses-*`` folders (in the derivatives root). A
+    ``ses-*`` entry that is a symbolic link loop or cannot be read raises
+    :class:`StudyDataError` naming it."""
+    return _session_names(participant_dir(study, pid))
 
 
 def _session_names(base: Path) -> list[str]:
@@ -242,27 +296,134 @@ def _session_names(base: Path) -> list[str]:
     return sessions
 
 
-def _bold_files(base: Path) -> list[Path]:
-    """``ses-*/func/*_desc-preproc_bold.nii*`` under ``base``, sorted; a loop or an unreadable
-    folder on the way raises :class:`StudyDataError` naming it."""
-    found = []
+# --- BIDS file names --------------------------------------------------------------------------
+
+_ENTITY = re.compile(r"(?P<key>[A-Za-z]+)-(?P<label>[A-Za-z0-9]+)")
+_SUFFIX = re.compile(r"(?P<suffix>[A-Za-z0-9]+)(?P<extension>(?:\.[A-Za-z0-9]+)*)")
+# BIDS index entities: their labels are non-negative integers
+_INDEX_ENTITIES = ("run", "echo", "chunk")
+
+
+class BidsName(NamedTuple):
+    """A BIDS file name: ``entities`` (key → label, in the order of the name, e.g.
+    ``{"sub": "01", "task": "faces", "space": "MNI152NLin2009cAsym", "desc": "preproc"}``),
+    ``suffix`` (``bold``) and ``extension`` (with its dots: ``.nii.gz``; may be empty)."""
+
+    entities: dict[str, str]
+    suffix: str
+    extension: str
+
+
+def parse_bids_name(name: str) -> BidsName:
+    """Read the file name ``name`` (no folder) as ``key-label_…_suffix.extension``.
+
+    Keys are letters, labels letters and digits (BIDS), in any order; ``sub`` is required,
+    a key appears once and the index entities (``run``, ``echo``, ``chunk``) are numbers.
+    Raises ``ValueError`` saying what is wrong otherwise.
+    """
+    *parts, last = name.split("_")
+    if not parts:
+        raise ValueError("no key-label entities before the suffix")
+    tail = _SUFFIX.fullmatch(last)
+    if tail is None:
+        raise ValueError(f"{last!r} is not a suffix and extension (letters and digits)")
+    entities: dict[str, str] = {}
+    for part in parts:
+        entity = _ENTITY.fullmatch(part)
+        if entity is None:
+            raise ValueError(f"{part!r} is not a key-label entity (letters and digits only)")
+        key, label = entity["key"], entity["label"]
+        if key in entities:
+            raise ValueError(f"the entity {key}- appears twice")
+        entities[key] = label
+    if "sub" not in entities:
+        raise ValueError("no sub- entity")
+    for key in _INDEX_ENTITIES:
+        if key in entities and not entities[key].isdigit():
+            raise ValueError(f"{key}-{entities[key]} is not a number")
+    return BidsName(entities, tail["suffix"], tail["extension"])
+
+
+def bids_file_name(entities: dict[str, str], suffix: str, extension: str) -> str:
+    """The file name of ``entities`` (in their order), ``suffix`` and ``extension``."""
+    return "_".join(f"{k}-{v}" for k, v in entities.items()) + f"_{suffix}{extension}"
+
+
+# what fMRIPrep adds to a run's entities; confounds and events have none of them
+_DERIVATIVE_ENTITIES = ("space", "res", "den", "desc")
+_BOLD_EXTENSIONS = (".nii", ".nii.gz")
+# every file named like a BOLD image is read as BIDS: one that does not parse is an error
+_BOLD_CANDIDATE = "*_bold.nii*"
+
+
+def _is_run(name: BidsName, protocol: StudyProtocol) -> bool:
+    """Whether ``name`` is a preprocessed BOLD run in the protocol's space and resolution."""
+    e = name.entities
+    return (
+        name.suffix == "bold"
+        and name.extension in _BOLD_EXTENSIONS
+        and e.get("desc") == "preproc"
+        and e.get("space") == protocol.space
+        and e.get("res") == protocol.res
+        and "echo" not in e  # a multi-echo run's per-echo output: the combined file is the run
+    )
+
+
+def _func_folders(base: Path) -> list[tuple[str | None, Path]]:
+    """(session label, or None for the sessionless ``func/``; the folder) of every ``func``
+    folder of the participant folder ``base``: ``func/`` first, then ``ses-*/func/``."""
+    found: list[tuple[str | None, Path]] = []
+    if "func" in _listing(base):
+        found.append((None, base / "func"))
     for session in _session_names(base):
         if "func" in _listing(base / session):
-            func = base / session / "func"
-            found += [func / n for n in _listing(func) if fnmatch.fnmatchcase(n, _BOLD_GLOB)]
+            found.append((session.removeprefix("ses-"), base / session / "func"))
     return found
 
 
-def has_bold_runs(root: str | os.PathLike[str], pid: str) -> bool:
-    """Whether any ``ses-*/func/*_desc-preproc_bold.nii[.gz]`` exists for ``pid`` yet."""
-    return bool(_bold_files(participant_dir(root, pid)))
+def _bold_candidates(base: Path) -> list[tuple[str | None, Path]]:
+    """(session folder label or None, path) of every ``*_bold.nii*`` file in the ``func``
+    folders of ``base``, sorted per folder; a loop or an unreadable folder on the way raises
+    :class:`StudyDataError` naming it."""
+    return [
+        (session, func / name)
+        for session, func in _func_folders(base)
+        for name in _listing(func)
+        if not name.startswith(".") and fnmatch.fnmatchcase(name, _BOLD_CANDIDATE)
+    ]
+
+
+def _parsed(path: Path) -> BidsName:
+    try:
+        return parse_bids_name(path.name)
+    except ValueError as e:
+        raise StudyDataError(
+            path, f"file name does not follow the BIDS/fMRIPrep pattern: {e}"
+        ) from e
+
+
+def has_bold_runs(study: StudyLike, pid: str) -> bool:
+    """Whether participant ``pid`` has a preprocessed BOLD run in the protocol's space and
+    resolution yet. A ``*_bold.nii*`` file whose name does not parse counts too
+    (:func:`find_runs` names it)."""
+    protocol = as_protocol(study)
+    for _, bold in _bold_candidates(participant_dir(protocol, pid)):
+        try:
+            if _is_run(parse_bids_name(bold.name), protocol):
+                return True
+        except ValueError:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
 class Run:
     """The files of one BOLD run. Paths are where the files are expected; they may be missing.
 
-    ``events_path`` is None when no events file exists (expected for rest).
+    ``session``: the ``ses`` label (the protocol's baseline in a study without session
+    folders); ``run``: the ``run`` index, 1 when the name has none. ``events_path`` is None
+    when no events file exists (expected for rest); ``expected_events_path`` is where it is
+    looked for (in the raw root), whether it exists or not.
     """
 
     participant_id: str
@@ -274,50 +435,81 @@ class Run:
     mask_path: Path
     confounds_path: Path
     events_path: Path | None
+    expected_events_path: Path | None = None
 
 
-def _session_order(session: str) -> tuple[int, str]:
-    """pre, then post, then any other session label alphabetically."""
-    return (SESSIONS.index(session), "") if session in SESSIONS else (len(SESSIONS), session)
+def _session_order(protocol: StudyProtocol, session: str) -> tuple[int, str]:
+    """Baseline, then follow-up, then any other session label alphabetically."""
+    sessions = protocol.sessions
+    return (sessions.index(session), "") if session in sessions else (len(sessions), session)
 
 
-def find_runs(root: str | os.PathLike[str], pid: str) -> list[Run]:
-    """All preprocessed BOLD runs of participant ``pid``, sorted by session, task and run.
+def _run_of(
+    protocol: StudyProtocol, pid: str, folder_session: str | None, bold: Path, name: BidsName
+) -> Run:
+    """The :class:`Run` of the BOLD file ``bold`` (a run: :func:`_is_run`) found in the
+    session folder ``ses-<folder_session>`` (None: the participant's own ``func/``)."""
+    e = name.entities
+    if f"sub-{e['sub']}" != pid or e.get("ses") != folder_session:
+        named = f"sub-{e['sub']}" + (f"/ses-{e['ses']}" if "ses" in e else " (no ses- entity)")
+        lies_in = f"{pid}/ses-{folder_session}" if folder_session else f"{pid}/func"
+        raise StudyDataError(bold, f"file name names {named} but lies in {lies_in}")
+    if "task" not in e:
+        raise StudyDataError(bold, "file name has no task- entity: a BOLD run needs one")
+    func = bold.parent
+    own = {k: v for k, v in e.items() if k not in _DERIVATIVE_ENTITIES}
+    # the events belong to the raw dataset: the same folders under the raw root
+    folder = Path(f"ses-{folder_session}", "func") if folder_session else Path("func")
+    events = protocol.raw / pid / folder / bids_file_name(own, "events", ".tsv")
+    return Run(
+        participant_id=pid,
+        session=e.get("ses", protocol.baseline),
+        task=e["task"],
+        run=int(e.get("run", 1)),
+        bold_path=bold,
+        sidecar_path=func / (bold.name[: -len(name.extension)] + ".json"),
+        mask_path=func / bids_file_name({**e, "desc": "brain"}, "mask", name.extension),
+        confounds_path=func / bids_file_name({**own, "desc": "confounds"}, "timeseries", ".tsv"),
+        events_path=events if events.exists() else None,
+        expected_events_path=events,
+    )
 
-    Looks for ``sub-XX/ses-*/func/*_desc-preproc_bold.nii[.gz]``; the companion files are derived
-    from the BOLD name. Files whose names do not parse, or name another participant or session
-    than their folder, raise :class:`StudyDataError`, and so does a symbolic link loop or an
-    unreadable folder on the way (naming it).
-    """
-    base = participant_dir(root, pid)
-    runs = []
-    for bold in _bold_files(base):
-        m = _BOLD_NAME.fullmatch(bold.name)
-        if m is None:
-            raise StudyDataError(bold, "file name does not follow the BIDS/fMRIPrep pattern")
-        session_dir = bold.parent.parent.name
-        if m["sub"] != pid or f"ses-{m['ses']}" != session_dir:
+
+def _refuse_duplicates(runs: list[Run]) -> None:
+    """Raise :class:`StudyDataError` naming both files when two runs have the same session,
+    task and run: the tables tell runs apart by those alone."""
+    first: dict[tuple[str, str, int], Run] = {}
+    for run in runs:
+        other = first.setdefault((run.session, run.task, run.run), run)
+        if other is not run:
             raise StudyDataError(
-                bold, f"file name names {m['sub']}/ses-{m['ses']} but lies in {pid}/{session_dir}"
+                run.bold_path,
+                f"the same run (ses-{run.session} task-{run.task} run-{run.run}) as "
+                f"{other.bold_path}: kp tells runs apart by session, task and run only; keep "
+                "one of them, or number them with run-",
             )
-        func = bold.parent
-        entities = f"{pid}_ses-{m['ses']}_task-{m['task']}"
-        if m["run"] is not None:
-            entities += f"_run-{m['run']}"
-        stem = bold.name[: -len(m["ext"])]
-        events = func / f"{entities}_events.tsv"
-        runs.append(
-            Run(
-                participant_id=pid,
-                session=m["ses"],
-                task=m["task"],
-                run=int(m["run"]) if m["run"] is not None else 1,
-                bold_path=bold,
-                sidecar_path=func / f"{stem}.json",
-                mask_path=func / f"{entities}_space-{m['space']}_desc-brain_mask{m['ext']}",
-                confounds_path=func / f"{entities}_desc-confounds_timeseries.tsv",
-                events_path=events if events.exists() else None,
-            )
-        )
-    runs.sort(key=lambda r: (_session_order(r.session), r.task, r.run))
+
+
+def find_runs(study: StudyLike, pid: str) -> list[Run]:
+    """All preprocessed BOLD runs of participant ``pid``, sorted by session (baseline,
+    follow-up, others), task and run.
+
+    Looks for BOLD files in ``sub-XX/ses-*/func/`` and ``sub-XX/func/`` of the derivatives
+    root, keeping the ``desc-preproc`` runs in the protocol's space and resolution (see the
+    module docstring); the companion files are derived from the BOLD name's entities
+    (sidecar, mask and confounds beside it, events in the raw root). Raises
+    :class:`StudyDataError` naming the file for: a ``*_bold.nii*`` name that does not parse
+    as BIDS; a run whose name names another participant or session than its folder, or no
+    task; two runs with the same session, task and run (e.g. differing only in ``acq``),
+    naming both; and, naming it, a symbolic link loop or an unreadable folder on the way.
+    """
+    protocol = as_protocol(study)
+    base = participant_dir(protocol, pid)
+    runs = []
+    for session, bold in _bold_candidates(base):
+        name = _parsed(bold)
+        if _is_run(name, protocol):
+            runs.append(_run_of(protocol, pid, session, bold, name))
+    _refuse_duplicates(runs)
+    runs.sort(key=lambda r: (_session_order(protocol, r.session), r.task, r.run))
     return runs

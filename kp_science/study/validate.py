@@ -6,16 +6,18 @@ import difflib
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from kp_science.cleaning import HIGH_PASS_PATTERN, NON_STEADY_STATE_PATTERN, CleaningStrategy
 from kp_science.study.errors import StudyDataError
-from kp_science.study.layout import Run
+from kp_science.study.layout import Run, participant_dir
 from kp_science.study.nifti import read_nifti
+from kp_science.study.protocol import StudyProtocol, TaskSpec, default_vocabulary
 from kp_science.study.qc import fd_summary, framewise_displacement, voxel_tsnr
 from kp_science.study.reading import (
     numeric_column,
@@ -24,7 +26,6 @@ from kp_science.study.reading import (
     require_columns,
     row_numbers,
 )
-from kp_science.study.vocabulary import EVENT_TASKS, SESSIONS
 
 TR_TOLERANCE_S = 1e-3
 
@@ -183,6 +184,21 @@ def _check_confound_column(raw: pd.Series, column: str, path: Path) -> None:
     raise StudyDataError(path, f"row {rows[0]}: {column} {what}{more}")
 
 
+def _check_indicator_column(raw: pd.Series, column: str, path: Path) -> None:
+    """A non-steady-state column (already finite) is fMRIPrep's indicator: 1 at the volume it
+    marks, 0 elsewhere; the cleaning drops every volume where it is nonzero."""
+    values = pd.to_numeric(raw).to_numpy(dtype=float)
+    bad = (values != 0) & (values != 1)
+    if bad.any():
+        row = row_numbers(bad)[0]
+        raise StudyDataError(
+            path,
+            f"row {row}: {column} is {raw.iloc[row - 1]!r}; fMRIPrep's non-steady-state "
+            f"columns hold 1 at the volume they mark and 0 elsewhere (the confound cleaning "
+            f"drops the marked volumes)",
+        )
+
+
 def validate_confounds(
     confounds: pd.DataFrame,
     path: Path,
@@ -195,11 +211,12 @@ def validate_confounds(
     Every column nilearn's ``load_confounds`` takes for the strategy (see
     :meth:`CleaningStrategy.confound_columns`, plus any ``cosine*`` and ``non_steady_state*``
     columns) must be present and hold a finite number in every row, except the ``n/a``
-    fMRIPrep writes in the first row of derivative, framewise_displacement and DVARS columns.
-    Given the run's ``n_volumes`` and ``tr`` (s), a run of at least 128 s must have
-    fMRIPrep's ``cosine*`` columns when the strategy high-passes. Cells may be strings (as
-    read by this module) or numbers. Raises :class:`StudyDataError` naming the column and
-    the row (rows count from 1 after the header line).
+    fMRIPrep writes in the first row of derivative, framewise_displacement and DVARS columns;
+    a ``non_steady_state*`` column holds only 0 and 1. Given the run's ``n_volumes`` and
+    ``tr`` (s), a run of at least 128 s must have fMRIPrep's ``cosine*`` columns when the
+    strategy high-passes. Cells may be strings (as read by this module) or numbers. Raises
+    :class:`StudyDataError` naming the column and the row (rows count from 1 after the header
+    line).
     """
     needed = strategy.confound_columns()
     missing = [c for c in needed if c not in confounds.columns]
@@ -228,12 +245,18 @@ def validate_confounds(
     high_pass: list[str] = cosines if strategy.high_pass else []
     for column in dict.fromkeys([*needed, *high_pass, *others]):
         _check_confound_column(confounds[column], column, path)
+    for column in others:
+        _check_indicator_column(confounds[column], column, path)
 
 
-def validate_confounds_file(path: Path, strategy: CleaningStrategy = DEFAULT_CLEANING) -> None:
-    """Read ``path`` and :func:`validate_confounds` it (without the run's length)."""
+def validate_confounds_file(
+    path: Path, strategy: CleaningStrategy = DEFAULT_CLEANING
+) -> pd.DataFrame:
+    """Read ``path`` and :func:`validate_confounds` it (without the run's length); return the
+    table as read (every column as strings, n/a as NaN)."""
     confounds, _ = read_tsv(path, "confounds file")
     validate_confounds(confounds, path, strategy)
+    return confounds
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -258,12 +281,32 @@ class EventRequirements:
     required_conditions: tuple[str, ...] = ()
 
 
-def default_event_requirements() -> dict[str, EventRequirements]:
-    """Task → what the task contrasts of :mod:`kp_science.activation` need (the
-    ``scans`` asset adds the DCM inputs of the ``dcm_models`` resource to these)."""
+def contrast_event_requirements(tasks: Mapping[str, TaskSpec]) -> dict[str, EventRequirements]:
+    """Event task label → what its contrasts need (:func:`.activation.contrast_event_rules`;
+    ``tasks``: the protocol's). Every task with events has an entry, so a task is an event
+    task exactly when it has one. The assets add the DCM inputs to these."""
     from kp_science.activation import contrast_event_rules  # numpy/nilearn only
 
-    return {task: EventRequirements(**rules) for task, rules in contrast_event_rules().items()}
+    return {task: EventRequirements(**rules) for task, rules in contrast_event_rules(tasks).items()}
+
+
+def study_event_requirements(protocol: StudyProtocol) -> dict[str, EventRequirements]:
+    """Event task label → what every events file of the task must hold for the study's
+    models: its contrasts (:func:`contrast_event_requirements`) and, for the DCM's task, the
+    trial types of the DCM inputs. ``scans`` checks these, and the models check the same
+    again when they read the events, so both agree."""
+    needs = contrast_event_requirements(protocol.tasks)
+    inputs = protocol.dcm.inputs
+    trial_types = tuple(dict.fromkeys(t for types in inputs.values() for t in types))
+    who = f"the DCM inputs {', '.join(inputs)}"
+    task = protocol.dcm.task
+    base = needs.get(task, EventRequirements(required=(), needed_by=""))
+    needs[task] = replace(
+        base,
+        required=tuple(dict.fromkeys(base.required + trial_types)),
+        needed_by=f"{base.needed_by} and {who}" if base.needed_by else who,
+    )
+    return needs
 
 
 def _check_trial_types(kinds: pd.Series, path: Path, needs: EventRequirements) -> None:
@@ -444,25 +487,28 @@ def validate_run(
 ) -> RunInfo:
     """Load every file of ``run``, check them against each other and compute QC.
 
-    ``strategy`` is the confound cleaning the run will get (default: ``ConfoundCleaning``'s);
-    ``events`` maps a task to what its models need from its events files (default:
-    :func:`default_event_requirements`, the task contrasts). Raises :class:`StudyDataError`
-    for: a missing or unreadable file (permission denied is said as such); a truncated or
-    corrupt image; BOLD not 4-D or with fewer than 2 volumes; header TR (pixdim[4] in its
-    xyzt unit) differing from the sidecar ``RepetitionTime`` by more than 1 ms, or a
-    ``StartTime`` outside a TR; a mask that is not 3-D, does not match the BOLD grid, is not
-    finite or is empty; BOLD voxels inside the mask that are NaN/inf in some volumes (voxels
-    NaN/inf in every volume are holes the ROI extraction leaves out, unless all are), a
-    volume (or the whole run) all zero inside the mask, or no voxel varying over time;
-    confounds rows !=
-    volumes or a confounds column the cleaning needs missing, non-numeric, infinite or n/a
-    where fMRIPrep writes none (see :func:`validate_confounds`); a task run (faces/conflict)
-    without events, or events with missing columns or values, negative onsets, events
-    outside the run, or trial types the task's models cannot use (see
-    :func:`validate_events`). So a valid run's mean FD and tSNR are finite numbers.
+        ``strategy`` is the confound cleaning the run will get (default: ``ConfoundCleaning``'s);
+        ``events`` maps a task to what its models need from its events files (default:
+        the contrasts of the default protocol's tasks, :func:`contrast_event_requirements`; a task
+    with an entry is a task with events). Raises :class:`StudyDataError`
+        for: a missing or unreadable file (permission denied is said as such); a truncated or
+        corrupt image; BOLD not 4-D or with fewer than 2 volumes; header TR (pixdim[4] in its
+        xyzt unit) differing from the sidecar ``RepetitionTime`` by more than 1 ms, or a
+        ``StartTime`` outside a TR; a mask that is not 3-D, does not match the BOLD grid, is not
+        finite or is empty; BOLD voxels inside the mask that are NaN/inf in some volumes (voxels
+        NaN/inf in every volume are holes the ROI extraction leaves out, unless all are), a
+        volume (or the whole run) all zero inside the mask, or no voxel varying over time;
+        confounds rows !=
+        volumes or a confounds column the cleaning needs missing, non-numeric, infinite or n/a
+        where fMRIPrep writes none (see :func:`validate_confounds`); a task run (faces/conflict)
+        without events, or events with missing columns or values, negative onsets, events
+        outside the run, or trial types the task's models cannot use (see
+        :func:`validate_events`). So a valid run's mean FD and tSNR are finite numbers.
     """
     hashes: dict[str, str] = {}
-    requirements = default_event_requirements() if events is None else events
+    requirements = (
+        contrast_event_requirements(default_vocabulary().tasks) if events is None else events
+    )
 
     sidecar, hashes[str(run.sidecar_path)] = read_sidecar(run.sidecar_path)
     sidecar_tr = _sidecar_tr(sidecar, run.sidecar_path)
@@ -478,10 +524,9 @@ def validate_run(
         events_table, hashes[str(run.events_path)] = read_tsv(run.events_path, "events file")
         # the shape now, the timing once the run's length is known
         validate_events(events_table, run.events_path)
-    elif run.task in EVENT_TASKS:
-        # same entities as the confounds file (sub, ses, task, run)
-        expected = run.confounds_path.with_name(
-            run.confounds_path.name.replace("_desc-confounds_timeseries.tsv", "_events.tsv")
+    elif run.task in requirements:
+        expected = run.expected_events_path or run.bold_path.with_name(
+            run.bold_path.name.split("_space-")[0] + "_events.tsv"
         )
         raise StudyDataError(expected, f"events file is missing for task run '{run.task}'")
 
@@ -569,11 +614,11 @@ def validate_run(
     )
 
 
-# --- sessions ---------------------------------------------------------------------------------
+# --- sessions and tasks -----------------------------------------------------------------------
 
 
 def split_sessions(
-    runs: Iterable[Run], sessions: Sequence[str] = SESSIONS
+    runs: Iterable[Run], sessions: Sequence[str] = default_vocabulary().sessions
 ) -> tuple[list[Run], dict[str, list[Run]]]:
     """(the runs whose session is one of ``sessions``, {any other session label: its runs})."""
     kept: list[Run] = []
@@ -586,24 +631,116 @@ def split_sessions(
     return kept, others
 
 
-def check_one_run_per_task(runs: Iterable[Run]) -> None:
-    """Raise :class:`StudyDataError` naming the second BOLD file when a session has two runs
-    of one task: every table downstream holds one run per session and task."""
-    first: dict[tuple[str, str], Run] = {}
+def split_tasks(
+    runs: Iterable[Run], tasks: Sequence[str] = default_vocabulary().task_labels
+) -> tuple[list[Run], list[Run]]:
+    """(the runs of one of ``tasks``, the runs of any other task), each in the given order.
+    Several runs of a task in a session are all kept: they are analysed run by run."""
+    kept: list[Run] = []
+    others: list[Run] = []
     for run in runs:
-        other = first.setdefault((run.session, run.task), run)
-        if other is not run:
-            raise StudyDataError(
-                run.bold_path,
-                f"a second run of task-{run.task} in ses-{run.session} (besides "
-                f"{other.bold_path.name}): the analysis takes one run per task "
-                "and session",
-            )
+        (kept if run.task in tasks else others).append(run)
+    return kept, others
 
 
-def session_label_problem(label: str, sessions: Sequence[str] = SESSIONS) -> str:
+def task_label_problem(label: str, tasks: Sequence[str] = default_vocabulary().task_labels) -> str:
+    """Why ``task-<label>`` is not used, with the protocol's tasks and a likely intended one."""
+    hint = _close_to(label, tasks)
+    return f"task label {label!r} is not one of the protocol's tasks {', '.join(tasks)}" + (
+        f" (did you mean {hint!r}?)" if hint else ""
+    )
+
+
+def session_label_problem(
+    label: str, sessions: Sequence[str] = default_vocabulary().sessions
+) -> str:
     """Why ``ses-<label>`` is not used, with the allowed labels and a likely intended one."""
     hint = _close_to(label, sessions)
     return f"session label {label!r} is not one of {', '.join(sessions)}" + (
         f" (did you mean {hint!r}?)" if hint else ""
     )
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Runs a participant has that the analysis leaves out: ``path`` (the session folder, or
+    the BOLD file of a run of another task), ``session``, ``problem`` (why, and how to
+    include them), and for one run its ``task`` and ``run``."""
+
+    path: Path
+    session: str
+    problem: str
+    task: str | None = None
+    run: int | None = None
+
+
+class RunSelection(NamedTuple):
+    """What :func:`select_runs` decided: ``kept``, the runs analysed; ``left_out``, what is
+    set aside and why; ``failure``, the error when nothing is left to analyse (else None)."""
+
+    kept: list[Run]
+    left_out: list[LeftOut]
+    failure: StudyDataError | None
+
+
+def select_runs(protocol: StudyProtocol, pid: str, runs: Sequence[Run]) -> RunSelection:
+    """The runs of participant ``pid`` (``runs``: all of them, as
+    :func:`~kp_science.study.layout.find_runs` gives them) the analysis takes — those of
+    the protocol's sessions and tasks — and what it leaves out: a session or task the
+    protocol does not name (``ses-baseline``, ``task-Faces``) is most likely misnamed, so its
+    runs are set aside loudly and the participant goes on with the others. With no run left
+    (nothing to go on with), ``failure`` names the participant's folder, the first session
+    folder or the first run left out. ``scans`` logs the left-out runs and raises the
+    failure; ``kp validate`` reports both as faults.
+    """
+    sessions, tasks = protocol.sessions, protocol.task_labels
+    if not runs:
+        return RunSelection(
+            [],
+            [],
+            StudyDataError(
+                participant_dir(protocol, pid),
+                f"no preprocessed BOLD runs (*space-{protocol.space}*_desc-preproc_bold)",
+            ),
+        )
+    in_sessions, other_sessions = split_sessions(runs, sessions)
+    left_out = [
+        LeftOut(
+            skipped[0].bold_path.parent.parent,
+            label,
+            f"{session_label_problem(label, sessions)}; its {len(skipped)} run(s) are left out "
+            "of the analysis (rename the folder and its files to include them)",
+        )
+        for label, skipped in other_sessions.items()
+    ]
+    if not in_sessions:
+        return RunSelection(
+            [],
+            left_out,
+            StudyDataError(
+                left_out[0].path,
+                f"no runs in the sessions the analysis uses "
+                f"({', '.join('ses-' + s for s in sessions)}): "
+                f"{session_label_problem(left_out[0].session, sessions)}",
+            ),
+        )
+    kept, other_tasks = split_tasks(in_sessions, tasks)
+    left_out += [
+        LeftOut(
+            run.bold_path,
+            run.session,
+            f"{task_label_problem(run.task, tasks)}; the run is left out of the analysis "
+            "(rename its files, or add the task to the study protocol, to include it)",
+            run.task,
+            run.run,
+        )
+        for run in other_tasks
+    ]
+    failure = None
+    if not kept:
+        failure = StudyDataError(
+            other_tasks[0].bold_path,
+            f"no runs of the tasks the analysis uses ({', '.join('task-' + t for t in tasks)}): "
+            f"{task_label_problem(other_tasks[0].task, tasks)}",
+        )
+    return RunSelection(kept, left_out, failure)

@@ -12,6 +12,7 @@ from kp_assets.cli import main
 from kp_assets.materialize import materialize_study
 from kp_assets.partitions import participants
 from kp_science.study.reading import sha256_file
+from tests.assets.test_validate_command import snapshot
 from tests.bad_entries import BAD_ENTRIES, bad_entries
 
 
@@ -147,3 +148,64 @@ def test_kp_simulate_command(tmp_path, capsys):
     truth = json.loads((out / "derivatives/simulation-truth/simulation.json").read_text())
     assert truth["seed"] == 5 and truth["options"]["null"] is True and truth["effects"] == []
     assert len(pd.read_csv(out / "participants.tsv", sep="\t")) == 2
+
+
+# --- kp run -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run_env(tmp_path, monkeypatch) -> Path:
+    """kp's own dagster.yaml with its storage in ``tmp_path / 'storage'`` (returned); no
+    protocol or warehouse from the environment."""
+    from kp_resources.locations import REPO_ROOT
+
+    monkeypatch.setenv("DAGSTER_HOME", str(REPO_ROOT))
+    monkeypatch.setenv("KP_DAGSTER_STORAGE", str(tmp_path / "storage"))
+    for name in ("KP_PROTOCOL", "KP_WAREHOUSE_DIR", "KP_STUDY_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "storage"
+
+
+@pytest.mark.slow  # the whole pipeline on the small study, ~20 s
+def test_kp_run_materializes_a_real_study(small_study, tmp_path, run_env, capsys):
+    before = snapshot(small_study)
+    warehouse = tmp_path / "warehouse"
+    code = main(["run", "--study", str(small_study), "--warehouse", str(warehouse)])
+    out, err = capsys.readouterr()
+    assert "materializing" in err  # the progress bar
+    for pid in ("sub-01", "sub-02", "sub-03"):
+        assert f"{pid} ok" in out
+        for table in ("scans", "roi_timeseries", "session_features", "change_scores", "dcm_fits"):
+            assert (warehouse / table / f"participant={pid}" / "part-0.parquet").exists()
+    for table in ("clinical", "participant_status"):
+        assert (warehouse / table / "part-0.parquet").exists()
+    assert (warehouse / "kp.duckdb").exists()
+    # three participants are too few for the prediction models: the one failure, said so
+    assert code == 1
+    assert "1 failed: group_assets: " in out and "participants with both sessions" in out
+    assert snapshot(small_study) == before  # nothing written into the study
+    assert run_env.exists()  # the runs are recorded in the instance's storage
+
+
+def test_kp_run_stops_without_a_study(tmp_path, run_env, capsys):
+    assert main(["run", "--study", str(tmp_path / "nowhere")]) == 1
+    assert f"kp run: no study folder at {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    assert not run_env.exists() and not (tmp_path / "warehouse").exists()
+
+
+def test_kp_run_stops_at_a_protocol_error(study_copy, tmp_path, run_env, capsys):
+    protocol = tmp_path / "mine.yaml"
+    protocol.write_text("sessions: {baseline: pre, follow_up: pre}\n")
+    assert main(["run", "--study", str(study_copy), "--protocol", str(protocol)]) == 1
+    err = capsys.readouterr().err
+    assert f"kp run: study protocol error: {protocol}: sessions: " in err
+    assert not run_env.exists() and not (tmp_path / "warehouse").exists()
+
+
+def test_kp_run_never_writes_into_the_study(study_copy, tmp_path, run_env, capsys):
+    before = snapshot(study_copy)
+    inside = study_copy / "derivatives" / "warehouse"
+    assert main(["run", "--study", str(study_copy), "--warehouse", str(inside)]) == 1
+    err = capsys.readouterr().err
+    assert f"the warehouse {inside} is inside the study folder {study_copy}" in err
+    assert snapshot(study_copy) == before and not run_env.exists()

@@ -11,14 +11,16 @@ from kp_resources.parquet_files import read_parquet_kv
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse, query
-from kp_science.study.clinical import CLINICAL_COLUMNS
+from kp_science.study.clinical import clinical_columns
 from kp_science.study.layout import discover_participants
+from kp_science.study.protocol import default_vocabulary
 from tests.assets.conftest import _resources, failure_text, materialize, warnings_of
 
 
 def test_clinical_table(clean_warehouse, study_root):
     df = pd.read_parquet(clean_warehouse / "clinical" / "part-0.parquet")
-    assert list(df.columns[: len(CLINICAL_COLUMNS)]) == CLINICAL_COLUMNS
+    columns = clinical_columns(default_vocabulary())
+    assert list(df.columns[: len(columns)]) == columns
     assert list(df["participant_id"]) == discover_participants(study_root)
     sources = json.loads(
         read_parquet_kv(clean_warehouse / "clinical" / "part-0.parquet")["kp.source_sha256"]

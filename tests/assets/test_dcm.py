@@ -201,6 +201,57 @@ def test_iteration_limit_gives_unconverged_rows_and_a_failed_check(
     assert check.metadata["n_not_converged"].value == 2
 
 
+@pytest.mark.slow  # small_warehouse, and the DCMs of two runs per session
+def test_two_runs_of_a_session_are_fitted_one_by_one_and_combined(
+    small_study, small_warehouse, tmp_path
+):
+    from kp_science.dcm.group_tables import bayesian_fixed_effects, first_level_posteriors
+    from tests.assets.test_multi_run import two_runs_of_every_task
+
+    study = Path(shutil.copytree(small_study, tmp_path / "study"))
+    # sub-01's faces runs become run 1, sub-02's are copied in as its run 2
+    two_runs_of_every_task(study, "sub-01", "sub-02", tasks=("faces",))
+    warehouse = tmp_path / "warehouse"
+    result = _materialize(study, warehouse, "sub-01", UPSTREAM + DCM)
+    assert result.success, first_error(result)
+    fits = query(warehouse, "SELECT * FROM dcm_fits ORDER BY session, run")
+    params = query(warehouse, "SELECT * FROM dcm_parameters")
+    assert fits.groupby("session")["run"].apply(list).to_dict() == {"pre": [1, 2], "post": [1, 2]}
+    assert params.groupby(["session", "run"]).size().eq(11).all()
+
+    # run 1 is the one-run study's run: the same posterior, bit for bit
+    single = query(
+        small_warehouse,
+        "SELECT session, parameter, mean, variance FROM dcm_parameters "
+        "WHERE participant_id = 'sub-01'",
+    ).set_index(["session", "parameter"])
+    first = params[params.run == 1].set_index(["session", "parameter"]).loc[single.index]
+    np.testing.assert_array_equal(first["mean"], single["mean"])
+    np.testing.assert_array_equal(first["variance"], single["variance"])
+
+    # the group analyses see one posterior per session: the runs' Bayesian fixed effects
+    combined = first_level_posteriors(fits, params)
+    assert sorted(combined.posteriors) == [("sub-01", "post"), ("sub-01", "pre")]
+    means, covariances = [], []
+    for run in (1, 2):
+        fit = fits[(fits.session == "pre") & (fits.run == run)].iloc[0]
+        names = list(fit.free_parameters)
+        mine = params[(params.session == "pre") & (params.run == run)].set_index("parameter")
+        means.append(mine.loc[names, "mean"].to_numpy(float))
+        covariances.append(np.array([list(r) for r in fit.covariance]))
+    prior = params[params.run == 1].groupby("parameter").first().loc[names]
+    mean, cov = bayesian_fixed_effects(
+        means,
+        covariances,
+        prior["prior_mean"].to_numpy(float),
+        np.diag(prior["prior_variance"].to_numpy(float)),
+    )
+    index = [names.index(n) for n in combined.names]
+    got_mean, got_cov, _, _ = combined.posteriors[("sub-01", "pre")]
+    np.testing.assert_allclose(got_mean, mean[index], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got_cov, cov[np.ix_(index, index)], rtol=1e-9, atol=1e-14)
+
+
 def test_dcm_recovers_planted_parameters(recovery_study):
     both = _estimates_and_truth(recovery_study)
     rho = {}

@@ -14,6 +14,7 @@ from kp_assets.partitions import participants
 from kp_resources.dcm_models import DCMGroupDesign
 from kp_resources.parquet_files import RETRACTED_DIR
 from kp_resources.parquet_io import ParquetIOManager
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse, list_tables, query
 from kp_science.dcm.findings import DCM_FINDINGS
 from kp_science.dcm.group_synthetic import simulate_first_level
@@ -55,6 +56,8 @@ def _materialize(root: Path, pids: list[str]) -> dg.ExecuteInProcessResult:
             "io_manager": ParquetIOManager(root=str(root)),
             "warehouse": Warehouse(root=str(root)),
             "dcm_group": DCMGroupDesign(),
+            # synthetic tables of this trial: the default protocol (no study folder)
+            "study": StudyFolder(root=str(root / "no-study")),
         },
     )
 

@@ -11,6 +11,7 @@ from kp_assets.partitions import participants
 from kp_resources.parquet_files import RETRACTED_DIR
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
+from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse, list_tables, query
 from kp_science.prediction.synthetic import synthetic_study
 from tests.assets.seeded_warehouse import write_status, write_table
@@ -62,6 +63,8 @@ def _materialize(root: Path, pids: list[str], **settings) -> dg.ExecuteInProcess
             "io_manager": ParquetIOManager(root=str(root)),
             "warehouse": Warehouse(root=str(root)),
             "prediction": PredictionModels(**(FAST | settings)),
+            # synthetic tables of this trial: the default protocol (no study folder)
+            "study": StudyFolder(root=str(root / "no-study")),
         },
     )
 

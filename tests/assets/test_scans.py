@@ -2,19 +2,21 @@
 it refuses."""
 
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from kp_assets.partitions import participants
 from kp_assets.scans import scans
-from kp_resources.dcm_models import DCMModels
 from kp_resources.parquet_files import read_parquet_kv
 from kp_resources.warehouse import query
 from kp_science.study.layout import discover_participants, find_runs
+from kp_science.study.protocol import PROTOCOL_FILE
 from tests.assets.conftest import _resources, failure_text, materialize_partitions, warnings_of
 
 SCANS_COLUMNS = [
@@ -164,7 +166,7 @@ def test_unknown_session_is_left_out_with_a_warning(study_copy, tmp_path, instan
     assert all(r.success for r in results.values())
     warned = [w for w in warnings_of(results[pid], instance) if str(folder) in w]
     assert warned and "session label 'baseline' is not one of pre, post" in warned[0]
-    assert "its 3 run(s) are left out of the inventory" in warned[0]
+    assert "its 3 run(s) are left out of the analysis" in warned[0]
     df = pd.read_parquet(warehouse / "scans" / f"participant={pid}" / "part-0.parquet")
     assert set(df["session"]) == {"pre"} and len(df) == 3
     (materialization,) = results[pid].asset_materializations_for_node("scans")
@@ -172,6 +174,38 @@ def test_unknown_session_is_left_out_with_a_warning(study_copy, tmp_path, instan
     # the other participants are not concerned
     other = results[pids[0]]
     assert not [w for w in warnings_of(other, instance) if "session label" in w]
+
+
+def test_several_runs_of_a_task_are_all_inventoried(study_copy, tmp_path, instance):
+    pid = discover_participants(study_copy)[0]
+    func = study_copy / pid / "ses-pre" / "func"
+    for path in func.glob("*task-rest*"):
+        shutil.copy(path, path.with_name(path.name.replace("_task-rest_", "_task-rest_run-2_")))
+    warehouse = tmp_path / "warehouse"
+    assert materialize_partitions(study_copy, warehouse, instance, [pid])[pid].success
+    df = pd.read_parquet(warehouse / "scans" / f"participant={pid}" / "part-0.parquet")
+    rest = df[(df["task"] == "rest") & (df["session"] == "pre")]
+    assert sorted(rest["run"]) == [1, 2]
+    assert rest.loc[rest["run"] == 2, "bold_path"].str.contains("_task-rest_run-2_").all()
+
+
+def test_unknown_task_is_left_out_with_a_warning(study_copy, tmp_path, instance):
+    pid = discover_participants(study_copy)[0]
+    func = study_copy / pid / "ses-pre" / "func"
+    for path in func.glob("*task-rest*"):
+        path.rename(path.with_name(path.name.replace("_task-rest_", "_task-Rest_")))
+    (bold,) = func.glob("*task-Rest*preproc_bold.nii*")
+    warehouse = tmp_path / "warehouse"
+    result = materialize_partitions(study_copy, warehouse, instance, [pid])[pid]
+    assert result.success
+    warned = [w for w in warnings_of(result, instance) if str(bold) in w]
+    assert warned and "task label 'Rest' is not one of the protocol's tasks" in warned[0]
+    assert "(did you mean 'rest'?)" in warned[0]
+    df = pd.read_parquet(warehouse / "scans" / f"participant={pid}" / "part-0.parquet")
+    assert "Rest" not in set(df["task"])
+    assert len(df[df["session"] == "pre"]) == 2
+    (materialization,) = result.asset_materializations_for_node("scans")
+    assert materialization.metadata["left_out_tasks"].value == "task-Rest"
 
 
 def test_only_unknown_sessions_fail(study_copy, tmp_path, instance):
@@ -189,32 +223,18 @@ def test_only_unknown_sessions_fail(study_copy, tmp_path, instance):
 
 
 def test_dcm_inputs_are_required_of_the_events(study_copy, tmp_path, instance):
-    """An input of the configured DCM that the faces events never switch on fails scans."""
+    """An input of the protocol's DCM that the faces events never switch on fails scans."""
     pid = discover_participants(study_copy)[0]
-    models = DCMModels(
-        inputs=[
-            {"name": "faces", "trial_types": ["emotional", "neutral"]},
-            {"name": "fearful", "trial_types": ["fearful"]},
-        ],
-        models=[
-            {
-                "name": "m",
-                "a": [[1, 1], [1, 1]],
-                "b": [[[0, 0], [0, 0]], [[0, 1], [1, 0]]],
-                "c": [[1, 0], [0, 0]],
-            }
-        ],
-    )
-    result = materialize_partitions(
-        study_copy, tmp_path / "wh", instance, [pid], dcm_models=models
-    )[pid]
+    protocol = yaml.safe_load((study_copy / PROTOCOL_FILE).read_text())
+    protocol["tasks"]["faces"]["conditions"].append("fearful")
+    protocol["dcm"]["inputs"] = {"faces": ["emotional", "neutral"], "fearful": ["fearful"]}
+    (study_copy / PROTOCOL_FILE).write_text(yaml.safe_dump(protocol))
+    result = materialize_partitions(study_copy, tmp_path / "wh", instance, [pid])[pid]
     assert not result.success
     message = failure_text(result)
     faces_events = next(r for r in find_runs(study_copy, pid) if r.task == "faces").events_path
-    assert (
-        f"{faces_events}: no fearful trials: the faces contrast(s) emotional_vs_neutral and "
-        "the DCM inputs faces, fearful need trial_type emotional, neutral, fearful"
-    ) in message
+    assert f"{faces_events}: no fearful trials" in message
+    assert "the DCM inputs faces, fearful need trial_type" in message
 
 
 @pytest.mark.parametrize("removed", [("rest",), ("faces", "conflict")])

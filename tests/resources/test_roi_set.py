@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from kp_resources.roi_set import RoiSet
+from kp_science.study.protocol import DEFAULT_PROTOCOL_PATH, default_protocol, load_protocol
 
 # --- user atlas -------------------------------------------------------------------------------
 
@@ -119,3 +120,20 @@ def test_atlas_is_resampled_by_nearest_neighbour(tmp_path, block_atlas):
     np.testing.assert_array_equal(placed["vmpfc"].flat, np.flatnonzero(nearest == 3))
     # about 2³ target voxels per atlas voxel (fewer at the edge of the target grid)
     assert 600 < placed["amygdala"].n_defined == len(placed["amygdala"].flat) <= 8 * 96
+
+
+def test_the_study_protocol_declares_the_atlas(tmp_path, block_atlas):
+    labels, affine = block_atlas
+    declared = write_atlas(tmp_path, labels, affine, "1\tamygdala\n2\tamygdala\n3\tvmpfc\n")
+    text = DEFAULT_PROTOCOL_PATH.read_text().replace(
+        "  atlas: null\n  lookup: null", "  atlas: atlas.nii.gz\n  lookup: lookup.tsv"
+    )
+    (tmp_path / "kp-protocol.yaml").write_text(text)
+    protocol = load_protocol(tmp_path / "kp-protocol.yaml")
+    chosen = RoiSet(radius_mm=5.0).for_protocol(protocol)
+    assert chosen.atlas_path == declared.atlas_path and chosen.radius_mm == 5.0
+    assert chosen.names == ["amygdala", "vmpfc"]
+    assert RoiSet().for_protocol(default_protocol(tmp_path)) == RoiSet()  # spheres
+    other = RoiSet(atlas_path=str(tmp_path / "x.nii.gz"), lookup_path=str(tmp_path / "x.tsv"))
+    with pytest.raises(ValueError, match="declare the study's ROI atlas in one place"):
+        other.for_protocol(protocol)

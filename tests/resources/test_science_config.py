@@ -71,11 +71,12 @@ def test_dcm_group_defaults_are_the_science_defaults(make):
 )
 def test_resource_fields_are_the_dataclass_fields(resource_class, science_class, own):
     """Every field of the resource is one of the dataclass (or the resource's own), and every
-    dataclass field is configurable (GroupDCMConfig's session labels are the study's)."""
+    dataclass field is configurable (GroupDCMConfig's session labels, improvement column and arm
+    codes are the study protocol's)."""
     science = {f.name for f in dataclasses.fields(science_class)}
     fields = set(resource_class.model_fields)
     assert fields - science == own
-    assert science - fields <= {"pre", "post"}
+    assert science - fields <= {"pre", "post", "improvement", "arm_codes"}
 
 
 def test_configured_values_reach_the_dataclasses():
@@ -88,9 +89,9 @@ def test_configured_values_reach_the_dataclasses():
         analyses=("baseline",), change="within_peb", components="single"
     )
     prediction = built(
-        PredictionModels, {"variants": [{"name": "m", "arms": ["midazolam"]}], "workers": 1}
+        PredictionModels, {"variants": [{"name": "m", "arms": ["control"]}], "workers": 1}
     )
-    assert prediction.model_variants() == (ModelVariant("m", arms=("midazolam",)),)
+    assert prediction.model_variants() == (ModelVariant("m", arms=("control",)),)
     assert prediction.settings() == EnetSettings(n_jobs=1)
 
 
@@ -131,10 +132,10 @@ def test_configured_values_reach_the_dataclasses():
         ),
         (
             PredictionModels,
-            {"variants": [{"name": "m", "arms": ["ketamin"]}]},
+            {"variants": [{"name": "m", "arms": ["activ"]}]},
             "variants[0]:arms[0]",
-            ["ketamine", "midazolam"],
-            "ketamin",
+            ["active", "control"],
+            "activ",
         ),
     ],
 )
@@ -156,9 +157,9 @@ def test_dagster_rejects_a_typo_naming_the_field_and_the_choices(
         (lambda: DCMGroupDesign(change="diff"), "change", "'difference' or 'within_peb'"),
         (lambda: DCMGroupDesign(analyses=["pooled"]), "analyses.0", "'longitudinal' or 'baseline'"),
         (
-            lambda: PredictionVariant(name="m", arms=["ketamin"]),
+            lambda: PredictionVariant(name="m", arms=["activ"]),
             "arms.0",
-            "'ketamine' or 'midazolam'",
+            "'active' or 'control'",
         ),
     ],
 )
@@ -189,8 +190,8 @@ def test_a_resource_built_in_python_rejects_a_typo(make, field, allowed):
             "components must be one of single, fields, all or index groups, got 'field'",
         ),
         (
-            lambda: ModelVariant("m", arms=("ketamin",)),
-            "arms must be among ketamine, midazolam, got 'ketamin'",
+            lambda: ModelVariant("m", arms=("activ",)),
+            "arms must be among active, control, got 'activ'",
         ),
     ],
 )

@@ -7,6 +7,7 @@ import pandas as pd
 from kp_science.activation import clean_design, task_conditions, task_design
 from kp_science.simulator.design import conflict_events, faces_events
 from kp_science.simulator.images import cosine_regressors
+from kp_science.study.protocol import default_vocabulary
 
 TR, N = 2.0, 120
 
@@ -14,7 +15,7 @@ TR, N = 2.0, 120
 def _run(task: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     events = (faces_events if task == "faces" else conflict_events)(N, TR, rng)
-    conditions = task_conditions(events, task)
+    conditions = task_conditions(events, default_vocabulary().tasks[task])
     confounds = pd.DataFrame(cosine_regressors(N, TR)).assign(
         motion=rng.standard_normal(N).cumsum() * 0.05
     )

@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kp_science.activation import CONTRASTS, fit_roi_glm, task_conditions, task_design
+from kp_science.activation import fit_roi_glm, task_conditions, task_design
+from kp_science.study.protocol import default_vocabulary
 from tests.science.simulated_runs import _run
+
+TASKS = default_vocabulary().tasks
 
 TR, N = 2.0, 120
 
@@ -20,7 +23,7 @@ def test_conflict_conditions_follow_the_previous_trial():
             "trial_type": ["congruent", "incongruent", "incongruent", "congruent", "congruent"],
         }
     )
-    assert task_conditions(events, "conflict")["trial_type"].tolist() == [
+    assert task_conditions(events, TASKS["conflict"])["trial_type"].tolist() == [
         "first",
         "cI",
         "iI",
@@ -28,7 +31,7 @@ def test_conflict_conditions_follow_the_previous_trial():
         "cC",
     ]
     with pytest.raises(ValueError, match="congruent/incongruent"):
-        task_conditions(events.assign(trial_type="neutral"), "conflict")
+        task_conditions(events.assign(trial_type="neutral"), TASKS["conflict"])
 
 
 @pytest.mark.parametrize("task", ["faces", "conflict"])
@@ -41,7 +44,7 @@ def test_activation_equals_nilearn_first_level_model(task):
     signals = pd.DataFrame(
         rng.standard_normal((len(kept), 4)) + regressors @ mixing, columns=list("abcd"), index=kept
     )
-    ours = fit_roi_glm(signals, design, CONTRASTS[task])
+    ours = fit_roi_glm(signals, design, TASKS[task].contrasts)
 
     data = signals.to_numpy().T.reshape(4, 1, 1, len(kept))
     image = nib.Nifti1Image(data, np.eye(4))
@@ -49,7 +52,7 @@ def test_activation_equals_nilearn_first_level_model(task):
     model = FirstLevelModel(
         t_r=TR, noise_model="ar1", signal_scaling=False, mask_img=mask, minimize_memory=False
     ).fit(image, design_matrices=[design])
-    for name, weights in CONTRASTS[task].items():
+    for name, weights in TASKS[task].contrasts.items():
         vector = np.array([weights.get(c, 0.0) for c in design.columns])
         maps = model.compute_contrast(vector, output_type="all")
         expected_beta = maps["effect_size"].get_fdata().ravel()

@@ -4,9 +4,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kp_science.activation import CONTRASTS
 from kp_science.gppi import dct_basis, deconvolve, fit_gppi, microtime_hrf
+from kp_science.study.protocol import default_vocabulary
 from tests.science.simulated_runs import _nilearn_t_contrasts, _run
+
+TASKS = default_vocabulary().tasks
 
 TR, N = 2.0, 120
 
@@ -101,7 +103,7 @@ def test_gppi_equals_the_per_seed_nilearn_reference(task):
         columns=["vmpfc", "amygdala", "dacc", "insula"],
         index=kept,
     )
-    args = (signals, design, conditions, confounds, kept, N, TR, 0.5, CONTRASTS[task])
+    args = (signals, design, conditions, confounds, kept, N, TR, 0.5, TASKS[task].contrasts)
     ours, reference = fit_gppi(*args), _reference_gppi(*args)
     pd.testing.assert_frame_equal(
         ours[["seed", "target", "contrast"]], reference[["seed", "target", "contrast"]]
@@ -142,7 +144,7 @@ def test_gppi_finds_a_planted_interaction():
     signals += 0.3 * rng.standard_normal(signals.shape)
     signals = signals.iloc[kept].set_index(pd.Index(kept))
     table = fit_gppi(
-        signals, design, conditions, confounds, kept, N, TR, 0.5, CONTRASTS["faces"]
+        signals, design, conditions, confounds, kept, N, TR, 0.5, TASKS["faces"].contrasts
     ).set_index(["seed", "target", "contrast"])
     assert table.loc[("seed", "target", "emotional"), "t"] > 4
     assert abs(table.loc[("seed", "target", "neutral"), "t"]) < 3

@@ -180,3 +180,32 @@ def test_sample_mask_scrubs_high_motion_volumes(study_root, tmp_path):
     # a spike near the start leaves a segment shorter than `scrub` volumes: it goes too
     _, kept = load_run_confounds(with_spikes([3, 12]), strategy)
     assert list(kept) == [v for v in range(4, n) if v != 12]
+
+
+def test_confounds_from_an_explicit_path_with_more_entities(study_root, tmp_path):
+    """A run named as fMRIPrep names real data (acq, rec, run, res entities, confounds file
+    not derivable by cutting at _space-) loads from the run's confounds path; volumes an
+    added non-steady-state column marks leave the kept volumes and the cleaned signals."""
+    run = rest_run(study_root)
+    expected, kept_expected = load_run_confounds(run.bold_path, CleaningStrategy())
+    entities = "sub-01_ses-pre_task-rest_acq-mb_rec-norm_run-1"
+    bold = tmp_path / f"{entities}_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.nii.gz"
+    tsv = tmp_path / f"{entities}_echo-2_desc-confounds_timeseries.tsv"  # not the derived name
+    shutil.copyfile(run.confounds_path, tsv)
+    confounds, kept = load_run_confounds(bold, CleaningStrategy(), confounds_path=tsv)
+    pd.testing.assert_frame_equal(confounds, expected)
+    assert list(kept) == list(kept_expected)
+
+    table = pd.read_csv(tsv, sep="\t")
+    n = len(table)
+    table["non_steady_state_outlier00"] = np.eye(n)[0]
+    table["non_steady_state_outlier01"] = np.eye(n)[1]
+    marked = tmp_path / "marked"
+    marked.mkdir()
+    table.to_csv(marked / tsv.name, sep="\t", index=False, na_rep="n/a")
+    confounds, kept = load_run_confounds(bold, CleaningStrategy(), marked / tsv.name)
+    assert list(kept) == list(range(2, n))
+    assert list(confounds.columns) == list(expected.columns)  # indicators are no regressors
+    signals = pd.DataFrame(np.random.default_rng(5).normal(800, 5, (n, 2)), columns=["a", "b"])
+    cleaned = clean_roi_signals(signals, confounds, kept, 2.0)
+    assert list(cleaned.index) == list(range(2, n)) and cleaned.notna().all().all()

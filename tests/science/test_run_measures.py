@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from kp_science.activation import (
-    CONTRASTS,
     clean_design,
     fit_roi_glm,
     task_conditions,
@@ -32,6 +31,9 @@ from kp_science.run_measures import (
 from kp_science.session_features import change_table, feature_table
 from kp_science.simulator.design import conflict_events, faces_events
 from kp_science.simulator.images import cosine_regressors
+from kp_science.study.protocol import default_vocabulary
+
+TASKS = default_vocabulary().tasks
 
 TR, N, REF = 2.0, 80, 0.5
 ROIS = ["vmpfc", "amygdala", "dacc", "racc"]  # not in canonical order, on purpose
@@ -55,23 +57,23 @@ def _inputs(task: str | None, seed: int = 0):
 @pytest.mark.parametrize("task", ["faces", "conflict"])
 def test_task_run_chain_equals_the_steps_one_by_one(task):
     raw, confounds, kept, events = _inputs(task)
-    measures = run_measures(raw, confounds, kept, TR, task, events, REF)
+    measures = run_measures(raw, confounds, kept, TR, TASKS.get(task), events, REF)
 
     signals = clean_roi_signals(raw, confounds, kept, TR)
-    conditions = task_conditions(events, task)
+    conditions = task_conditions(events, TASKS[task])
     design = clean_design(task_design(conditions, N, TR, REF), confounds, kept, TR)
-    activation = fit_roi_glm(signals, design, CONTRASTS[task])
-    gppi = fit_gppi(signals, design, conditions, confounds, kept, N, TR, REF, CONTRASTS[task])
+    activation = fit_roi_glm(signals, design, TASKS[task].contrasts)
+    gppi = fit_gppi(signals, design, conditions, confounds, kept, N, TR, REF, TASKS[task].contrasts)
     pd.testing.assert_frame_equal(measures.activation, activation, check_exact=True)
     pd.testing.assert_frame_equal(measures.gppi, gppi, check_exact=True)
 
     # shapes and columns: every ROI × contrast; every ordered pair × (conditions + contrasts)
     n_conditions = conditions["trial_type"].nunique()
     assert list(measures.activation.columns) == list(ACTIVATION_DTYPES)
-    assert len(measures.activation) == len(ROIS) * len(CONTRASTS[task])
+    assert len(measures.activation) == len(ROIS) * len(TASKS[task].contrasts)
     assert list(measures.gppi.columns) == list(GPPI_DTYPES)
     assert len(measures.gppi) == (
-        len(ROIS) * (len(ROIS) - 1) * (n_conditions + len(CONTRASTS[task]))
+        len(ROIS) * (len(ROIS) - 1) * (n_conditions + len(TASKS[task].contrasts))
     )
     assert (measures.gppi["seed"] != measures.gppi["target"]).all()
     # a task run has no resting rows, but the columns are there
@@ -82,7 +84,7 @@ def test_task_run_chain_equals_the_steps_one_by_one(task):
 def test_task_run_design_is_cleaned_on_the_kept_volumes_with_a_constant():
     raw, confounds, kept, events = _inputs("conflict")
     signals = clean_roi_signals(raw, confounds, kept, TR)
-    run = task_run(signals, events, "conflict", confounds, kept, N, TR, REF)
+    run = task_run(signals, events, TASKS["conflict"], confounds, kept, N, TR, REF)
     assert list(run.design.index) == list(kept) == list(run.signals.index)
     assert run.design.columns[-1] == "constant"
     assert set(run.design.columns[:-1]) == set(run.conditions["trial_type"])
@@ -92,20 +94,25 @@ def test_task_run_design_is_cleaned_on_the_kept_volumes_with_a_constant():
     regressors = run.design.drop(columns="constant").to_numpy()
     assert np.abs(centred.T @ regressors).max() < 1e-8
     pd.testing.assert_frame_equal(
-        activation_rows(run), fit_roi_glm(signals, run.design, CONTRASTS["conflict"])
+        activation_rows(run), fit_roi_glm(signals, run.design, TASKS["conflict"].contrasts)
     )
     assert len(gppi_rows(run)) > 0
 
 
 def test_rest_run_chain_is_fc_of_the_cleaned_signals_in_canonical_order():
     raw, confounds, kept, _ = _inputs(None)
-    measures = run_measures(raw, confounds, kept, TR, "rest")
+    measures = run_measures(raw, confounds, kept, TR, TASKS["rest"])
     signals = clean_roi_signals(raw, confounds, kept, TR)
     canonical = [r for r in ROI_NAMES if r in ROIS]
     assert canonical != ROIS
     pd.testing.assert_frame_equal(
-        measures.rest, pair_correlations(signals[canonical]), check_exact=True
+        measures.rest.drop(columns="n_volumes_kept"),
+        pair_correlations(signals[canonical]),
+        check_exact=True,
     )
+    # the run's kept volumes: its weight when session_features combines runs
+    assert (measures.rest["n_volumes_kept"] == len(kept)).all()
+    assert list(measures.rest.columns) == list(REST_DTYPES)
     pd.testing.assert_frame_equal(rest_rows(signals), measures.rest)
     assert len(measures.rest) == len(ROIS) * (len(ROIS) - 1) // 2
     order = {r: i for i, r in enumerate(ROI_NAMES)}
@@ -124,7 +131,9 @@ def test_stacked_measures_carry_the_run_keys_in_front_and_give_change_scores():
         for task in ["faces", "rest"]:
             raw, confounds, kept, events = _inputs(None if task == "rest" else task, seed=i)
             keys = {"participant_id": "sub-01", "session": session, "task": task}
-            runs.append((keys, run_measures(raw, confounds, kept, TR, task, events, REF)))
+            runs.append(
+                (keys, run_measures(raw, confounds, kept, TR, TASKS.get(task), events, REF))
+            )
     stacked = stack_measures(runs)
     keys = ["participant_id", "session", "task"]
     assert list(stacked.activation.columns) == keys + list(ACTIVATION_DTYPES)
@@ -149,7 +158,7 @@ def test_stacked_measures_carry_the_run_keys_in_front_and_give_change_scores():
 def test_stack_of_no_task_runs_has_typed_empty_tables():
     raw, confounds, kept, _ = _inputs(None)
     keys = {"participant_id": "sub-01", "session": "pre", "task": "rest"}
-    stacked = stack_measures([(keys, run_measures(raw, confounds, kept, TR, "rest"))])
+    stacked = stack_measures([(keys, run_measures(raw, confounds, kept, TR, TASKS["rest"]))])
     assert stacked.activation.empty and stacked.gppi.empty and len(stacked.rest) == 6
     assert list(stacked.gppi.columns) == list(keys) + list(GPPI_DTYPES)
     assert stacked.gppi["beta"].dtype == float
@@ -163,3 +172,49 @@ def test_with_keys_leaves_the_table_alone():
     keyed = with_keys(table, {"participant_id": "sub-01", "session": "pre"})
     assert list(keyed.columns) == ["participant_id", "session", "roi", "beta"]
     assert list(table.columns) == ["roi", "beta"]
+
+
+def test_runs_of_a_session_are_stacked_by_run_and_combined_by_fixed_effects():
+    """Two faces runs and two rest runs in one session: the stacked per-run tables keep both
+    runs, the session features are their fixed-effects combination."""
+    from kp_science.session_features import (
+        fisher_z_fixed_effects,
+        inverse_variance_fixed_effects,
+    )
+
+    runs = []
+    for run in (1, 2):
+        for task in ("faces", "rest"):
+            raw, confounds, kept, events = _inputs(None if task == "rest" else task, seed=run)
+            if run == 2:  # a shorter second run (60 volumes): other weights
+                raw, confounds, kept = raw.iloc[:60], confounds.iloc[:60], kept[kept < 60]
+                events = None if events is None else events[events.onset < 100]
+            keys = {"participant_id": "sub-01", "session": "pre", "task": task, "run": run}
+            runs.append((keys, run_measures(raw, confounds, kept, TR, TASKS[task], events, REF)))
+    stacked = stack_measures(runs)
+    assert stacked.activation["run"].tolist() == [1] * len(ROIS) + [2] * len(ROIS)
+    assert sorted(set(stacked.rest["n_volumes_kept"])) == [57, 77]
+
+    features = feature_table(stacked.activation, stacked.gppi, stacked.rest).set_index("feature")
+    assert (features["n_runs"] == 2).all()
+    expected = inverse_variance_fixed_effects(
+        stacked.activation, ["participant_id", "session", "task", "roi", "contrast"]
+    )
+    for row in expected.itertuples():
+        one, two = stacked.activation[stacked.activation.roi == row.roi].itertuples()
+        by_hand = (one.beta / one.se**2 + two.beta / two.se**2) / (1 / one.se**2 + 1 / two.se**2)
+        assert row.beta == pytest.approx(by_hand, rel=1e-12)
+        value = features.loc[f"faces.activation.{row.roi}.{row.contrast}", "value"]
+        assert value == pytest.approx(by_hand, rel=1e-12)
+    fc = fisher_z_fixed_effects(
+        stacked.rest, ["participant_id", "session", "task", "roi_a", "roi_b"]
+    )
+    for row in fc.itertuples():
+        one, two = stacked.rest[
+            (stacked.rest.roi_a == row.roi_a) & (stacked.rest.roi_b == row.roi_b)
+        ].itertuples()
+        by_hand = (74 * one.z + 54 * two.z) / 128
+        assert row.z == pytest.approx(by_hand, rel=1e-12)
+        assert features.loc[f"rest.fc.{row.roi_a}~{row.roi_b}", "value"] == pytest.approx(
+            by_hand, rel=1e-12
+        )

@@ -20,6 +20,9 @@ from kp_science.session_features import change_table, feature_table
 from kp_science.simulator.images import cosine_regressors
 from kp_science.simulator.roi_level import RoiRun, RoiStudy, simulate_roi_study
 from kp_science.study.clinical import with_improvements
+from kp_science.study.protocol import default_vocabulary
+
+VOCABULARY = default_vocabulary()  # the simulator's study is this trial's
 
 SLICE_TIME_REF = 0.5  # the simulator's sidecars: slice-timing corrected to mid-TR
 
@@ -30,7 +33,13 @@ def simulated_run_measures(run: RoiRun) -> RunMeasures:
     n_volumes = len(run.raw)
     confounds = pd.DataFrame(cosine_regressors(n_volumes, run.tr))
     return run_measures(
-        run.raw, confounds, np.arange(n_volumes), run.tr, run.task, run.events, SLICE_TIME_REF
+        run.raw,
+        confounds,
+        np.arange(n_volumes),
+        run.tr,
+        VOCABULARY.tasks[run.task],
+        run.events,
+        SLICE_TIME_REF,
     )
 
 
@@ -48,7 +57,7 @@ def change_scores(study: RoiStudy) -> pd.DataFrame:
 
 def clinical(study: RoiStudy) -> pd.DataFrame:
     """The ``clinical`` table: truth columns plus improvement = pre − post."""
-    return with_improvements(study.clinical)
+    return with_improvements(study.clinical, [o.name for o in VOCABULARY.outcomes])
 
 
 def simulated_tables(seed: int, null: bool = False, **options) -> tuple[pd.DataFrame, pd.DataFrame]:

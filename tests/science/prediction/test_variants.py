@@ -1,10 +1,12 @@
 """Model variants and their design matrices (kp_science.prediction.variants)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from kp_science.prediction import DEFAULT_VARIANTS, ModelVariant, design_matrix
 from kp_science.prediction.synthetic import PLANTED, synthetic_study
+from kp_science.prediction.variants import measures_of
 
 VARIANTS = {v.name: v for v in DEFAULT_VARIANTS}
 
@@ -59,3 +61,17 @@ def test_design_matrix_exclusions_constant_and_minimum():
         design_matrix(cs, clin, VARIANTS["main"], min_participants=11)
     with pytest.raises(ValueError, match="only 4 participant"):
         design_matrix(cs, clin, VARIANTS["ketamine_only"])
+
+
+def test_the_protocol_families_restrict_the_measures():
+    changes = pd.DataFrame(
+        {
+            "participant_id": ["sub-01"] * 3,
+            "feature": ["faces.gppi.a->b.emotional", "faces.activation.a.x", "rest.fc.a~b"],
+            "change": [1.0, 2.0, 3.0],
+        }
+    )
+    assert measures_of(changes, None) is changes
+    kept = measures_of(changes, ("gppi", "fc"))
+    assert list(kept["feature"]) == ["faces.gppi.a->b.emotional", "rest.fc.a~b"]
+    assert measures_of(changes, ()).empty

@@ -8,9 +8,12 @@ import pandas as pd
 import pytest
 
 from kp_resources.study import StudyFolder
-from kp_science.study.clinical import CLINICAL_COLUMNS, load_clinical
+from kp_science.study.clinical import clinical_columns, load_clinical
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import discover_participants
+from kp_science.study.protocol import PROTOCOL_FILE, ProtocolError, default_vocabulary
+
+CLINICAL_COLUMNS = clinical_columns(default_vocabulary())
 
 
 def _set_score(study: Path, measure: str, pid: str, session: str, value: str) -> int:
@@ -74,7 +77,10 @@ def test_clinical_duplicate_participant(study_copy):
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
-        (lambda df: df.assign(arm=["placebo"] + list(df["arm"][1:])), "arm must be ketamine"),
+        (
+            lambda df: df.assign(arm=["placebo"] + list(df["arm"][1:])),
+            "arm must be ketamine or midazolam, got 'placebo'",
+        ),
         (
             lambda df: df.assign(participant_id=["sub-../x"] + list(df["participant_id"][1:])),
             "invalid participant_id",
@@ -133,16 +139,83 @@ def test_impossible_scores_are_rejected_for_their_participant_only(study_copy):
     )
 
 
-def test_score_ranges_are_configurable(study_copy):
+def _edit_protocol(study: Path, old: str, new: str) -> None:
+    path = study / PROTOCOL_FILE
+    text = path.read_text()
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new))
+
+
+def test_score_ranges_come_from_the_protocol(study_copy):
+    assert CLINICAL_COLUMNS == [
+        "participant_id",
+        "arm",
+        "caps5_pre",
+        "caps5_post",
+        "madrs_pre",
+        "madrs_post",
+        "caps5_improvement",
+        "madrs_improvement",
+        "clinical_problems",
+    ]
     pid = discover_participants(study_copy)[0]
     _set_score(study_copy, "caps5", pid, "pre", "100")  # e.g. a scale scored 0–136
     default = StudyFolder(root=str(study_copy)).clinical().set_index("participant_id")
     assert "caps5_total 100 outside 0–80" in default.loc[pid, "clinical_problems"]
-    wide = StudyFolder(root=str(study_copy), caps5_range=[0, 136]).clinical()
-    wide = wide.set_index("participant_id")
+    _edit_protocol(study_copy, "range: [0, 80]", "range: [0, 136]")
+    wide = StudyFolder(root=str(study_copy)).clinical().set_index("participant_id")
     assert wide.loc[pid, "caps5_pre"] == 100 and wide.loc[pid, "clinical_problems"] == ""
-    narrow = load_clinical(study_copy, score_ranges={"madrs": [10, 20]})
+    _edit_protocol(study_copy, "range: [0, 60]", "range: [10, 20]")
+    narrow = load_clinical(study_copy)
     assert (narrow["clinical_problems"].str.contains("outside 10–20")).any()
-    for bad in ({"caps5": [80, 0]}, {"caps5": [0]}, {"hamd": [0, 52]}):
-        with pytest.raises(ValueError, match="range"):
-            load_clinical(study_copy, score_ranges=bad)
+    _edit_protocol(study_copy, "range: [10, 20]", "range: [20, 10]")
+    with pytest.raises(ProtocolError, match="outcomes.covariate.range: lowest 20 is above"):
+        load_clinical(study_copy)
+
+
+def test_bids_phenotype_arm_column_and_raw_root_from_the_protocol(study_copy, tmp_path):
+    """participants.tsv and phenotype/ in a separate raw root, the arm in a column of another
+    name with other values, BIDS phenotype files (session_id = ses-<label>) of other session
+    labels and score columns: the same clinical table as the default layout."""
+    expected = load_clinical(study_copy)
+    raw = tmp_path / "raw"
+    (raw / "phenotype").mkdir(parents=True)
+    people = pd.read_csv(study_copy / "participants.tsv", sep="\t", dtype=str)
+    people["group"] = people.pop("arm").map({"ketamine": "KET", "midazolam": "MID"})
+    people.to_csv(raw / "participants.tsv", sep="\t", index=False)
+    for measure, column in (("caps5", "caps_total"), ("madrs", "madrs_score")):
+        table = pd.read_csv(study_copy / "phenotype" / f"{measure}.tsv", sep="\t", dtype=str)
+        table.insert(1, "session_id", "ses-" + table.pop("session").map({"pre": "1", "post": "2"}))
+        table = table.rename(columns={f"{measure}_total": column})
+        table.to_csv(raw / "phenotype" / f"{measure}_scores.tsv", sep="\t", index=False)
+    protocol = tmp_path / "protocol.yaml"
+    text = (study_copy / PROTOCOL_FILE).read_text()
+    for old, new in [
+        ("  raw: .", f"  raw: {raw}"),
+        ("  derivatives: .", f"  derivatives: {study_copy}"),
+        ("baseline: pre", "baseline: '1'"),
+        ("follow_up: post", "follow_up: '2'"),
+        ("column: arm", "column: group"),
+        ("active: ketamine", "active: KET"),
+        ("control: midazolam", "control: MID"),
+        ("file: phenotype/caps5.tsv", "file: phenotype/caps5_scores.tsv"),
+        ("column: caps5_total", "column: caps_total"),
+        ("file: phenotype/madrs.tsv", "file: phenotype/madrs_scores.tsv"),
+        ("column: madrs_total", "column: madrs_score"),
+    ]:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    text = text.replace("session_column: session", "session_column: session_id")
+    protocol.write_text(text)
+    renamed = StudyFolder(root=str(study_copy), protocol_file=str(protocol)).clinical()
+    assert set(renamed["arm"]) == {"KET", "MID"}
+    renamed["arm"] = renamed["arm"].map({"KET": "ketamine", "MID": "midazolam"})
+    renamed.attrs = expected.attrs = {}
+    pd.testing.assert_frame_equal(renamed, expected)
+    # a kp-style session label in a session_id column is refused, naming the file and row
+    path = raw / "phenotype" / "madrs_scores.tsv"
+    table = pd.read_csv(path, sep="\t", dtype=str)
+    table.loc[2, "session_id"] = "2"
+    table.to_csv(path, sep="\t", index=False)
+    with pytest.raises(StudyDataError, match="session_id must be ses-1 or ses-2, got '2' in row 3"):
+        StudyFolder(root=str(study_copy), protocol_file=str(protocol)).clinical()

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ from kp_science.study.layout import discover_participants, find_runs
 from kp_science.study.reading import sha256_file
 from kp_science.study.validate import (
     DEFAULT_CLEANING,
-    check_one_run_per_task,
     session_label_problem,
     split_sessions,
     validate_confounds,
@@ -234,9 +232,10 @@ def test_events_near_misses_and_open_sets():
 
 
 def test_conflict_sequences_must_all_occur(study_root):
-    from kp_science.study.validate import default_event_requirements
+    from kp_science.study.protocol import default_vocabulary
+    from kp_science.study.validate import contrast_event_requirements
 
-    conflict = default_event_requirements()["conflict"]
+    conflict = contrast_event_requirements(default_vocabulary().tasks)["conflict"]
     path = Path("events.tsv")
     kinds = ["congruent", "congruent", "incongruent", "congruent", "incongruent", "congruent"]
     events = pd.DataFrame({"onset": np.arange(6) * 3.0, "duration": 1.0, "trial_type": kinds})
@@ -295,15 +294,3 @@ def test_sessions_outside_the_design_are_split_off(study_root):
     assert kept == runs and left_out == {"baseline": other}
     assert session_label_problem("baseline") == "session label 'baseline' is not one of pre, post"
     assert session_label_problem("Pre").endswith("(did you mean 'pre'?)")
-
-
-def test_two_runs_of_a_task_in_a_session(study_copy):
-    pid = discover_participants(study_copy)[0]
-    run = next(r for r in find_runs(study_copy, pid) if r.task == "rest" and r.session == "pre")
-    for path in run.bold_path.parent.glob("*task-rest*"):
-        shutil.copy(path, path.with_name(path.name.replace("_task-rest_", "_task-rest_run-2_")))
-    runs = find_runs(study_copy, pid)
-    with pytest.raises(StudyDataError, match="a second run of task-rest in ses-pre") as info:
-        check_one_run_per_task(runs)
-    assert "_task-rest_run-2_" in info.value.path
-    check_one_run_per_task([r for r in runs if r.run == 1])
