@@ -219,11 +219,17 @@ def print_summary(warehouse: Path, primary: str) -> None:
 
 
 def materialize_and_report(
-    command: str, study: Path, warehouse: Path, protocol: str | None, instance
+    command: str,
+    study: Path,
+    warehouse: Path,
+    protocol: str | None,
+    instance,
+    resources: dict | None = None,
 ) -> int:
     """What ``kp run`` and ``kp demo`` share once the study is there: materialize every
-    asset (:func:`kp_assets.materialize.materialize_study`, with a progress bar), print the
-    summary and the failures; 0 when nothing failed, else 1."""
+    asset (:func:`kp_assets.materialize.materialize_study`, with a progress bar; ``resources``
+    replace the default resources by key), print the summary and the failures; 0 when
+    nothing failed, else 1."""
     from tqdm import tqdm
 
     from kp_assets.materialize import materialize_study
@@ -237,6 +243,7 @@ def materialize_and_report(
         log=tqdm.write,
         protocol=protocol,
         progress=True,
+        **(resources or {}),
     )
     from kp_science.study.protocol import study_protocol
 
@@ -399,6 +406,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from kp_science.study.protocol import ProtocolError, study_protocol
 
     study, protocol_file = _study_and_protocol(args)
+    try:
+        settings = resource_settings(Path(args.settings)) if args.settings else {}
+    except ValueError as e:
+        print(f"kp run: {e}", file=sys.stderr)
+        return 1
     if not study.is_dir():
         print(
             f"kp run: no study folder at {study} (pass --study DIR or set {STUDY_ENV}; "
@@ -439,7 +451,49 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"running the study in {study} ({len(found.participants)} participant(s); "
         f"protocol: {protocol.where()})"
     )
-    return materialize_and_report("run", study, warehouse, protocol_file, instance)
+    return materialize_and_report("run", study, warehouse, protocol_file, instance, settings)
+
+
+# the resources a settings file may configure (study, warehouse and IO manager are the
+# command line's)
+SETTABLE_RESOURCES = ("roi_set", "cleaning", "dcm_models", "dcm_group", "prediction", "quality")
+
+
+def resource_settings(path: Path) -> dict:
+    """Resources configured by the YAML file ``path``: ``{resource key: {field: value}}``,
+    each built as the definitions' resource of that key with those fields (the others keep
+    their defaults). Raises ValueError naming the file, the key and the problem."""
+    import pydantic
+    import yaml
+
+    from kp_assets.definitions import defs
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: cannot read the settings ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: settings must be a mapping of resource → fields")
+    resources = {}
+    for key, fields in data.items():
+        if key not in SETTABLE_RESOURCES:
+            raise ValueError(
+                f"{path}: {key}: not a resource to set; allowed: {', '.join(SETTABLE_RESOURCES)}"
+            )
+        if not isinstance(fields, dict):
+            raise ValueError(f"{path}: {key}: must be a mapping of field → value")
+        kind = type(defs.resources[key])
+        unknown = sorted(set(fields) - set(kind.model_fields))
+        if unknown:
+            raise ValueError(
+                f"{path}: {key}.{unknown[0]}: not a field of {kind.__name__}; allowed: "
+                f"{', '.join(kind.model_fields)}"
+            )
+        try:
+            resources[key] = kind(**fields)
+        except pydantic.ValidationError as e:
+            raise ValueError(f"{path}: {key}: {e}") from None
+    return resources
 
 
 def _warehouse_for(study: Path) -> Path:
@@ -519,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--warehouse",
         default=None,
         help="warehouse folder (default: $KP_WAREHOUSE_DIR or warehouse/ beside the study)",
+    )
+    run.add_argument(
+        "--settings",
+        default=None,
+        help="YAML file of resource settings, {resource: {field: value}}, e.g. "
+        "{prediction: {n_permutations: 200}, roi_set: {radius_mm: 8}} "
+        f"(resources: {', '.join(SETTABLE_RESOURCES)})",
     )
     run.set_defaults(func=cmd_run)
 

@@ -77,6 +77,8 @@ def empty_rows(dtypes: Mapping[str, type]) -> pd.DataFrame:
 class TaskRun:
     """One task run, ready for its models.
 
+    ``task``: its task label; ``contrasts``: the task's contrasts (name → weights over the
+    model conditions, from the protocol's :class:`~kp_science.study.protocol.TaskSpec`);
     ``signals``: cleaned ROI signals (kept volumes × ROIs, % signal change, indexed by the
     kept volume numbers); ``conditions``: onset (s), duration (s), trial_type — the task's
     model conditions (:func:`.activation.task_conditions`); ``design``: the cleaned task

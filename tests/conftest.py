@@ -439,7 +439,8 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
         dg.DagsterInstance.ephemeral(),
         log=lambda _: None,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        prediction=PredictionModels(n_permutations=19, n_bootstraps=20),
+        # the recovery tests read the fitted models, not their permutation p or nested LOO
+        prediction=PredictionModels(n_permutations=0, n_bootstraps=0, nested=False),
     )
     assert failed == {}, failed
     return study, warehouse

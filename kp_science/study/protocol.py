@@ -439,8 +439,16 @@ def load_protocol(path: str | os.PathLike[str]) -> StudyProtocol:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ProtocolError(path, "file", "does not exist") from None
-    except OSError as e:
-        raise ProtocolError(path, "file", f"cannot be read ({e.strerror or e})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProtocolError(
+            path, "file", f"cannot be read ({getattr(e, 'strerror', e) or e})"
+        ) from e
+    # every asset and sensor tick asks for the protocol: parse each text of a file once
+    return _parse_protocol_text(Path(os.path.abspath(path)), text)
+
+
+@lru_cache(maxsize=16)
+def _parse_protocol_text(path: Path, text: str) -> StudyProtocol:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -450,8 +458,13 @@ def load_protocol(path: str | os.PathLike[str]) -> StudyProtocol:
 
 def default_protocol(root: str | os.PathLike[str]) -> StudyProtocol:
     """This trial's protocol (``default_protocol.yaml``) with both roots at ``root``."""
+    return _default_protocol(Path(root))
+
+
+@lru_cache(maxsize=16)
+def _default_protocol(root: Path) -> StudyProtocol:
     data = yaml.safe_load(DEFAULT_PROTOCOL_PATH.read_text(encoding="utf-8"))
-    return parse_protocol(data, DEFAULT_PROTOCOL_PATH, base=Path(root))
+    return parse_protocol(data, DEFAULT_PROTOCOL_PATH, base=root)
 
 
 def study_protocol(

@@ -166,25 +166,26 @@ def run_env(tmp_path, monkeypatch) -> Path:
     return tmp_path / "storage"
 
 
-@pytest.mark.slow  # the whole pipeline on the small study, ~20 s
-def test_kp_run_materializes_a_real_study(small_study, tmp_path, run_env, capsys):
-    before = snapshot(small_study)
-    warehouse = tmp_path / "warehouse"
-    code = main(["run", "--study", str(small_study), "--warehouse", str(warehouse)])
-    out, err = capsys.readouterr()
-    assert "materializing" in err  # the progress bar
-    for pid in ("sub-01", "sub-02", "sub-03"):
-        assert f"{pid} ok" in out
-        for table in ("scans", "roi_timeseries", "session_features", "change_scores", "dcm_fits"):
-            assert (warehouse / table / f"participant={pid}" / "part-0.parquet").exists()
-    for table in ("clinical", "participant_status"):
-        assert (warehouse / table / "part-0.parquet").exists()
-    assert (warehouse / "kp.duckdb").exists()
-    # three participants are too few for the prediction models: the one failure, said so
-    assert code == 1
-    assert "1 failed: group_assets: " in out and "participants with both sessions" in out
-    assert snapshot(small_study) == before  # nothing written into the study
-    assert run_env.exists()  # the runs are recorded in the instance's storage
+# `kp run` processing a whole study is tested on a renamed real layout in
+# tests/system/test_renamed_study.py
+
+
+def test_kp_run_refuses_bad_settings_naming_the_file_and_key(study_copy, tmp_path, run_env, capsys):
+    settings = tmp_path / "settings.yaml"
+    for text, problem in [
+        (
+            "prediction: {n_permutation: 5}\n",
+            "prediction.n_permutation: not a field of "
+            "PredictionModels; allowed: variants, min_participants",
+        ),
+        ("colour: {hue: 1}\n", "colour: not a resource to set; allowed: roi_set, cleaning"),
+        ("roi_set: {radius_mm: wide}\n", "roi_set: 1 validation error for RoiSet"),
+    ]:
+        settings.write_text(text)
+        code = main(["run", "--study", str(study_copy), "--settings", str(settings)])
+        assert code == 1
+        assert f"kp run: {settings}: {problem}" in capsys.readouterr().err
+    assert not run_env.exists() and not (tmp_path / "warehouse").exists()
 
 
 def test_kp_run_stops_without_a_study(tmp_path, run_env, capsys):

@@ -1,7 +1,8 @@
 """A renaming changes no result: the same simulated images under another lab's names.
 
 One small simulated study is materialized end to end twice: as the simulator wrote it (default
-layout and protocol), and renamed throughout by :func:`tests.system.renamed_study.rename_study`
+layout and protocol), and — through ``kp run``, as a lab would — renamed throughout by
+:func:`tests.system.renamed_study.rename_study`
 — task labels, session labels, arm column and values, trial types, contrast and DCM input
 names, a ``run-1`` and a ``res-2`` entity, separate raw and derivatives roots, BIDS phenotype
 with ``session_id``, a decoy ``space-T1w`` run — with a protocol declaring the new names.
@@ -15,15 +16,18 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+from kp_assets.cli import main
 from kp_assets.materialize import materialize_study
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.warehouse import list_tables
+from tests.assets.test_validate_command import snapshot
 from tests.system.renamed_study import ARMS, BACK, SESSIONS, rename_study
 
-STUDY = {"participants": 6, "seed": 5, "voxel_size": 8.0, "volumes": 60}
-# enough for every group model on six participants, and quick
-PREDICTION = PredictionModels(min_participants=5, n_permutations=9, n_bootstraps=10)
+STUDY = {"participants": 4, "seed": 5, "voxel_size": 8.0, "volumes": 50}
+# enough for every group model on four participants (both arms), and quick
+PREDICTION = {"min_participants": 4, "n_permutations": 4, "n_bootstraps": 4, "nested": False}
 # what legitimately differs: where files are, their hashes (renamed events and sidecars),
 # wall-clock times and run ids
 VOLATILE = re.compile(r".*(_path|sha256|seconds|_at|run_id|written)$")
@@ -35,17 +39,42 @@ SESSION_BACK = {new: old for old, new in SESSIONS.items()}
 ARM_BACK = {new: old for old, new in ARMS.items()}
 
 
-def _materialize(study: Path, warehouse: Path, protocol: Path | None) -> None:
+def _materialize(study: Path, warehouse: Path) -> None:
     failed = materialize_study(
         study,
         warehouse,
         dg.DagsterInstance.ephemeral(),
+        jobs=1,  # in this process: no worker start-up for a handful of participants
         log=lambda _: None,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        protocol=protocol,
-        prediction=PREDICTION,
+        prediction=PredictionModels(**PREDICTION),
     )
     assert failed == {}, failed
+
+
+def _kp_run(protocol: Path, warehouse: Path, base: Path, monkeypatch, capsys) -> str:
+    """``kp run`` of the renamed study (kp's own instance file, storage under ``base``);
+    returns what it printed, after checking it wrote nothing into the study."""
+    from kp_resources.locations import REPO_ROOT
+
+    monkeypatch.setenv("DAGSTER_HOME", str(REPO_ROOT))
+    monkeypatch.setenv("KP_DAGSTER_STORAGE", str(base / "storage"))
+    for name in ("KP_PROTOCOL", "KP_WAREHOUSE_DIR", "KP_STUDY_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = base / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"prediction": PREDICTION}))
+    derivatives = protocol.parent / "derivatives" / "fmriprep"
+    before = snapshot(protocol.parent)
+    code = main(
+        ["run", "--study", str(derivatives), "--protocol", str(protocol)]
+        + ["--warehouse", str(warehouse), "--settings", str(settings)]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    assert "materializing" in err  # the progress bar
+    assert snapshot(protocol.parent) == before  # nothing written into the study's folders
+    assert (base / "storage").exists()  # the runs are in the instance's storage
+    return out
 
 
 def _names_back(value: object) -> object:
@@ -90,19 +119,44 @@ def _table(warehouse: Path, name: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def two_layouts(tmp_path_factory) -> tuple[Path, Path]:
+def two_layouts(tmp_path_factory) -> tuple[Path, Path, str]:
     from kp_science.simulator import simulate_study
 
     base = tmp_path_factory.mktemp("renaming")
     study = Path(simulate_study(base / "study", **STUDY))
     protocol = rename_study(study, base / "renamed")
-    _materialize(study, base / "default-warehouse", None)
-    _materialize(protocol.parent / "derivatives" / "fmriprep", base / "renamed-warehouse", protocol)
-    return base / "default-warehouse", base / "renamed-warehouse"
+    _materialize(study, base / "default-warehouse")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        printed = _kp_run(protocol, base / "renamed-warehouse", base, monkeypatch, _Capture())
+    return base / "default-warehouse", base / "renamed-warehouse", printed
+
+
+class _Capture:
+    """``capsys``'s one method, for a module-scoped fixture (capsys is per test)."""
+
+    def __init__(self) -> None:
+        import contextlib
+        import io
+
+        self.out, self.err = io.StringIO(), io.StringIO()
+        self._redirect = contextlib.ExitStack()
+        self._redirect.enter_context(contextlib.redirect_stdout(self.out))
+        self._redirect.enter_context(contextlib.redirect_stderr(self.err))
+
+    def readouterr(self) -> tuple[str, str]:
+        self._redirect.close()
+        return self.out.getvalue(), self.err.getvalue()
+
+
+def test_kp_run_processed_every_participant_under_the_protocol(two_layouts):
+    _, _, printed = two_layouts
+    for pid in ("sub-01", "sub-02", "sub-03", "sub-04"):
+        assert f"{pid} ok" in printed
+    assert "kp-protocol.yaml" in printed  # which protocol it ran under
 
 
 def test_the_renamed_study_uses_the_new_names(two_layouts):
-    _, renamed = two_layouts
+    _, renamed, _ = two_layouts
     scans = _table(renamed, "scans")
     assert set(scans["task"]) == {"look", "stroop", "restingstate"}
     assert set(scans["session"]) == {"1", "2"} and set(scans["run"]) == {1}
@@ -116,7 +170,7 @@ def test_the_renamed_study_uses_the_new_names(two_layouts):
 
 
 def test_every_table_holds_the_same_numbers(two_layouts):
-    default, renamed = two_layouts
+    default, renamed, _ = two_layouts
     tables = sorted(set(list_tables(default)) - {"participant_status", "checks"})
     assert set(tables) <= set(list_tables(renamed))
     assert {"scans", "roi_activation", "session_features", "dcm_group_effects"} <= set(tables)
