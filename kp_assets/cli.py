@@ -20,7 +20,6 @@ from kp_resources.locations import (
     PROTOCOL_ENV,
     REPO_ROOT,
     STUDY_ENV,
-    WAREHOUSE_ENV,
     study_dir,
     warehouse_dir,
 )
@@ -435,7 +434,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 1
     warehouse = (
-        Path(args.warehouse).expanduser().resolve() if args.warehouse else _warehouse_for(study)
+        Path(args.warehouse).expanduser().resolve() if args.warehouse else warehouse_dir(study)
     )
     _use_repo_instance()
     folders = list(dict.fromkeys([study, protocol.derivatives, protocol.raw]))
@@ -494,13 +493,6 @@ def resource_settings(path: Path) -> dict:
         except pydantic.ValidationError as e:
             raise ValueError(f"{path}: {key}: {e}") from None
     return resources
-
-
-def _warehouse_for(study: Path) -> Path:
-    """``$KP_WAREHOUSE_DIR``, else ``warehouse/`` beside ``study`` (as :func:`warehouse_dir`
-    is beside the default study)."""
-    env = os.environ.get(WAREHOUSE_ENV)
-    return Path(env).expanduser().resolve() if env else study.parent / "warehouse"
 
 
 def build_parser() -> argparse.ArgumentParser:

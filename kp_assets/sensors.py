@@ -43,6 +43,7 @@ from kp_science.study.layout import (
     as_protocol,
     find_runs,
     participant_dir,
+    run_pattern,
     session_folders,
 )
 from kp_science.study.protocol import StudyProtocol
@@ -77,18 +78,6 @@ def _shown(path: Path, base: Path) -> str:
     return str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
 
 
-def _bold_pattern(protocol: StudyProtocol, pid: str, session: str, folder: str, task: str) -> str:
-    """Where a run of ``task`` would be and its name (for messages), relative to the
-    participant folder; ``folder``: ``ses-<label>`` or ``func`` (no session folders)."""
-    res = f"_res-{protocol.res}" if protocol.res else ""
-    if folder == "func":
-        return f"func/{pid}_task-{task}_*space-{protocol.space}{res}_desc-preproc_bold.nii*"
-    return (
-        f"{folder}/func/{pid}_ses-{session}_task-{task}_*space-{protocol.space}{res}"
-        "_desc-preproc_bold.nii*"
-    )
-
-
 def missing_files(study: StudyLike, pid: str) -> list[str]:
     """What participant ``pid`` still lacks under the completeness rule of ``study`` (a
     :class:`StudyProtocol`, or a study folder meaning its protocol): paths relative to its
@@ -111,7 +100,7 @@ def missing_files(study: StudyLike, pid: str) -> list[str]:
         for task, spec in protocol.tasks.items():
             found = [r for r in runs if r.session == session and r.task == task]
             if not found:
-                missing.append(_bold_pattern(protocol, pid, session, folder, task))
+                missing.append(run_pattern(protocol, pid, session, task, folder))
             for run in found:
                 files = [run.bold_path, run.sidecar_path, run.mask_path, run.confounds_path]
                 if spec.has_events:

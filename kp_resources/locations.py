@@ -31,10 +31,13 @@ def study_dir() -> Path:
     return Path(os.environ.get(STUDY_ENV) or REPO_ROOT / "data" / "study").resolve()
 
 
-def warehouse_dir() -> Path:
-    """The Parquet warehouse root, from ``KP_WAREHOUSE_DIR`` or ``warehouse/`` beside the study."""
+def warehouse_dir(study: Path | None = None) -> Path:
+    """The Parquet warehouse root, from ``KP_WAREHOUSE_DIR`` or ``warehouse/`` beside the study
+    (``study``, default :func:`study_dir`)."""
     env = os.environ.get(WAREHOUSE_ENV)
-    return Path(env).resolve() if env else study_dir().parent / "warehouse"
+    if env:
+        return Path(env).expanduser().resolve()
+    return (study or study_dir()).parent / "warehouse"
 
 
 def study_root() -> str:

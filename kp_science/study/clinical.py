@@ -145,7 +145,8 @@ def load_clinical(study: StudyProtocol | str | os.PathLike[str]) -> pd.DataFrame
             f"got {arm.iloc[row]!r} for {ids.iloc[row]}",
         )
     sources = {str(path): sha}
-    people = people.drop(columns=[c for c in ("arm",) if c != protocol.arm_column and c in people])
+    if protocol.arm_column != "arm":  # the table's arm is the protocol's column, not another
+        people = people.drop(columns="arm", errors="ignore")
     table = people.rename(columns={protocol.arm_column: "arm"}).set_index("participant_id")
     if "age" in table.columns:
         table["age"] = numeric_column(people, "age", path).to_numpy()

@@ -402,6 +402,20 @@ def _parsed(path: Path) -> BidsName:
         ) from e
 
 
+def run_pattern(
+    protocol: StudyProtocol, pid: str, session: str, task: str, folder: str | None = None
+) -> str:
+    """Where a run of ``task`` in ``session`` would be, as a glob pattern relative to the
+    participant's folder (for messages about a run that is not there); ``folder``: its
+    folder, ``ses-<session>`` (the default) or ``func`` in a study without session folders
+    (then the name has no ``ses`` entity)."""
+    res = f"_res-{protocol.res}" if protocol.res else ""
+    name = f"_task-{task}_*space-{protocol.space}{res}_desc-preproc_bold.nii*"
+    if folder == "func":
+        return f"func/{pid}{name}"
+    return f"{folder or f'ses-{session}'}/func/{pid}_ses-{session}{name}"
+
+
 def has_bold_runs(study: StudyLike, pid: str) -> bool:
     """Whether participant ``pid`` has a preprocessed BOLD run in the protocol's space and
     resolution yet. A ``*_bold.nii*`` file whose name does not parse counts too

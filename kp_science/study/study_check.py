@@ -35,7 +35,7 @@ import pandas as pd
 from kp_science.cleaning import CleaningStrategy
 from kp_science.study.clinical import load_clinical
 from kp_science.study.errors import StudyDataError
-from kp_science.study.layout import Run, discover_study, find_runs, participant_dir
+from kp_science.study.layout import Run, discover_study, find_runs, participant_dir, run_pattern
 from kp_science.study.protocol import ProtocolError, StudyProtocol, study_protocol
 from kp_science.study.validate import (
     DEFAULT_CLEANING,
@@ -219,13 +219,6 @@ def _scanned_clinical(protocol: StudyProtocol, rows: pd.DataFrame, pid: str) -> 
 # --- sessions and runs ------------------------------------------------------------------------
 
 
-def expected_bold(protocol: StudyProtocol, pid: str, session: str, task: str) -> Path:
-    """The BOLD file pattern a run of ``task`` in ``session`` would match (for messages)."""
-    res = f"_res-{protocol.res}" if protocol.res else ""
-    name = f"{pid}_ses-{session}_task-{task}_*space-{protocol.space}{res}_desc-preproc_bold.nii*"
-    return participant_dir(protocol, pid) / f"ses-{session}" / "func" / name
-
-
 def session_findings(
     protocol: StudyProtocol, pid: str, runs: Sequence[Run]
 ) -> tuple[list[Run], list[Finding]]:
@@ -266,7 +259,7 @@ def missing_run_findings(protocol: StudyProtocol, pid: str, runs: Sequence[Run])
                     f"no run of task-{task}: the session is incomplete (the participant "
                     "sensor waits for it; kp run goes on without that task's features)"
                 )
-                path = expected_bold(protocol, pid, session, task)
+                path = base / run_pattern(protocol, pid, session, task)
                 found.append(_missing(pid, session, path, reason))
     return found
 

@@ -12,8 +12,8 @@ from kp_assets.cli import main
 from kp_assets.materialize import materialize_study
 from kp_assets.partitions import participants
 from kp_science.study.reading import sha256_file
-from tests.assets.test_validate_command import snapshot
 from tests.bad_entries import BAD_ENTRIES, bad_entries
+from tests.folder_snapshot import snapshot
 
 
 class DemoRun(NamedTuple):

@@ -10,6 +10,7 @@ from pathlib import Path
 from kp_assets.cli import main
 from kp_science.study.study_check import check_study_folder
 from tests.conftest import confounds_missing_column, remove_events, truncate_bold
+from tests.folder_snapshot import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,15 +33,6 @@ def rename_task(root: Path, pid: str, session: str, old: str, new: str) -> Path:
     for path in func.glob(f"*_task-{old}_*"):
         path.rename(path.with_name(path.name.replace(f"_task-{old}_", f"_task-{new}_")))
     return next(func.glob(f"*_task-{new}_*desc-preproc_bold.nii*"))
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    """Every path under ``root`` (and ``root``): (mode, size, mtime in ns)."""
-    state = {}
-    for path in [root, *root.rglob("*")]:
-        st = path.lstat()
-        state[path.relative_to(root).as_posix()] = (st.st_mode, st.st_size, st.st_mtime_ns)
-    return state
 
 
 def validate(capsys, *args: str) -> tuple[int, str, str]:

@@ -22,7 +22,8 @@ from kp_assets.cli import main
 from kp_assets.materialize import materialize_study
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.warehouse import list_tables
-from tests.assets.test_validate_command import snapshot
+from kp_science.study.protocol import translate_names
+from tests.folder_snapshot import snapshot
 from tests.system.renamed_study import ARMS, BACK, SESSIONS, rename_study
 
 STUDY = {"participants": 4, "seed": 5, "voxel_size": 8.0, "volumes": 50}
@@ -31,10 +32,6 @@ PREDICTION = {"min_participants": 4, "n_permutations": 4, "n_bootstraps": 4, "ne
 # what legitimately differs: where files are, their hashes (renamed events and sidecars),
 # wall-clock times and run ids
 VOLATILE = re.compile(r".*(_path|sha256|seconds|_at|run_id|written)$")
-_TOKEN = re.compile(
-    r"(?<![A-Za-z0-9])(" + "|".join(sorted(map(re.escape, BACK), key=len, reverse=True)) + r")"
-    r"(?![A-Za-z0-9])"
-)
 SESSION_BACK = {new: old for old, new in SESSIONS.items()}
 ARM_BACK = {new: old for old, new in ARMS.items()}
 
@@ -78,7 +75,7 @@ def _kp_run(protocol: Path, warehouse: Path, base: Path, monkeypatch, capsys) ->
 
 
 def _names_back(value: object) -> object:
-    return _TOKEN.sub(lambda m: BACK[m.group(1)], value) if isinstance(value, str) else value
+    return translate_names(value, BACK) if isinstance(value, str) else value
 
 
 def _names_in(value: object) -> object:

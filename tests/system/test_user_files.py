@@ -4,7 +4,6 @@ write only into a new or empty folder, or replace a study kp itself simulated (t
 import json
 import os
 import re
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from kp_assets import cli
 from kp_science import simulator
 from kp_science.simulator import SIMULATION_MARKER, is_simulated_study, simulate_study
 from kp_science.simulator import study as simulator_study
+from tests.folder_snapshot import snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"participants": 1, "voxel_size": 8.0, "volumes": 20, "jobs": 1}
@@ -28,20 +28,6 @@ def user_folder(path: Path) -> Path:
     (path / "notes" / "todo.bin").write_bytes(b"\x00\x01raw\xff")
     (path / "sub-01").mkdir()
     return path
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, bytes | None, int]]:
-    """Every path under ``root`` and ``root`` itself: (file type, bytes, mtime in ns)."""
-    state = {}
-    for path in [root, *root.rglob("*")]:
-        st = path.lstat()
-        content = path.read_bytes() if stat.S_ISREG(st.st_mode) else None
-        state[path.relative_to(root).as_posix()] = (
-            stat.S_IFMT(st.st_mode),
-            content,
-            st.st_mtime_ns,
-        )
-    return state
 
 
 # --- kp demo ----------------------------------------------------------------------------------
