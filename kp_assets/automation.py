@@ -1,14 +1,33 @@
-"""How kp keeps itself current: the group-refresh condition and the nightly catch-up schedule.
+"""How kp keeps itself current: the group-refresh conditions, their sensor, and the nightly
+catch-up schedule.
 
 * New participant folders are found by ``new_participant_sensor`` (one run per participant).
-* Group assets (``clinical``, the prediction models, ``paper_table``, the catalog) carry
-  :data:`GROUP_REFRESH`: after any input updated, refit once no input is still being
-  computed and no input is about to be requested — so a batch of arrivals gives one refit
-  when its last participant finishes, never one per participant, and every group asset runs
-  in a run after the one that updated its inputs (a failed model then cannot skip the
-  catalog). Unlike ``AutomationCondition.eager()`` it does not wait for every participant
-  partition to exist: one participant with bad data must not freeze the group results.
-  The conditions are evaluated by Dagster's ``default_automation_condition_sensor``.
+* Group assets (``clinical``, ``participant_status``, the prediction models,
+  ``dcm_group_effects``, ``paper_table``, the catalog) carry :data:`GROUP_REFRESH`: after any
+  input updated, refit once no input is still being computed (no participant run in progress
+  or queued), so a batch of arrivals gives one refit when its last participant finishes, never
+  one per participant. Every group asset whose inputs updated, or whose inputs are requested
+  on the same tick, is requested on that tick, and Dagster launches the unpartitioned assets
+  requested on one tick as one run, which executes them in dependency order: one batch, one
+  run. Unlike ``AutomationCondition.eager()`` it does not wait for every participant partition
+  to exist: one participant with bad data must not freeze the group results.
+* In that one run a failed step skips everything computed from it: with too few participants
+  for the elastic net or for the group DCM (fewer than its four design columns), the paper
+  table and the catalog. A failed group model must not leave the catalog un-rebuilt, so
+  ``warehouse_catalog`` and ``paper_table`` (which reads the group DCM from the warehouse and
+  does without it) carry :data:`GROUP_REFRESH_OR_RETRY`: :data:`GROUP_REFRESH`, or
+  :data:`RETRY_AFTER_FAILED_RUN` — its latest execution failed (a
+  step skipped because an input failed counts: Dagster's ``execution_failed`` is true when
+  the run that planned it failed without materializing it) and it was not requested since
+  one of its inputs last updated — so the next evaluation runs it alone, over the tables that
+  are there. A retry that fails too is not retried (it was requested after its inputs' last
+  update, and stays so until an input updates again): at most one retry per failed refresh,
+  never a loop.
+* :data:`group_refresh_sensor` evaluates these conditions every 10 s. It is declared (rather
+  than left to Dagster's ``default_automation_condition_sensor``, which it replaces: it
+  targets every asset) so that it runs by default: nobody has to find the switch under
+  Automation in the UI. 10 s because a refresh waits for this tick after the last participant
+  run of a batch finished, and an evaluation that requests nothing costs a few queries.
 * :func:`nightly_catch_up` re-materializes, every night, what is missing or stale: a
   participant partition or group asset never materialized, or materialized by an older code
   version of its asset (``code_version``), together with what depends on it.
@@ -23,9 +42,42 @@ GROUP_REFRESH = (
         dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
     ).since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
     & ~dg.AutomationCondition.in_progress()
 ).with_label("group_refresh")
+
+# True from the tick after an automation request of the asset until one of its inputs updates
+# (the timestamps of the updates, later than the request, make them reset it even when both
+# are seen on the same tick).
+_REQUESTED_SINCE_INPUTS_UPDATED = (
+    dg.AutomationCondition.newly_requested()
+    .since(dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()))
+    .with_label("requested_since_inputs_updated")
+)
+
+RETRY_AFTER_FAILED_RUN = (
+    dg.AutomationCondition.execution_failed()
+    & ~_REQUESTED_SINCE_INPUTS_UPDATED
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("retry_after_failed_run")
+
+GROUP_REFRESH_OR_RETRY = (GROUP_REFRESH | RETRY_AFTER_FAILED_RUN).with_label(
+    "group_refresh_or_retry"
+)
+
+AUTOMATION_INTERVAL_SECONDS = 10
+
+group_refresh_sensor = dg.AutomationConditionSensorDefinition(
+    "group_refresh",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=AUTOMATION_INTERVAL_SECONDS,
+    description=(
+        "Evaluates the group assets' automation conditions (kp_assets/automation.py): once a "
+        "batch of participant runs has finished, requests every group asset whose inputs "
+        "updated, in one run; rebuilds the catalog once after a group run that failed."
+    ),
+)
 
 NIGHTLY_CRON = "0 2 * * *"  # 02:00, when nobody is scanning or materializing by hand
 CODE_VERSION_TAG = "dagster/code_version"
@@ -92,7 +144,7 @@ def build_nightly_catch_up(
         participant_keys = participant_assets.resolve(assets)
         group_keys = everything.resolve(assets) - participant_keys
         requests = []
-        for pid in instance.get_dynamic_partitions(partitions.name):
+        for pid in partitions.get_partition_keys(dynamic_partitions_store=instance):
             reasons = out_of_date(instance, versions, sorted(participant_keys), pid)
             if reasons:
                 selection = (

@@ -1,12 +1,14 @@
 """The warehouse catalog: ``<root>/kp.duckdb`` with one DuckDB view per warehouse table.
 
 The only asset that writes ``kp.duckdb`` (DuckDB allows one writer per file); per-participant
-steps write Parquet only. It depends on the tables it catalogues so it reruns after them.
+steps write Parquet only. It depends on the tables it catalogues so it reruns after them, in
+the same run as the group models, and once more on its own when that run failed
+(:data:`kp_assets.automation.GROUP_REFRESH_OR_RETRY`).
 """
 
 import dagster as dg
 
-from kp_assets.automation import GROUP_REFRESH
+from kp_assets.automation import GROUP_REFRESH_OR_RETRY
 from kp_assets.participant_status import PARTICIPANT_TABLES
 from kp_resources.warehouse import Warehouse
 
@@ -30,7 +32,7 @@ CATALOGUED_TABLES: list[str] = [
 @dg.asset(
     deps=CATALOGUED_TABLES,
     group_name="warehouse",
-    automation_condition=GROUP_REFRESH,
+    automation_condition=GROUP_REFRESH_OR_RETRY,
     kinds={"duckdb"},
     code_version="1",
     description="DuckDB catalog file (kp.duckdb) with a view per warehouse table + provenance.",

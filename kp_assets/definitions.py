@@ -2,14 +2,15 @@
 
 Resources point at the study folder and warehouse from :mod:`kp_resources.locations`:
 ``dg.EnvVar("KP_STUDY_DIR")`` / ``dg.EnvVar("KP_WAREHOUSE_DIR")`` when those variables are set
-(read by Dagster where each resource is set up), the in-repo defaults when not.
+(read by Dagster where each resource is set up), the in-repo defaults when not; the sensor's
+settle time from ``KP_SETTLE_SECONDS``, read when the definitions are built.
 """
 
 from pathlib import Path
 
 import dagster as dg
 
-from kp_assets.automation import build_nightly_catch_up
+from kp_assets.automation import build_nightly_catch_up, group_refresh_sensor
 from kp_assets.catalog import warehouse_catalog
 from kp_assets.clinical import clinical, clinical_completeness_check
 from kp_assets.dcm import dcm_first_level
@@ -27,7 +28,7 @@ from kp_assets.session_features import change_scores, session_features
 from kp_assets.task_connectivity import task_connectivity
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMGroupDesign, DCMModels
-from kp_resources.locations import protocol_file, study_root, warehouse_root
+from kp_resources.locations import protocol_file, settle_seconds, study_root, warehouse_root
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.quality import QualityThresholds
@@ -74,22 +75,33 @@ def build_definitions(
     study: str | Path,
     warehouse: str | Path,
     protocol: str | Path | None = None,
+    executor: dg.ExecutorDefinition = dg.in_process_executor,
     **overrides: dg.ConfigurableResource,
 ) -> dg.Definitions:
     """The project's definitions with resources bound to a study folder, a warehouse and a
     study protocol file (paths, or ``dg.EnvVar`` values naming the variables that hold them;
     no protocol: the study's own ``kp-protocol.yaml`` or the default); ``overrides`` replace
-    resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``)."""
+    resources by key (e.g. ``roi_set=RoiSet(radius_mm=8)``).
+
+    ``executor``: how a run executes its steps. By default all steps of a run run in the
+    run's own process, one after another (a participant's steps are short and each new
+    process would import Dagster, nilearn and scikit-learn again; runs of different
+    participants still run side by side, as many as the run queue allows); the Dask
+    definitions (:mod:`kp_assets.on_dask`) pass theirs."""
     study, warehouse = _config_value(study), _config_value(warehouse)
     protocol = None if protocol is None else _config_value(protocol)
     return dg.Definitions(
         assets=ASSETS,
         asset_checks=[clinical_completeness_check],
         jobs=[participant_job, group_job, catalog_job],
-        sensors=[new_participant_sensor],
+        sensors=[new_participant_sensor, group_refresh_sensor],
         schedules=[nightly_catch_up],
+        executor=executor,
         resources={
-            "study": StudyFolder(root=study, protocol_file=protocol),
+            # KP_SETTLE_SECONDS is read here: a dg.EnvVar cannot fill a float field
+            "study": StudyFolder(
+                root=study, protocol_file=protocol, settle_seconds=settle_seconds()
+            ),
             "io_manager": ParquetIOManager(root=warehouse),
             "warehouse": Warehouse(root=warehouse),
             "roi_set": RoiSet(),

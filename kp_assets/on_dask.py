@@ -44,6 +44,7 @@ from dagster_dask.executor import (
 )
 
 from kp_assets import definitions as _project
+from kp_resources.locations import protocol_file, study_root, warehouse_root
 
 
 class _Packed:
@@ -61,9 +62,56 @@ def _step_on_worker(dependencies: list, packed: _Packed):
     return query_on_dask_worker(dependencies, *packed.values)
 
 
+def dask_task_key(run_id: str, job_name: str, step_key: str) -> str:
+    """The Dask key of one step of one run: ``<job>.<step>-<run id>``.
+
+    Dask treats a submitted key that the scheduler already holds as the same task and hands
+    back its result, so the key must differ between runs: two runs of one job on a shared
+    scheduler (two participants' ``participant_assets``) would otherwise receive each other's
+    step results and one partition would never be computed. (dagster-dask's own key,
+    ``<job>.<step>``, has that fault.) The dashboard groups tasks by the part before the run
+    id (Dask's ``key_split``), so it shows ``participant_assets.scans`` etc.
+    """
+    return f"{job_name}.{step_key}-{run_id}"
+
+
+def submit_steps(
+    client: dask.distributed.Client,
+    plan_context: PlanOrchestrationContext,
+    execution_plan: ExecutionPlan,
+) -> dict[str, dask.distributed.Future]:
+    """Submit every step of the plan to Dask, each waiting for the tasks of the steps it reads
+    from; returns ``{step key: future of the step's events}``."""
+    instance_ref = plan_context.instance.get_ref()
+    futures: dict[str, dask.distributed.Future] = {}
+    for level in execution_plan.get_steps_to_execute_by_level():
+        for step in level:
+            dependencies = [
+                futures[key]
+                for step_input in step.step_inputs
+                for key in step_input.dependency_keys
+            ]
+            futures[step.key] = client.submit(
+                _step_on_worker,
+                dependencies,
+                _Packed(
+                    plan_context.reconstructable_job,
+                    plan_context.dagster_run,
+                    plan_context.run_config,
+                    [step.key],
+                    instance_ref,
+                    execution_plan.known_state,
+                ),
+                key=dask_task_key(plan_context.run_id, plan_context.job_name, step.key),
+                resources=get_dask_resource_requirements(step.tags),
+            )
+    return futures
+
+
 class _KpDaskExecutor(DaskExecutor):
     """dagster-dask's executor, submitting each step with its arguments packed (see
-    :class:`_Packed`); everything else (clusters, config, resource tags) is dagster-dask's."""
+    :class:`_Packed`) under a key unique to the run (:func:`dask_task_key`); everything else
+    (clusters, config, resource tags) is dagster-dask's."""
 
     def execute(self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan):
         from dagster._core.errors import raise_execution_interrupts
@@ -73,32 +121,9 @@ class _KpDaskExecutor(DaskExecutor):
                 "Dask execution requires a persistent DagsterInstance (DAGSTER_HOME)"
             )
         cluster = self._make_cluster(plan_context.job_name)
-        instance_ref = plan_context.instance.get_ref()
         try:
             with dask.distributed.Client(cluster) as client:
-                futures: dict = {}
-                for level in execution_plan.get_steps_to_execute_by_level():
-                    for step in level:
-                        # a step waits for the tasks of the steps it reads from
-                        dependencies = [
-                            futures[key]
-                            for step_input in step.step_inputs
-                            for key in step_input.dependency_keys
-                        ]
-                        futures[step.key] = client.submit(
-                            _step_on_worker,
-                            dependencies,
-                            _Packed(
-                                plan_context.reconstructable_job,
-                                plan_context.dagster_run,
-                                plan_context.run_config,
-                                [step.key],
-                                instance_ref,
-                                execution_plan.known_state,
-                            ),
-                            key=f"{plan_context.job_name}.{step.key}",
-                            resources=get_dask_resource_requirements(step.tags),
-                        )
+                futures = submit_steps(client, plan_context, execution_plan)
                 done = dask.distributed.as_completed(list(futures.values()), with_results=True)
                 for _future, events in iterate_with_context(raise_execution_interrupts, done):
                     yield from events
@@ -132,7 +157,7 @@ _CLUSTER_CLASSES = {
 @dg.executor(
     name="dask",
     requirements=dg.multiple_process_executor_requirements(),
-    config_schema=dask_executor.config_schema,
+    config_schema=dask_executor.config_schema.as_field(),
 )
 def _kp_dask_executor(init_context) -> _KpDaskExecutor:
     ((cluster_type, cluster_configuration),) = init_context.executor_config["cluster"].items()
@@ -175,4 +200,7 @@ kp_dask_executor = _kp_dask_executor.configured(
     },
 )
 
-defs = dg.Definitions.merge(_project.defs, dg.Definitions(executor=kp_dask_executor))
+# the project's definitions with this executor instead of the in-process one
+defs = _project.build_definitions(
+    study_root(), warehouse_root(), protocol_file(), executor=kp_dask_executor
+)

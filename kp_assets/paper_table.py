@@ -16,7 +16,7 @@ of another design gets every row NaN, saying so.
 import dagster as dg
 import pandas as pd
 
-from kp_assets.automation import GROUP_REFRESH
+from kp_assets.automation import GROUP_REFRESH_OR_RETRY
 from kp_resources.asset_metadata import markdown_table
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
@@ -36,7 +36,7 @@ def _in_paper_names(values: pd.Series, names: dict[str, str]) -> pd.Series:
     # read through the warehouse: absent (never estimated, or retracted) gives NaN DCM rows
     deps=["dcm_group_effects"],
     group_name="prediction",
-    automation_condition=GROUP_REFRESH,
+    automation_condition=GROUP_REFRESH_OR_RETRY,
     kinds={"pandas", "parquet"},
     code_version="paper_table-3",
     description="One row per headline finding of the paper: published value and direction, "

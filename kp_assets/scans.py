@@ -1,5 +1,7 @@
 """``scans``: inventory, validation and QC of every BOLD run of one participant."""
 
+import warnings
+
 import dagster as dg
 import pandas as pd
 
@@ -13,7 +15,12 @@ from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label
-from kp_science.study.validate import select_runs, study_event_requirements, validate_run
+from kp_science.study.validate import (
+    LeftOut,
+    select_runs,
+    study_event_requirements,
+    validate_run,
+)
 
 CHECKS = [
     dg.AssetCheckSpec(
@@ -124,8 +131,22 @@ def scans(
     df["n_events"] = df["n_events"].astype("Int64")  # missing for rest, not a float NaN
     df.attrs["source_sha256"] = {p: s for info in infos for p, s in info.sha256.items()}
     df.attrs[SOURCE_FINGERPRINT_ATTR] = fingerprint
-    yield dg.Output(
+    with warnings.catch_warnings():
+        # Output(data_version=...) is marked beta; it is the documented way to version a
+        # materialization by its source, and a warning per participant run says nothing new
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        output = _inventory_output(df, fingerprint, left_out)
+    yield output
+    yield from _run_checks(context, df, warehouse.root, quality)
+
+
+def _inventory_output(df: pd.DataFrame, fingerprint: str, left_out: list[LeftOut]) -> dg.Output:
+    """The inventory with its source fingerprint as data version, and its summary metadata."""
+    return dg.Output(
         df,
+        # the files this inventory was read from: the sensor compares it with the folder now
+        # (kp_assets.sensors), and Dagster marks downstream partitions stale when it changes
+        data_version=dg.DataVersion(fingerprint),
         metadata={
             "sessions": ", ".join(df["session"].unique()),  # the baseline session first
             "n_runs": len(df),
@@ -141,4 +162,3 @@ def scans(
             or "none",
         },
     )
-    yield from _run_checks(context, df, warehouse.root, quality)

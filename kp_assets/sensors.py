@@ -1,6 +1,24 @@
 """``new_participant_sensor``: turns participant folders into partitions and (re)runs them.
 
-A participant folder is picked up only when it is **complete and settled**:
+Only what is not current is requested. A participant is current when its files are those its
+latest ``scans`` materialization was built from: ``scans`` records the participant folder's
+fingerprint (names, sizes and modification times of its files; see
+:func:`kp_science.study.layout.participant_fingerprint`) as the materialization's data version,
+and the sensor compares each folder's fingerprint now with it. The cursor,
+``{"seen": {pid: fingerprint}, "pending": {pid: fingerprint}}``, remembers what was already
+requested or found current, so the Dagster instance is asked only about folders in a state the
+cursor has not seen (one indexed query each): a sensor without a cursor (a new deployment over
+an instance that ``kp demo`` or ``kp run`` already filled, a reset cursor) requests nobody whose
+files are unchanged, and adds their partitions only if the instance lacks them. The instance,
+not the warehouse footers (``kp.source_fingerprint``, :mod:`kp_resources.lineage`), is the
+record used: it is what Dagster shows, what the automation and the nightly catch-up read, and
+it costs one query instead of opening Parquet files; a warehouse written by another instance
+(an ephemeral one in a test) is unknown to Dagster, and rerunning those participants records
+them. Current means current ``scans``: a participant whose later steps failed is not rerun
+for that (``participant_status`` reports it; the nightly catch-up reruns what is missing).
+
+A participant folder that is not current is requested only when it is **complete and
+settled**:
 
 - complete: it has at least one of the study protocol's sessions (a ``ses-<label>`` folder,
   or a ``func/`` folder in a study without session folders, which is the baseline), and in
@@ -10,15 +28,21 @@ A participant folder is picked up only when it is **complete and settled**:
   not there yet (the follow-up) is fine; a half-filled one is not. Folders of sessions the
   protocol does not name are not waited for (the ``scans`` asset leaves their runs out, with
   a warning);
-- settled: its fingerprint (names, sizes and modification times of its files; see
-  :func:`kp_science.study.layout.participant_fingerprint`) is the same at two consecutive ticks,
-  i.e. nothing was written to it for one sensor interval (30 s).
+- settled: nothing was written to it for ``StudyFolder.settle_seconds`` (30 s by default,
+  ``KP_SETTLE_SECONDS``): the newest change time (``st_ctime``) of the files the fingerprint
+  covers is at least that old (:func:`kp_science.study.layout.participant_last_change`; a
+  copy cannot backdate a change time, unlike the modification times that ``cp -p`` keeps), so
+  a folder copied long enough before the tick is requested at its first tick; or its
+  fingerprint is the same at two consecutive ticks (30 s apart). The second rule covers a file
+  server whose clock runs ahead of the sensor's: a change time in the future never settles by
+  time. (A server clock running behind makes files look older than they are: keep the clocks
+  in sync, e.g. NTP, or raise ``settle_seconds`` by the skew.)
 
 So a folder that is still being copied waits, whatever order the files arrive in, and so does
 one with content still missing (a broken DataLad/git-annex link counts as missing). The same
-rule applies when a known participant changes (the post session arriving): the rerun is
-requested once the change is complete and settled. Waiting participants are logged at every
-tick with what they lack.
+rule applies when a known participant changes (the post session arriving, a file replaced):
+that participant alone is rerun once the change is complete and settled. Waiting participants
+are logged at every tick with what they lack.
 
 Errors: a ``sub-*`` entry that is not a participant folder (a bad name, a file, a symbolic
 link loop, a link out of the study folder, a folder that cannot be read or vanished; see
@@ -31,6 +55,7 @@ next tick with the cursor of the last successful one, so nothing is lost or repe
 """
 
 import json
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -58,6 +83,27 @@ PARTICIPANT_ASSETS = dg.AssetSelection.assets("scans").downstream() & dg.AssetSe
 
 # Missing files named in the log per participant (the rest are counted).
 _SHOWN_MISSING = 3
+
+SCANS = dg.AssetKey("scans")
+# the tag Dagster stores a materialization's data version under (scans: the folder fingerprint)
+DATA_VERSION_TAG = "dagster/data_version"
+
+
+def materialized_fingerprint(instance: dg.DagsterInstance, pid: str) -> str | None:
+    """The folder fingerprint participant ``pid``'s latest ``scans`` materialization in
+    ``instance`` was built from (its data version); None when it has none."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=SCANS, asset_partitions=[pid]), limit=1
+    ).records
+    materialization = records[0].asset_materialization if records else None
+    return (materialization.tags or {}).get(DATA_VERSION_TAG) if materialization else None
+
+
+def settled_by_time(last_change: float | None, now: float, settle_seconds: float) -> bool:
+    """Whether files last changed at ``last_change`` (seconds since the epoch; None: no
+    files) have gone unwritten for ``settle_seconds`` at ``now``. A change time after ``now``
+    (a file server's clock ahead of ours) is never settled by time."""
+    return last_change is not None and now - last_change >= max(settle_seconds, 0.0)
 
 
 def _present_sessions(protocol: StudyProtocol, pid: str) -> list[tuple[str, str]]:
@@ -102,7 +148,12 @@ def missing_files(study: StudyLike, pid: str) -> list[str]:
             if not found:
                 missing.append(run_pattern(protocol, pid, session, task, folder))
             for run in found:
-                files = [run.bold_path, run.sidecar_path, run.mask_path, run.confounds_path]
+                files: list[Path | None] = [
+                    run.bold_path,
+                    run.sidecar_path,
+                    run.mask_path,
+                    run.confounds_path,
+                ]
                 if spec.has_events:
                     files.append(run.expected_events_path or run.events_path)
                 # exists() follows links: a DataLad/annex link without content is missing
@@ -112,9 +163,10 @@ def missing_files(study: StudyLike, pid: str) -> list[str]:
 
 def _parse_cursor(context: dg.SensorEvaluationContext) -> tuple[dict[str, str], dict[str, str]]:
     """The cursor is JSON ``{"seen": {pid: fingerprint}, "pending": {pid: fingerprint}}``:
-    ``seen`` holds the state each participant was last requested in, ``pending`` the complete
-    state first seen at the previous tick. A flat ``{pid: fingerprint}`` (the first format)
-    is read as ``seen``; anything else starts afresh."""
+    ``seen`` holds the state each participant was last requested or found current in,
+    ``pending`` the complete state first seen at the previous tick. A flat
+    ``{pid: fingerprint}`` (the first format) is read as ``seen``; anything else starts
+    afresh."""
     if not context.cursor:
         return {}, {}
     try:
@@ -125,7 +177,8 @@ def _parse_cursor(context: dg.SensorEvaluationContext) -> tuple[dict[str, str], 
         context.log.warning("unreadable cursor: treating every participant as new")
         return {}, {}
     if isinstance(state.get("seen"), dict):
-        pending = state.get("pending") if isinstance(state.get("pending"), dict) else {}
+        pending = state.get("pending")
+        pending = pending if isinstance(pending, dict) else {}
         return (
             {str(k): str(v) for k, v in state["seen"].items()},
             {str(k): str(v) for k, v in pending.items()},
@@ -152,6 +205,7 @@ def _describe_missing(missing: list[str]) -> str:
 )
 def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFolder):
     seen, pending = _parse_cursor(context)
+    now = time.time()
 
     try:
         protocol = study.protocol()
@@ -176,43 +230,55 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
         if name in pending:
             next_pending[name] = pending[name]
     ready: dict[str, str] = {}
+    current: list[str] = []  # not seen in this state, but scans was built from these files
     waiting: list[str] = []
     settling: list[str] = []
     for pid in pids:
         try:
             fingerprint = study.fingerprint(pid)
-            missing = [] if seen.get(pid) == fingerprint else missing_files(protocol, pid)
         except (OSError, ValueError) as e:
-            # this participant alone cannot be read now: keep what we knew, retry next tick
-            context.log.warning(
-                f"cannot read participant folder {pid} this tick ({e}); "
-                "it is retried at the next tick"
+            _keep_unreadable(context, pid, e, seen, pending, next_seen, next_pending)
+            continue
+        if seen.get(pid) == fingerprint:
+            next_seen[pid] = fingerprint
+            continue  # unchanged since it was last requested or found current
+        if materialized_fingerprint(context.instance, pid) == fingerprint:
+            next_seen[pid] = fingerprint
+            current.append(pid)
+            continue
+        try:
+            missing = missing_files(protocol, pid)
+            settled = not missing and (
+                pending.get(pid) == fingerprint
+                or settled_by_time(study.last_change(pid), now, study.settle_seconds)
             )
-            if pid in seen:
-                next_seen[pid] = seen[pid]
-            if pid in pending:
-                next_pending[pid] = pending[pid]
+        except (OSError, ValueError) as e:
+            _keep_unreadable(context, pid, e, seen, pending, next_seen, next_pending)
             continue
         if pid in seen:
             next_seen[pid] = seen[pid]
-        if seen.get(pid) == fingerprint:
-            continue  # unchanged since its last run
         if missing:
             waiting.append(f"{pid} (missing {_describe_missing(missing)})")
-        elif pending.get(pid) == fingerprint:
+        elif settled:
             ready[pid] = fingerprint
             next_seen[pid] = fingerprint
         else:
-            # complete now, but files may still be changing: request it if it is the same
-            # at the next tick
+            # complete now, but files may still be changing: request it once it has gone
+            # unwritten for settle_seconds, or is the same at the next tick
             next_pending[pid] = fingerprint
             settling.append(pid)
 
+    if current:
+        context.log.info(
+            "already processed from their current files (the data version of their latest "
+            f"scans): {', '.join(current)}"
+        )
     if waiting:
         context.log.info(f"waiting for incomplete participant folder(s): {'; '.join(waiting)}")
     if settling:
         context.log.info(
-            f"complete, requested at the next tick if unchanged: {', '.join(settling)}"
+            f"complete, requested once unwritten for {study.settle_seconds:g} s or unchanged "
+            f"at the next tick: {', '.join(settling)}"
         )
     gone = sorted(set(seen) - set(pids) - set(skipped))
     if gone:
@@ -224,6 +290,14 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
         context.log.info(f"new participant(s): {', '.join(new_ids)}")
     if changed:
         context.log.info(f"changed participant(s): {', '.join(changed)}")
+    # a partition for every participant requested or found current that the instance lacks
+    # (each is added once, whatever the cursor says)
+    known = (
+        set(participants.get_partition_keys(dynamic_partitions_store=context.instance))
+        if ready or current
+        else set()
+    )
+    to_add = sorted(pid for pid in [*ready, *current] if pid not in known)
 
     # The run key ties a request to a state of the files, so an unchanged participant is
     # never requested twice, while each change gets exactly one run.
@@ -242,7 +316,27 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
         skip_reason = "no new or changed participants"
     return dg.SensorResult(
         run_requests=run_requests,
-        dynamic_partitions_requests=[participants.build_add_request(new_ids)] if new_ids else [],
+        dynamic_partitions_requests=[participants.build_add_request(to_add)] if to_add else [],
         cursor=json.dumps({"seen": next_seen, "pending": next_pending}, sort_keys=True),
         skip_reason=skip_reason,
     )
+
+
+def _keep_unreadable(
+    context: dg.SensorEvaluationContext,
+    pid: str,
+    error: Exception,
+    seen: dict[str, str],
+    pending: dict[str, str],
+    next_seen: dict[str, str],
+    next_pending: dict[str, str],
+) -> None:
+    """This participant alone cannot be read now: log it and keep what the cursor knew, so it
+    is retried at the next tick."""
+    context.log.warning(
+        f"cannot read participant folder {pid} this tick ({error}); it is retried at the next tick"
+    )
+    if pid in seen:
+        next_seen[pid] = seen[pid]
+    if pid in pending:
+        next_pending[pid] = pending[pid]

@@ -4,6 +4,8 @@ Defaults keep everything inside the repository (git-ignored): the study in ``dat
 the warehouse beside it in ``data/warehouse``. ``KP_STUDY_DIR`` and ``KP_WAREHOUSE_DIR``
 override them (a lab server points them at its own storage), and ``KP_PROTOCOL`` names the
 study protocol file (default: ``<study>/kp-protocol.yaml`` if it exists, else this trial's).
+``KP_SETTLE_SECONDS`` sets how long a complete participant folder must go unwritten before the
+sensor processes it (:func:`settle_seconds`, default 30).
 
 :func:`study_dir` and :func:`warehouse_dir` are the paths now (what ``kp demo`` and ``kp sql``
 use). The Dagster definitions take :func:`study_root` and :func:`warehouse_root` instead: a
@@ -11,19 +13,27 @@ variable that is set becomes ``dg.EnvVar(...)`` in the resource configuration, s
 reads it where and when a resource is set up (run worker, sensor, Dask worker) and the UI
 shows the setting as "from KP_STUDY_DIR" rather than a path frozen when the code loaded.
 ``dg.EnvVar`` fails on a variable that is not set, so an unset variable gives the default path.
+A ``dg.EnvVar`` can only fill a text (or, with ``dg.EnvVar.int``, an integer) field, so the
+settle time, a number of seconds with a fraction, is read from ``KP_SETTLE_SECONDS`` when the
+definitions load instead (the UI shows the number; the code location must be reloaded after a
+change, as for any setting the definitions read).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import dagster as dg
 
+from kp_resources.study import DEFAULT_SETTLE_SECONDS
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STUDY_ENV = "KP_STUDY_DIR"
 WAREHOUSE_ENV = "KP_WAREHOUSE_DIR"
 PROTOCOL_ENV = "KP_PROTOCOL"
+SETTLE_ENV = "KP_SETTLE_SECONDS"
 
 
 def study_dir() -> Path:
@@ -58,3 +68,20 @@ def protocol_file() -> str | None:
     ``dg.EnvVar("KP_PROTOCOL")`` when that variable is set, else None (the study's own
     ``kp-protocol.yaml``, or the default protocol)."""
     return dg.EnvVar(PROTOCOL_ENV) if os.environ.get(PROTOCOL_ENV) else None
+
+
+def settle_seconds() -> float:
+    """``settle_seconds`` of :class:`kp_resources.study.StudyFolder` in the definitions: the
+    number of seconds in ``KP_SETTLE_SECONDS`` (e.g. ``30``, ``2.5``) when that variable is
+    set, else :data:`DEFAULT_SETTLE_SECONDS`. Raises ``ValueError`` naming the variable when
+    it is not a finite number of seconds >= 0."""
+    text = os.environ.get(SETTLE_ENV)
+    if not text:
+        return DEFAULT_SETTLE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{SETTLE_ENV}={text!r}: not a number of seconds >= 0 (e.g. 30 or 2.5)")
+    return value

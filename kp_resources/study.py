@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+from pydantic import Field
 
 from kp_science.study.clinical import load_clinical
 from kp_science.study.layout import (
@@ -16,8 +17,12 @@ from kp_science.study.layout import (
     find_runs,
     has_bold_runs,
     participant_fingerprint,
+    participant_last_change,
 )
 from kp_science.study.protocol import StudyProtocol, study_protocol
+
+#: Seconds a complete participant folder must go unwritten before it is processed.
+DEFAULT_SETTLE_SECONDS = 30.0
 
 
 class StudyFolder(dg.ConfigurableResource):
@@ -28,11 +33,20 @@ class StudyFolder(dg.ConfigurableResource):
     kp's definitions set ``root`` to ``dg.EnvVar("KP_STUDY_DIR")`` and ``protocol_file`` to
     ``dg.EnvVar("KP_PROTOCOL")`` when those variables are set (Dagster reads them wherever
     the resource is set up: run worker, sensor, Dask worker), else ``root`` to the in-repo
-    ``data/study`` (:func:`kp_resources.locations.study_root`).
+    ``data/study`` (:func:`kp_resources.locations.study_root`); ``settle_seconds`` to
+    ``KP_SETTLE_SECONDS`` when it is set (:func:`kp_resources.locations.settle_seconds`).
     """
 
     root: str
     protocol_file: str | None = None
+    settle_seconds: float = Field(
+        default=DEFAULT_SETTLE_SECONDS,
+        ge=0,
+        description="Seconds a complete participant folder must go unwritten before it is "
+        "processed (the newest change time of its files, st_ctime, at least this old; "
+        "kp_assets.sensors). A folder also counts as settled when it is the same at two "
+        "consecutive sensor ticks.",
+    )
 
     @property
     def path(self) -> Path:
@@ -54,6 +68,10 @@ class StudyFolder(dg.ConfigurableResource):
     def fingerprint(self, pid: str) -> str:
         """See :func:`participant_fingerprint`."""
         return participant_fingerprint(self.protocol(), pid)
+
+    def last_change(self, pid: str) -> float | None:
+        """See :func:`participant_last_change` (seconds since the epoch)."""
+        return participant_last_change(self.protocol(), pid)
 
     def has_bold_runs(self, pid: str) -> bool:
         """See :func:`has_bold_runs`."""

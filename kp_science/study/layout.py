@@ -188,9 +188,39 @@ def _listing(folder: Path) -> list[str]:
         raise StudyDataError(folder, _os_problem(folder, e)) from e
 
 
-def _file_stats(base: Path) -> list[tuple[str, int, int]]:
-    """(path relative to ``base``, size, mtime in ns) of every file under ``base``, following
-    links; names starting with ``.`` are skipped, files and folders alike.
+class _FileStat(NamedTuple):
+    """One file as the fingerprint sees it: ``rel`` its path relative to the participant's
+    folder, ``size`` in bytes (-1: a broken link, content not fetched), ``mtime_ns`` and
+    ``ctime_ns`` its modification and change times (ns since the epoch; 0 for a broken link)."""
+
+    rel: str
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def _stat_or_broken(path: Path) -> os.stat_result | None:
+    """``os.stat`` of ``path`` following links (DataLad / git-annex); None when it fails
+    otherwise than by a link loop (e.g. a broken annex link: content not fetched yet); a loop
+    raises :class:`StudyDataError` naming the path."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StudyDataError(path, _os_problem(path, e)) from e
+        return None
+
+
+def _file_stat(rel: str, st: os.stat_result | None) -> _FileStat:
+    """:class:`_FileStat` of a file at ``rel`` whose ``os.stat`` is ``st`` (None: broken)."""
+    if st is None:
+        return _FileStat(rel, -1, 0, 0)
+    return _FileStat(rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _file_stats(base: Path) -> list[_FileStat]:
+    """:class:`_FileStat` of every file under ``base``, following links; names starting with
+    ``.`` are skipped, files and folders alike.
 
     A link that leads back to a folder containing it (or to itself) raises
     :class:`StudyDataError` naming the link, where ``os.walk(followlinks=True)`` would loop, and
@@ -203,50 +233,45 @@ def _file_stats(base: Path) -> list[tuple[str, int, int]]:
             if name.startswith("."):
                 continue
             path = folder / name
-            try:
-                st = os.stat(path)  # follows links (DataLad / git-annex)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise StudyDataError(path, _os_problem(path, e)) from e
-                # e.g. a broken annex link: content not fetched yet
-                found.append((path.relative_to(base).as_posix(), -1, 0))
+            st = _stat_or_broken(path)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                found.append(_file_stat(path.relative_to(base).as_posix(), st))
                 continue
-            if stat.S_ISDIR(st.st_mode):
-                if (st.st_dev, st.st_ino) in ancestors:
-                    raise StudyDataError(
-                        path,
-                        "a symbolic link loop: it leads back to "
-                        f"{os.path.realpath(path)}, which contains it",
-                    )
-                visit(path, ancestors | {(st.st_dev, st.st_ino)})
-            else:
-                found.append((path.relative_to(base).as_posix(), st.st_size, st.st_mtime_ns))
+            if (st.st_dev, st.st_ino) in ancestors:
+                raise StudyDataError(
+                    path,
+                    "a symbolic link loop: it leads back to "
+                    f"{os.path.realpath(path)}, which contains it",
+                )
+            visit(path, ancestors | {(st.st_dev, st.st_ino)})
 
     top = os.stat(base)
     visit(base, frozenset({(top.st_dev, top.st_ino)}))
     return found
 
 
-def _raw_event_stats(base: Path) -> list[tuple[str, int, int]]:
-    """(path relative to ``base``, size, mtime in ns) of the events files in ``base/func`` and
-    ``base/ses-*/func`` (``base``: a participant's folder in the raw root; none when it does
-    not exist). A broken link (content not fetched) counts with size -1."""
+def _raw_event_stats(base: Path) -> list[_FileStat]:
+    """:class:`_FileStat` of the events files in ``base/func`` and ``base/ses-*/func``
+    (``base``: a participant's folder in the raw root; none when it does not exist), paths
+    relative to ``base``."""
     folders = ["func"] + [f"{s}/func" for s in _session_names(base)]
-    found = []
-    for folder in folders:
-        for name in _listing(base / folder):
-            if name.startswith(".") or not name.endswith("_events.tsv"):
-                continue
-            path = base / folder / name
-            try:
-                st = os.stat(path)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise StudyDataError(path, _os_problem(path, e)) from e
-                found.append((f"{folder}/{name}", -1, 0))
-                continue
-            found.append((f"{folder}/{name}", st.st_size, st.st_mtime_ns))
-    return found
+    return [
+        _file_stat(f"{folder}/{name}", _stat_or_broken(base / folder / name))
+        for folder in folders
+        for name in _listing(base / folder)
+        if not name.startswith(".") and name.endswith("_events.tsv")
+    ]
+
+
+def _participant_stats(protocol: StudyProtocol, pid: str) -> list[_FileStat]:
+    """The files :func:`participant_fingerprint` covers: everything under the participant's
+    derivatives folder and, when the raw root is another folder, its events files there
+    (paths prefixed ``raw:``, which keeps a raw file apart from a derivatives file of the
+    same relative path)."""
+    stats = _file_stats(participant_dir(protocol, pid))
+    if protocol.raw != protocol.derivatives:
+        stats += [s._replace(rel=f"raw:{s.rel}") for s in _raw_event_stats(protocol.raw / pid)]
+    return stats
 
 
 def participant_fingerprint(study: StudyLike, pid: str) -> str:
@@ -260,17 +285,28 @@ def participant_fingerprint(study: StudyLike, pid: str) -> str:
     that cannot be read raises :class:`StudyDataError` naming it (``OSError`` if the
     participant's folder is gone), so the caller can set this participant aside.
     """
-    protocol = as_protocol(study)
-    base = participant_dir(protocol, pid)
-    lines = [f"{rel}\t{size}\t{mtime}\n" for rel, size, mtime in _file_stats(base)]
-    if protocol.raw != protocol.derivatives:
-        # "raw:" keeps a raw file apart from a derivatives file of the same relative path
-        raw = _raw_event_stats(protocol.raw / pid)
-        lines += [f"raw:{rel}\t{size}\t{mtime}\n" for rel, size, mtime in raw]
+    lines = [
+        f"{s.rel}\t{s.size}\t{s.mtime_ns}\n" for s in _participant_stats(as_protocol(study), pid)
+    ]
     digest = hashlib.sha256()
     for line in sorted(lines):
         digest.update(line.encode())
     return digest.hexdigest()[:16]
+
+
+def participant_last_change(study: StudyLike, pid: str) -> float | None:
+    """When the participant's files last changed: the newest status-change time
+    (``st_ctime``, seconds since the epoch) over the files :func:`participant_fingerprint`
+    covers; None when there are none. Unlike the modification time, which a copy may carry
+    over (``cp -p``, ``rsync -t``, ``shutil.copy2``) or anyone may set (``os.utime``), the
+    change time is set by the file system, to its own clock, whenever a file is written or its
+    metadata (times, mode; on Linux file systems also its name) is changed, and cannot be set
+    back: a folder just copied has recent change times whatever its modification times say.
+    Broken links (content not fetched) do not count. Errors as for
+    :func:`participant_fingerprint`.
+    """
+    times = [s.ctime_ns for s in _participant_stats(as_protocol(study), pid) if s.size >= 0]
+    return max(times) / 1e9 if times else None
 
 
 def session_folders(study: StudyLike, pid: str) -> list[str]:

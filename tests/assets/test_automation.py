@@ -1,5 +1,6 @@
 """The daily loop: arrivals found by the sensor, group assets refreshed by declarative
-automation once per batch, the nightly catch-up schedule, and the ``checks`` table."""
+automation once per batch in one run (the catalog once more after a failed one), the nightly
+catch-up schedule, and the ``checks`` table."""
 
 import shutil
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from kp_assets.automation import GROUP_REFRESH_OR_RETRY
 from kp_assets.definitions import build_definitions
 from kp_assets.partitions import participants
 from kp_resources.prediction_models import PredictionModels
@@ -27,6 +29,28 @@ GROUP = {
     "warehouse_catalog",
 }
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def step_outcomes(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    """``{step: "succeeded" | "failed"}`` of the steps the run started; a step skipped
+    because an input failed never starts and is not listed."""
+    outcomes = {}
+    for event in result.all_events:
+        if event.is_step_success:
+            outcomes[event.step_key] = "succeeded"
+        elif event.is_step_failure:
+            outcomes[event.step_key] = "failed"
+    return outcomes
+
+
+def retried_after_failure(defs: dg.Definitions) -> set[str]:
+    """The group assets run once more on their own after a group run that skipped them."""
+    graph = defs.resolve_asset_graph()
+    return {
+        key.to_user_string()
+        for key in graph.get_all_asset_keys()
+        if graph.get(key).automation_condition == GROUP_REFRESH_OR_RETRY
+    }
 
 
 class Loop:
@@ -53,6 +77,7 @@ class Loop:
         self.sensor_cursor: str | None = None
         self.automation_cursor = None
         self.group_requests: list[set[str]] = []
+        self.outcomes: list[dict[str, str]] = []  # of each run refresh_groups launched
         # the automation sensor is on before anyone is scanned: the first tick sets its state
         # (an asset's inputs count as "updated" only after a tick has seen them)
         self.evaluate()
@@ -98,20 +123,25 @@ class Loop:
             k.to_user_string() for k in graph.get_all_asset_keys() if result.get_num_requested(k)
         }
 
+    def run(self, requested: set[str], defs: dg.Definitions | None = None):
+        """One run of the ``requested`` assets, as the automation sensor launches it (the
+        unpartitioned assets of one tick together); ``defs``: other resources."""
+        job = (defs or self.defs).resolve_implicit_global_asset_job_def()
+        return job.execute_in_process(
+            asset_selection=[dg.AssetKey(k) for k in requested],
+            instance=self.instance,
+            run_config=QUIET,
+            raise_on_error=False,
+        )
+
     def refresh_groups(self, max_ticks: int = 8) -> None:
         """Tick automation and run what it requests, until it requests nothing."""
-        job = self.defs.resolve_implicit_global_asset_job_def()
         for _ in range(max_ticks):
             requested = self.evaluate()
             if not requested:
                 return
             self.group_requests.append(requested)
-            job.execute_in_process(
-                asset_selection=[dg.AssetKey(k) for k in requested],
-                instance=self.instance,
-                run_config=QUIET,
-                raise_on_error=False,
-            )
+            self.outcomes.append(step_outcomes(self.run(requested)))
         raise AssertionError(f"automation still requesting after {max_ticks} ticks")
 
     def times_requested(self) -> dict[str, int]:
@@ -151,7 +181,15 @@ def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study
     for pid in first:
         loop.run_participant(pid)
     loop.refresh_groups()
-    assert loop.times_requested() == dict.fromkeys(GROUP, 1)
+    # one automation request with every group asset: one run, in dependency order. The group
+    # DCM cannot be fitted on 3 participants (4 design columns): its failure skips what is
+    # computed from it in that run, and the catalog (with whatever else is retried after a
+    # failed group run) runs once more on its own
+    retried = retried_after_failure(loop.defs)
+    assert "warehouse_catalog" in retried
+    assert loop.outcomes[0]["dcm_group_effects"] == "failed"
+    assert loop.group_requests == [GROUP, retried]
+    assert loop.times_requested() == dict.fromkeys(GROUP, 1) | dict.fromkeys(retried, 2)
     assert (
         query(warehouse, "SELECT count(*) AS n FROM enet_predictions WHERE model = 'main'").n[0]
         == 3
@@ -163,6 +201,7 @@ def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study
     batch = loop.arrivals()
     assert batch == ["sub-04", "sub-05"]
     loop.group_requests.clear()
+    loop.outcomes.clear()
     job = loop.defs.resolve_job_def("participant_assets")
     queued = loop.instance.create_run_for_job(
         job,
@@ -176,6 +215,8 @@ def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study
     loop.run_participant("sub-05")
     loop.refresh_groups()
     assert loop.times_requested() == dict.fromkeys(GROUP, 1)
+    assert loop.group_requests == [GROUP]  # 5 participants: every group asset, one run
+    assert "failed" not in loop.outcomes[0].values()
 
     # the newcomers are in SQL and in the refitted models
     change = query(warehouse, "SELECT DISTINCT participant_id FROM change_scores")
@@ -184,6 +225,47 @@ def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study
     assert sorted(fitted.participant_id) == [f"sub-0{i}" for i in range(1, 6)]
     checks = query(warehouse, "SELECT * FROM checks WHERE asset = 'enet_summary'")
     assert checks.passed.all() and "5 participants" in checks.summary.iloc[0]
+
+
+@pytest.mark.slow  # 10–17 s: two participant runs and four group runs
+def test_a_failed_group_run_rebuilds_the_catalog_once(five_participant_study, tmp_path):
+    """A group model that fails in the one group run skips the catalog; the next evaluation
+    requests the catalog alone, once: a retry that fails as well is not retried."""
+    study = tmp_path / "study"
+    shutil.copytree(five_participant_study, study, ignore=shutil.ignore_patterns("sub-0[2-5]"))
+    warehouse = tmp_path / "warehouse"
+    loop = Loop(study, warehouse)  # the models need 3 participants: one is too few
+    assert loop.arrivals() == ["sub-01"]
+    loop.run_participant("sub-01")
+
+    requested = loop.evaluate()
+    assert requested == GROUP
+    steps = step_outcomes(loop.run(requested))
+    assert steps["clinical"] == "succeeded" and steps["enet_models"] == "failed"
+    assert "paper_table" not in steps and "warehouse_catalog" not in steps  # skipped
+    assert not (warehouse / "kp.duckdb").exists()
+
+    # Dagster counts the skipped catalog's execution as failed: it is requested alone, once;
+    # here its warehouse is not writable, so the retry fails too, and is not retried
+    assert loop.evaluate() == {"warehouse_catalog"}
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    broken = build_definitions(study, blocked)  # the catalog's warehouse is a file
+    assert step_outcomes(loop.run({"warehouse_catalog"}, broken)) == {"warehouse_catalog": "failed"}
+    assert loop.evaluate() == set()
+    assert loop.evaluate() == set()
+
+    # the next arrival refreshes everything again, and a failure is retried again, once
+    shutil.copytree(five_participant_study / "sub-02", study / "sub-02")
+    assert loop.arrivals() == ["sub-02"]
+    loop.run_participant("sub-02")
+    requested = loop.evaluate()
+    assert requested == GROUP
+    assert "warehouse_catalog" not in step_outcomes(loop.run(requested))
+    assert loop.evaluate() == {"warehouse_catalog"}
+    assert step_outcomes(loop.run({"warehouse_catalog"})) == {"warehouse_catalog": "succeeded"}
+    assert (warehouse / "kp.duckdb").exists()
+    assert loop.evaluate() == set()
 
 
 def test_nightly_catch_up_requests_missing_and_stale_work(five_participant_study, tmp_path):

@@ -27,6 +27,23 @@ def test_definitions_load_with_every_asset_versioned():
     }
 
 
+def test_sensors_run_by_default_and_replace_the_default_automation_sensor():
+    """Both sensors are on when the deployment starts: nobody has to find a switch."""
+    participants = defs.resolve_sensor_def("new_participant_sensor")
+    assert participants.default_status == dg.DefaultSensorStatus.RUNNING
+    automation = defs.resolve_sensor_def("group_refresh")
+    assert isinstance(automation, dg.AutomationConditionSensorDefinition)
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+    assert automation.minimum_interval_seconds == 10
+    # it targets every asset, so Dagster creates no default_automation_condition_sensor
+    graph = defs.resolve_asset_graph()
+    assert automation.asset_selection.resolve(graph) == graph.get_all_asset_keys()
+    assert {s.name for s in defs.get_repository_def().sensor_defs} == {
+        "new_participant_sensor",
+        "group_refresh",
+    }
+
+
 def test_participant_assets_are_partitioned_by_participant():
     graph = defs.resolve_asset_graph()
     scans = graph.get(dg.AssetKey("scans"))

@@ -1,6 +1,6 @@
 """``new_participant_sensor``: new folders become partitions once, when complete and settled;
-changed ones are rerun; bad input (half-copied folders, unreadable folders, failing ticks)
-loses nothing."""
+changed ones are rerun; what the instance already holds from the current files is not; bad
+input (half-copied folders, unreadable folders, failing ticks) loses nothing."""
 
 import json
 import logging
@@ -12,34 +12,61 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from kp_assets import sensors
 from kp_assets.clinical import clinical
 from kp_assets.partitions import participants
 from kp_assets.scans import scans
 from kp_assets.sensors import (
+    DATA_VERSION_TAG,
     PARTICIPANT_ASSETS,
+    SCANS,
     missing_files,
     new_participant_sensor,
+    settled_by_time,
 )
 from kp_resources.study import StudyFolder
-from kp_science.study.layout import discover_participants, participant_fingerprint
+from kp_science.study.layout import (
+    discover_participants,
+    participant_fingerprint,
+    participant_last_change,
+)
 from tests.bad_entries import bad_entries
+
+# The folders of most tests here were written moments ago (copies), or minutes ago (the
+# session's shared study): an hour's settle window leaves them to the two-tick rule, whatever
+# the test's pace. The settle window itself is tested below with short windows.
+TWO_TICK_RULE_ONLY = 3600.0
 
 
 @pytest.fixture(scope="module")
-def instance():
-    # build_sensor_context wants a persistent instance
+def shared_instance():
+    # build_sensor_context wants a persistent instance (about 2 s to create: one per module)
     with dg.instance_for_test() as inst:
         yield inst
 
 
+@pytest.fixture
+def instance(shared_instance):
+    """The module's instance without the partitions an earlier test added."""
+    for key in shared_instance.get_dynamic_partitions(participants.name):
+        shared_instance.delete_dynamic_partition(participants.name, key)
+    return shared_instance
+
+
 def tick(instance, study, cursor=None, resource=None) -> dg.SensorResult:
+    """One evaluation; the partitions it requests are added to ``instance``, as the sensor
+    daemon does."""
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"study": resource or StudyFolder(root=str(study))},
+        resources={
+            "study": resource or StudyFolder(root=str(study), settle_seconds=TWO_TICK_RULE_ONLY)
+        },
     )
     result = new_participant_sensor(context)
     assert isinstance(result, dg.SensorResult)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result
 
 
@@ -193,6 +220,119 @@ def test_cursor_of_the_first_format_is_kept(instance, study_root):
     assert seen(result) == json.loads(flat)
 
 
+# --- what the instance already holds ----------------------------------------------------------
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def materialize_scans(instance: dg.DagsterInstance, study: Path, pids: list[str]) -> None:
+    """Run ``scans`` for ``pids`` into ``instance`` through the participant job, as
+    ``kp demo`` / ``kp run`` do before any sensor runs (the rest of the job is left out: the
+    sensor reads only ``scans``)."""
+    from kp_assets.definitions import build_definitions
+
+    job = build_definitions(study, study.parent / "warehouse").resolve_job_def("participant_assets")
+    instance.add_dynamic_partitions(participants.name, pids)
+    for pid in pids:
+        result = job.execute_in_process(
+            partition_key=pid, instance=instance, asset_selection=[SCANS], run_config=QUIET
+        )
+        assert result.success, pid
+
+
+def test_participants_processed_before_the_sensor_started_are_not_requested(
+    study_copy, capfd, monkeypatch
+):
+    """``make demo`` then ``make ui``: the sensor starts without a cursor over an instance
+    that holds every participant; it requests nobody until a file changes, then that one."""
+    pids = discover_participants(study_copy)
+    fingerprints = {pid: participant_fingerprint(study_copy, pid) for pid in pids}
+    with dg.instance_for_test() as inst:  # its own: it records materializations
+        materialize_scans(inst, study_copy, pids)
+        # scans records the folder's fingerprint as the materialization's data version
+        for pid in pids:
+            record = inst.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=SCANS, asset_partitions=[pid]), limit=1
+            ).records[0]
+            assert record.asset_materialization is not None
+            assert record.asset_materialization.tags[DATA_VERSION_TAG] == fingerprints[pid]
+
+        first = tick(inst, study_copy)  # no cursor
+        assert requested(first) == {} and added(first) == []  # no partition added twice
+        assert seen(first) == fingerprints and pending(first) == {}
+        assert "already processed from their current files" in capfd.readouterr().err
+
+        # a lost partition (deleted in the UI) is added again, once, with no run
+        inst.delete_dynamic_partition(participants.name, pids[0])
+        again = tick(inst, study_copy)
+        assert requested(again) == {} and added(again) == [pids[0]]
+        # the instance is asked only about folders in a state the cursor has not seen
+        lookups = []
+        lookup = sensors.materialized_fingerprint
+        monkeypatch.setattr(
+            sensors,
+            "materialized_fingerprint",
+            lambda instance, pid: lookups.append(pid) or lookup(instance, pid),
+        )
+        later = tick(inst, study_copy, again.cursor)
+        assert requested(later) == {} and added(later) == [] and later.cursor == again.cursor
+        assert lookups == []
+
+        # one file of one participant replaced: that participant alone, once settled
+        events = next((study_copy / pids[1] / "ses-post" / "func").glob("*_events.tsv"))
+        events.write_bytes(events.read_bytes())
+        result = settle(inst, study_copy, later.cursor)
+        changed = participant_fingerprint(study_copy, pids[1])
+        assert requested(result) == {pids[1]: f"{pids[1]}:{changed}"}
+        assert added(result) == [] and lookups == [pids[1], pids[1]]  # one per tick
+
+
+# --- the settle window ------------------------------------------------------------------------
+
+
+def test_settled_by_time():
+    assert settled_by_time(last_change=70.0, now=100.0, settle_seconds=30.0)
+    assert not settled_by_time(last_change=80.0, now=100.0, settle_seconds=30.0)
+    assert not settled_by_time(last_change=None, now=100.0, settle_seconds=0.0)  # no files
+    # a file server's clock ahead of ours: a change time in the future never settles by time
+    assert not settled_by_time(last_change=100.5, now=100.0, settle_seconds=0.0)
+    assert not settled_by_time(last_change=130.0, now=100.0, settle_seconds=30.0)
+
+
+def test_a_folder_unwritten_for_the_settle_time_is_requested_at_its_first_tick(
+    instance, study_copy
+):
+    cursor = settle(instance, study_copy).cursor
+    quick = StudyFolder(root=str(study_copy), settle_seconds=1.0)
+    copy_participant(study_copy, "sub-01", "sub-90")
+    time.sleep(1.1)  # sub-90 has gone unwritten for the settle time ...
+    copy_participant(study_copy, "sub-01", "sub-91")  # ... sub-91 was written just now
+    result = tick(instance, study_copy, cursor, resource=quick)
+    assert list(requested(result)) == ["sub-90"] and added(result) == ["sub-90"]
+    assert list(pending(result)) == ["sub-91"]
+    # the next tick finds sub-91 unchanged: the two-tick rule settles it
+    result = tick(instance, study_copy, result.cursor, resource=quick)
+    assert list(requested(result)) == ["sub-91"] and added(result) == ["sub-91"]
+
+
+def test_old_modification_times_do_not_settle_a_folder_just_copied(instance, study_copy):
+    """``cp -p`` / ``shutil.copy2`` keep the files' modification times, and ``os.utime`` sets
+    them back a day; the change times stay those of the copy."""
+    cursor = settle(instance, study_copy).cursor
+    written = copy_participant(study_copy, "sub-01", "sub-92")
+    day_ns = 86_400 * 1_000_000_000
+    for path in written:
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - day_ns))
+    last_change = participant_last_change(study_copy, "sub-92")
+    assert last_change is not None and time.time() - last_change < 60
+    a_minute = StudyFolder(root=str(study_copy), settle_seconds=60.0)
+    result = tick(instance, study_copy, cursor, resource=a_minute)
+    assert requested(result) == {} and list(pending(result)) == ["sub-92"]
+    result = tick(instance, study_copy, result.cursor, resource=a_minute)
+    assert list(requested(result)) == ["sub-92"]
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 
@@ -273,7 +413,7 @@ def test_unreadable_participant_keeps_its_state_and_the_others_go_on(instance, s
     first = settle(instance, study_copy)
     copy_participant(study_copy, "sub-01", "sub-70")
     touch(next((study_copy / "sub-02" / "ses-pre" / "func").glob("*_events.tsv")))
-    flaky = _FlakyStudy(root=str(study_copy), broken="sub-02")
+    flaky = _FlakyStudy(root=str(study_copy), broken="sub-02", settle_seconds=TWO_TICK_RULE_ONLY)
     second = tick(instance, study_copy, first.cursor, resource=flaky)
     third = tick(instance, study_copy, second.cursor, resource=flaky)
     assert list(requested(third)) == ["sub-70"]  # the others go on
@@ -353,7 +493,9 @@ def test_sensor_targets_participant_assets_only(study_root):
 
 def test_tick_is_accepted_by_dagster(study_root, instance):
     """A full evaluation (as the daemon does it): partitions added in the same tick are valid."""
-    resources = _all_resources(study_root)
+    resources = _all_resources(study_root) | {
+        "study": StudyFolder(root=str(study_root), settle_seconds=TWO_TICK_RULE_ONLY)
+    }
     defs = dg.Definitions(
         assets=[scans, clinical], sensors=[new_participant_sensor], resources=resources
     )
@@ -377,9 +519,14 @@ def test_tick_is_accepted_by_dagster(study_root, instance):
     )
 
 
-def test_failing_tick_is_logged_and_retried_with_the_same_cursor(study_copy, tmp_path, capfd):
+def test_failing_tick_is_logged_and_retried_with_the_same_cursor(
+    study_copy, tmp_path, capfd, monkeypatch
+):
     """Through Dagster's sensor daemon: a tick that raises is recorded as failed with its
     error, the cursor stays that of the last good tick, and the next tick carries on."""
+    # the daemon's clock is frozen minutes ahead below, the files' change times are not: the
+    # two-tick rule alone settles them (the setting reaches the sensor from the environment)
+    monkeypatch.setenv("KP_SETTLE_SECONDS", str(TWO_TICK_RULE_ONLY))
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.scheduler.instigation import TickStatus
     from dagster._core.test_utils import freeze_time

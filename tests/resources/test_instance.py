@@ -11,8 +11,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from dagster._core.run_coordinator import QueuedRunCoordinator
 
 from kp_resources.instance import InstanceConfigError, check_instance_config, load_instance
+from kp_resources.run_workers import WarmRunLauncher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +35,8 @@ def test_local_instance_queues_runs_monitors_them_and_purges_old_ticks(tmp_path,
     monkeypatch.setenv("KP_DAGSTER_STORAGE", str(tmp_path / "storage"))
     instance = load_instance(ROOT)
     try:
-        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
+        assert isinstance(instance.run_launcher, WarmRunLauncher)
         assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 2
         assert instance.run_monitoring_enabled
         assert instance.run_monitoring_max_resume_run_attempts == 0

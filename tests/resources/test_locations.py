@@ -4,10 +4,11 @@ defaults."""
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from dagster._core.execution.build_resources import build_resources
 
 from kp_assets.definitions import build_definitions
-from kp_resources.locations import protocol_file, study_root, warehouse_root
+from kp_resources.locations import protocol_file, settle_seconds, study_root, warehouse_root
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,3 +37,19 @@ def test_locations_default_without_the_variables(monkeypatch):
     assert study_root() == str(ROOT / "data" / "study")
     assert not isinstance(study_root(), dg.EnvVar)
     assert warehouse_root() == str(ROOT / "data" / "warehouse")
+
+
+def test_settle_time_comes_from_the_environment(tmp_path, monkeypatch):
+    """KP_SETTLE_SECONDS, a number of seconds, is read when the definitions are built (a
+    dg.EnvVar cannot fill a float field); a value that is not one fails naming it."""
+    monkeypatch.delenv("KP_SETTLE_SECONDS", raising=False)
+    assert settle_seconds() == 30.0
+    assert build_definitions(tmp_path, tmp_path).resources["study"].settle_seconds == 30.0
+    monkeypatch.setenv("KP_SETTLE_SECONDS", "2.5")
+    assert build_definitions(tmp_path, tmp_path).resources["study"].settle_seconds == 2.5
+    monkeypatch.setenv("KP_SETTLE_SECONDS", "0")
+    assert settle_seconds() == 0.0
+    for bad in ("30s", "-1", "nan", "inf"):
+        monkeypatch.setenv("KP_SETTLE_SECONDS", bad)
+        with pytest.raises(ValueError, match=f"KP_SETTLE_SECONDS='{bad}': not a number of"):
+            build_definitions(tmp_path, tmp_path)

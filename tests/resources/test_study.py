@@ -7,7 +7,12 @@ import pytest
 
 from kp_resources.study import StudyFolder
 from kp_science.study.clinical import load_clinical
-from kp_science.study.layout import discover_study, find_runs, participant_fingerprint
+from kp_science.study.layout import (
+    discover_study,
+    find_runs,
+    participant_fingerprint,
+    participant_last_change,
+)
 from kp_science.study.protocol import PROTOCOL_FILE, ProtocolError
 
 
@@ -16,6 +21,8 @@ def test_resource_wraps_functions(study_root):
     pid = study.participants()[0]
     assert study.discover() == discover_study(study_root)
     assert study.fingerprint(pid) == participant_fingerprint(study_root, pid)
+    assert study.last_change(pid) == participant_last_change(study_root, pid)
+    assert study.settle_seconds == 30.0  # the sensor's settle window by default
     assert study.runs(pid) == find_runs(study_root, pid)
     assert study.has_bold_runs(pid)
     pd.testing.assert_frame_equal(study.clinical(), load_clinical(study_root))

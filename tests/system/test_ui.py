@@ -12,6 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
@@ -91,6 +92,9 @@ def ui(one_participant, tmp_path):
         "KP_DAGSTER_STORAGE": str(tmp_path / "storage"),
         "KP_STUDY_DIR": str(one_participant),
         "KP_WAREHOUSE_DIR": str(tmp_path / "warehouse"),
+        # the participant folder was written long ago: keep the sensor from requesting it at
+        # its first tick, before the test stops it and launches the run itself
+        "KP_SETTLE_SECONDS": "3600",
     }
     log = open(tmp_path / "ui.log", "w")
     server = subprocess.Popen(
@@ -192,14 +196,13 @@ def test_participant_materialized_through_graphql_and_seen_in_the_browser(ui):
 
     # the assets of the graph below (the DCM fits, not in it, would only add time)
     selection = [{"path": [key]} for key in PARTICIPANT_GRAPH + ["roi_coverage"]]
+    launch_time = time.time()
     launched = gql(
         """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
         __typename ... on LaunchRunSuccess { run { runId status } } ... on Error { message } } }""",
         params={
             "selector": repository | {"jobName": "participant_assets", "assetSelection": selection},
-            # the launchpad's "in_process" executor: one process for the run
-            # instead of one per step (each would import the project again)
-            "runConfigData": {"execution": {"config": {"in_process": {}}}},
+            # no run config: the definitions' in-process executor, in a warm run worker
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": PID}]},
         },
     )["launchRun"]
@@ -218,6 +221,23 @@ def test_participant_materialized_through_graphql_and_seen_in_the_browser(ui):
             break
         time.sleep(2)
     assert status == "SUCCESS", (tmp_path / "ui.log").read_text()[-5000:]
+
+    # it ran in one of the warm run workers of dagster.yaml, which executed it itself
+    run = gql(
+        """query($id: ID!) { runOrError(runId: $id) { ... on Run { tags { key value }
+        eventConnection { events { ... on MessageEvent { message } } } } } }""",
+        id=run_id,
+    )["runOrError"]
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    worker = tags["kp/run_worker_pid"]
+    messages = [e.get("message") for e in run["eventConnection"]["events"]]
+    assert any(
+        (m or "").startswith(f"[WarmRunLauncher] Handed to run worker pid {worker} ")
+        for m in messages
+    ), messages
+    # a worker the daemon started when it started (dagster.yaml's warm_start), not for this run
+    assert psutil.Process(int(worker)).create_time() < launch_time
+    assert f"Started process for run (pid: {worker})." in messages, messages
 
     materialization = gql(
         """query($key: AssetKeyInput!, $p: [String!]) {
