@@ -16,6 +16,8 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from kp_resources.run_workers import WORKER_PID_TAG, WarmRunLauncher, project_files
 from tests.resources import run_worker_jobs
 
+pytestmark = pytest.mark.slow  # worker processes
+
 ROOT = Path(__file__).resolve().parents[2]
 POINTER = ModuleCodePointer("tests.resources.run_worker_jobs", "defs", str(ROOT))
 
@@ -36,14 +38,24 @@ def launch(launcher: WarmRunLauncher, instance: dg.DagsterInstance, job: dg.JobD
     return run.run_id
 
 
-def finished(instance: dg.DagsterInstance, run_id: str, timeout: float = 90) -> dg.DagsterRun:
+def _wait(instance: dg.DagsterInstance, run_id: str, until, what: str, timeout: float):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = instance.get_run_by_id(run_id)
-        if run is not None and run.is_finished:
+        if run is not None and until(run):
             return run
         time.sleep(0.2)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s")
+    raise AssertionError(f"run {run_id} did not {what} in {timeout} s")
+
+
+def finished(instance: dg.DagsterInstance, run_id: str, timeout: float = 90) -> dg.DagsterRun:
+    return _wait(instance, run_id, lambda r: r.is_finished, "finish", timeout)
+
+
+def started(instance: dg.DagsterInstance, run_id: str, timeout: float = 60) -> dg.DagsterRun:
+    return _wait(
+        instance, run_id, lambda r: r.status == dg.DagsterRunStatus.STARTED, "start", timeout
+    )
 
 
 def ran_in(instance: dg.DagsterInstance, run_id: str) -> int:
@@ -92,11 +104,7 @@ def test_a_changed_source_file_retires_the_worker(launcher, tmp_path):
 def test_terminate_cancels_the_run_and_replaces_its_worker(launcher):
     launcher, instance = launcher
     run_id = launch(launcher, instance, run_worker_jobs.long_wait)
-    deadline = time.monotonic() + 60
-    while instance.get_run_by_id(run_id).status != dg.DagsterRunStatus.STARTED:
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.2)
-    worker = int(instance.get_run_by_id(run_id).tags[WORKER_PID_TAG])
+    worker = int(started(instance, run_id).tags[WORKER_PID_TAG])
     assert launcher.terminate(run_id)
     assert finished(instance, run_id, timeout=30).status == dg.DagsterRunStatus.CANCELED
     # the interrupted worker exits; the next run gets a fresh one
@@ -108,12 +116,7 @@ def test_terminate_cancels_the_run_and_replaces_its_worker(launcher):
 
 def test_a_dead_worker_fails_its_health_check(launcher):
     launcher, instance = launcher
-    run_id = launch(launcher, instance, run_worker_jobs.long_wait)
-    deadline = time.monotonic() + 60
-    while instance.get_run_by_id(run_id).status != dg.DagsterRunStatus.STARTED:
-        assert time.monotonic() < deadline, "the run never started"
-        time.sleep(0.2)
-    run = instance.get_run_by_id(run_id)
+    run = started(instance, launch(launcher, instance, run_worker_jobs.long_wait))
     assert launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
     os.kill(int(run.tags[WORKER_PID_TAG]), signal.SIGKILL)
     deadline = time.monotonic() + 10
