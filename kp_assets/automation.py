@@ -4,13 +4,15 @@ catch-up schedule.
 * New participant folders are found by ``new_participant_sensor`` (one run per participant).
 * Group assets (``clinical``, ``participant_status``, the prediction models,
   ``dcm_group_effects``, ``paper_table``, the catalog) carry :data:`GROUP_REFRESH`: after any
-  input updated, refit once no input is still being computed (no participant run in progress
-  or queued), so a batch of arrivals gives one refit when its last participant finishes, never
-  one per participant. Every group asset whose inputs updated, or whose inputs are requested
-  on the same tick, is requested on that tick, and Dagster launches the unpartitioned assets
+  input updated, refit once no input, and no input of an input, is still being computed (no
+  participant run in progress or queued: ``clinical``, which every group model reads, depends
+  on every participant table, so a half-done participant run holds them all back), so a
+  batch of arrivals gives one refit when its last participant finishes, never one per
+  participant. Every group asset whose inputs updated, or whose inputs are requested on the
+  same tick, is requested on that tick, and Dagster launches the unpartitioned assets
   requested on one tick as one run, which executes them in dependency order: one batch, one
-  run. Unlike ``AutomationCondition.eager()`` it does not wait for every participant partition
-  to exist: one participant with bad data must not freeze the group results.
+  run. Unlike ``AutomationCondition.eager()`` it does not wait for every participant
+  partition to exist: one participant with bad data must not freeze the group results.
 * In that one run a failed step skips everything computed from it: with too few participants
   for the elastic net or for the group DCM (fewer than its four design columns), the paper
   table and the catalog. A failed group model must not leave the catalog un-rebuilt, so
@@ -37,11 +39,22 @@ from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
+# No input of the asset, and no input of its inputs, is still to be computed by a run in
+# progress or queued. Two levels because a participant run updates its tables one step after
+# another: ``clinical`` depends on every participant table, so every group asset computed from
+# ``clinical`` waits until the whole participant run is done, not only the tables it reads
+# (otherwise a tick between the run's ``dcm_parameters`` and its ``change_scores`` would refit
+# the group DCM alone, and the rest in a second run).
+_NO_INPUT_IN_PROGRESS = (
+    ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.any_deps_in_progress())
+).with_label("no_input_in_progress")
+
 GROUP_REFRESH = (
     (
         dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
     ).since_last_handled()
-    & ~dg.AutomationCondition.any_deps_in_progress()
+    & _NO_INPUT_IN_PROGRESS
     & ~dg.AutomationCondition.in_progress()
 ).with_label("group_refresh")
 
@@ -57,7 +70,7 @@ _REQUESTED_SINCE_INPUTS_UPDATED = (
 RETRY_AFTER_FAILED_RUN = (
     dg.AutomationCondition.execution_failed()
     & ~_REQUESTED_SINCE_INPUTS_UPDATED
-    & ~dg.AutomationCondition.any_deps_in_progress()
+    & _NO_INPUT_IN_PROGRESS
     & ~dg.AutomationCondition.in_progress()
 ).with_label("retry_after_failed_run")
 

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH
+from kp_assets.participant_status import PARTICIPANT_TABLES
 from kp_resources.quality import check_result
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
@@ -12,8 +13,9 @@ from kp_resources.warehouse import Warehouse
 
 @dg.asset(
     # not read, but a new participant's clinical rows arrive with their folder: refresh the
-    # table after the scans inventory of a batch of arrivals changed
-    deps=["scans"],
+    # table once a batch of arrivals is processed, i.e. after every participant table (the
+    # group models computed from clinical then wait for whole participant runs too)
+    deps=list(PARTICIPANT_TABLES),
     automation_condition=GROUP_REFRESH,
     group_name="ingest",
     kinds={"pandas", "parquet"},

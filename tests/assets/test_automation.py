@@ -212,6 +212,22 @@ def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study
     loop.run_participant("sub-04")
     assert loop.evaluate() == set(), "group refit while a participant of the batch is queued"
     loop.instance.report_run_canceled(queued)
+    # sub-05's run half done: its scans inventory written, its other tables still to come
+    everything = set(job.asset_layer.executable_asset_keys)
+    job.execute_in_process(
+        partition_key="sub-05",
+        asset_selection=[dg.AssetKey("scans")],
+        instance=loop.instance,
+        run_config=QUIET,
+    )
+    rest = loop.instance.create_run_for_job(
+        job,
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"dagster/partition": "sub-05"},
+        asset_selection=everything - {dg.AssetKey("scans")},
+    )
+    assert loop.evaluate() == set(), "group refit halfway through a participant run"
+    loop.instance.report_run_canceled(rest)
     loop.run_participant("sub-05")
     loop.refresh_groups()
     assert loop.times_requested() == dict.fromkeys(GROUP, 1)
