@@ -4,9 +4,29 @@ import errno
 import os
 import shutil
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+
+def cores_per_process() -> int:
+    """Cores one test process may keep busy: all of them when pytest runs alone, its share
+    under pytest-xdist (``make test``: 2 workers on 2 cores, so 1 each). Fixtures pass it as
+    ``jobs`` to the simulator and ``materialize_study``: more processes than cores only add
+    process start-ups and contention."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+# Under pytest-xdist, BLAS thread pools as large as the worker's share of the cores: the
+# libraries size them from these variables when they load (numpy is not imported yet when
+# pytest reads this file), and threads beyond the cores spin and cost CPU time. Only in the
+# workers: the controller's environment, which the workers inherit, stays as it was.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_variable, str(cores_per_process()))
 
 # Small enough to simulate and ingest in seconds: 8 mm voxels, 24 volumes per run.
 TINY_STUDY = {"participants": 3, "seed": 0, "voxel_size": 8.0, "volumes": 24}
@@ -71,6 +91,24 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def study_copy(study_root: Path, tmp_path: Path) -> Path:
     """A private copy of the simulated study that a test may damage."""
     return Path(shutil.copytree(study_root, tmp_path / "study"))
+
+
+# A persistent Dagster instance (sqlite) commits every event of every run, and each commit
+# fsyncs: milliseconds of waiting and kernel time per event on disk, nothing on tmpfs. The
+# tests that need one (the bad-input corpus, kill -9, `kp run`) keep its storage in memory; a
+# killed process loses no more there than on disk (only a power cut would tell them apart).
+TMPFS = Path("/dev/shm")
+
+
+@pytest.fixture(scope="session")
+def memory_root() -> Iterator[Path]:
+    """A folder on tmpfs (a temporary folder on disk where there is none) for Dagster
+    instance storage: make a folder of your own inside it (``tempfile.mkdtemp(dir=...)``).
+    Removed when the session ends."""
+    usable = TMPFS.is_dir() and os.access(TMPFS, os.W_OK | os.X_OK)
+    root = Path(tempfile.mkdtemp(prefix="kp-tests-", dir=TMPFS if usable else None))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # --- ways to damage a study -------------------------------------------------------------------
@@ -431,12 +469,14 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     from kp_resources.prediction_models import PredictionModels
     from kp_science.simulator import simulate_study
 
-    study = simulate_study(base / "study", null=null, **(RECOVERY_STUDY | options))
+    jobs = cores_per_process()
+    study = simulate_study(base / "study", null=null, jobs=jobs, **(RECOVERY_STUDY | options))
     warehouse = base / "warehouse"
     failed = materialize_study(
         study,
         warehouse,
         dg.DagsterInstance.ephemeral(),
+        jobs=jobs,
         log=lambda _: None,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         # the recovery tests read the fitted models, not their permutation p or nested LOO
@@ -447,20 +487,32 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
 
 
 SHARED_STUDIES = ("recovery_study", "null_study", "corpus")
+# module-scoped fixtures that materialize a small study for several tests: their tests stay on
+# one worker as well, or every worker that ran one of them would build it again
+MODULE_STUDIES = ("two_layouts", "demo_warehouse", "small_warehouse")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup`` (``make test``), run every test of one of the
-    expensive session studies on the same worker, so each study is simulated and
-    materialized once."""
+    expensive studies on the same worker, so each study is simulated and materialized once,
+    and hand the long tests out first.
+
+    xdist queues the groups first (largest first), then every other test in collection
+    order, and gives a worker the next one as it runs out of work. The test files holding a
+    slow test are moved to the front (each whole, in their order): the suite then ends on
+    short tests on both workers, not on one worker finishing a minute-long test alone."""
     for item in items:
-        for name in SHARED_STUDIES:
-            if name in getattr(item, "fixturenames", ()):
-                item.add_marker(pytest.mark.xdist_group(name))
-                # building one of these studies takes minutes: `make test-fast` leaves them out
-                item.add_marker(pytest.mark.slow)
-                break
+        names = getattr(item, "fixturenames", ())
+        shared = next((name for name in SHARED_STUDIES if name in names), None)
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared))
+            # building one of these studies takes minutes: `make test-fast` leaves them out
+            item.add_marker(pytest.mark.slow)
+        elif module_study := next((name for name in MODULE_STUDIES if name in names), None):
+            item.add_marker(pytest.mark.xdist_group(module_study))
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: files stay whole
 
 
 @pytest.hookimpl(tryfirst=True)

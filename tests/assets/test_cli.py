@@ -1,6 +1,7 @@
 """``kp simulate``, the demo's materialization and ``kp sql`` end to end on a tiny study."""
 
 import json
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -26,10 +27,10 @@ class DemoRun(NamedTuple):
 
 
 @pytest.fixture(scope="module")
-def demo_warehouse(tmp_path_factory, small_study) -> DemoRun:
+def demo_warehouse(tmp_path_factory, small_study, memory_root) -> DemoRun:
     """The small study with sub-02's faces run truncated and three bad ``sub-*`` entries (a
     symbolic link loop, a link out of the study, an unreadable folder), materialized like
-    ``kp demo``."""
+    ``kp demo``: participants in two worker processes, on a persistent (sqlite) instance."""
     import shutil
 
     from tests.conftest import truncate_bold
@@ -38,10 +39,11 @@ def demo_warehouse(tmp_path_factory, small_study) -> DemoRun:
     study = shutil.copytree(small_study, base / "study")
     bad_file, _ = truncate_bold(study, "sub-02")
     warehouse = base / "warehouse"
-    instance = dg.DagsterInstance.ephemeral()
+    # its storage on tmpfs (tests/conftest.py); the workers open it from its InstanceRef
+    instance = dg.DagsterInstance.local_temp(tempfile.mkdtemp(prefix="demo-", dir=memory_root))
     log: list[str] = []
     with bad_entries(study, base / "outside"):
-        failed = materialize_study(study, warehouse, instance, log=log.append)
+        failed = materialize_study(study, warehouse, instance, jobs=2, log=log.append)
     return DemoRun(
         study, warehouse, failed, bad_file, log, instance.get_dynamic_partitions(participants.name)
     )
@@ -60,6 +62,21 @@ def test_one_bad_participant_fails_alone(demo_warehouse):
     ]
     assert (warehouse / "clinical" / "part-0.parquet").exists()
     assert (warehouse / "kp.duckdb").exists()
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_the_failure_a_worker_stored_is_read_back_into_participant_status(demo_warehouse):
+    """sub-02's participant job ran in a worker process, which stored its failure in the
+    instance; the group job, in this process, reads it back as sub-02's status and reason
+    (an instance that the workers did not share would leave it unexplained)."""
+    from kp_resources.warehouse import query
+
+    warehouse, bad_file = demo_warehouse.warehouse, demo_warehouse.bad_file
+    status = query(warehouse, "SELECT * FROM participant_status").set_index("participant_id")
+    assert status.loc["sub-02", "status"] == "failed", status.loc["sub-02"]
+    assert str(bad_file) in status.loc["sub-02", "reason"]
+    assert "truncated" in status.loc["sub-02", "reason"]
+    assert (status.loc[["sub-01", "sub-03"], "status"] == "current").all(), status
 
 
 @pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s

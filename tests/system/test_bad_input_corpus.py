@@ -4,7 +4,7 @@ One simulated study in which every participant but a few controls is damaged in 
 — images, sidecars, masks, confounds, events, the participants and phenotype tables,
 folders and links — before the first run, and a further set damaged *between* two runs
 (files corrupted, changed or removed, a folder withdrawn). ``kp demo``'s
-``materialize_study`` runs it twice on one persistent Dagster instance. For every case:
+``materialize_study`` runs it twice on one Dagster instance. For every case:
 
 - the failing participant's message names the file and the problem;
 - the other participants complete (every control is current and in every group model);
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import DAMAGES, _run
+from tests.conftest import DAMAGES, _run, cores_per_process
 
 # what a case expects: the participant fails (its run names the file), is skipped by
 # discovery, or is imaged fine but has clinical values no model may use
@@ -281,7 +281,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     n = len(CASES) + N_CONTROLS
     study = Path(
         simulate_study(
-            base / "study", participants=n, seed=5, voxel_size=8.0, volumes=60, progress=False
+            base / "study",
+            participants=n,
+            seed=5,
+            voxel_size=8.0,
+            volumes=60,
+            progress=False,
+            jobs=cores_per_process(),
         )
     )
     pids = sorted(p.name for p in study.glob("sub-*"))
@@ -290,9 +296,13 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Outcome:
     expected = {c.name: c.damage(study, by_case[c.name]) for c in CASES if not c.between_runs}
 
     warehouse = base / "warehouse"
-    (base / "dagster").mkdir()
-    instance = dg.DagsterInstance.local_temp(str(base / "dagster"))
+    # Both runs in this process on one in-memory instance, which participant_status reads the
+    # failures from. A stored (sqlite) instance with worker processes costs the corpus's ~60
+    # runs about 40 s more CPU; tests/assets/test_cli.py's demo run covers workers recording a
+    # failure into a stored instance.
+    instance = dg.DagsterInstance.ephemeral()
     options = dict(
+        jobs=1,
         log=lambda _: None,
         run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
         prediction=PredictionModels(

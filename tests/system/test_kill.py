@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ import pandas as pd
 import pytest
 
 from kp_resources.warehouse import CATALOG_FILE, currency_notes, list_tables, query
+from tests.conftest import cores_per_process
 
 pytestmark = pytest.mark.slow  # two pipeline runs in subprocesses
 
@@ -98,16 +100,23 @@ def _temporaries(warehouse: Path) -> list[str]:
     return sorted(str(p) for p in warehouse.rglob(".*.tmp-*"))
 
 
-def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path: Path):
+def test_kill_9_mid_run_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, memory_root: Path):
     from kp_science.simulator import simulate_study
 
     study = Path(
         simulate_study(
-            tmp_path / "study", participants=5, seed=2, voxel_size=8.0, volumes=60, progress=False
+            tmp_path / "study",
+            participants=5,
+            seed=2,
+            voxel_size=8.0,
+            volumes=60,
+            progress=False,
+            jobs=cores_per_process(),
         )
     )
-    home = tmp_path / "dagster"
-    home.mkdir()
+    # the runs' sqlite instance storage on tmpfs (tests/conftest.py): a SIGKILL loses as much
+    # there as on disk, without an fsync per stored event
+    home = Path(tempfile.mkdtemp(prefix="kill-", dir=memory_root))
     warehouse = tmp_path / "warehouse"
     _run(study, warehouse, home)
     uninterrupted = _tables(warehouse)

@@ -10,6 +10,7 @@ Every table must hold the same numbers once the new names are mapped back.
 """
 
 import re
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +24,7 @@ from kp_assets.materialize import materialize_study
 from kp_resources.prediction_models import PredictionModels
 from kp_resources.warehouse import list_tables
 from kp_science.study.protocol import translate_names
+from tests.conftest import cores_per_process
 from tests.folder_snapshot import snapshot
 from tests.system.renamed_study import ARMS, BACK, SESSIONS, rename_study
 
@@ -49,13 +51,14 @@ def _materialize(study: Path, warehouse: Path) -> None:
     assert failed == {}, failed
 
 
-def _kp_run(protocol: Path, warehouse: Path, base: Path, monkeypatch, capsys) -> str:
-    """``kp run`` of the renamed study (kp's own instance file, storage under ``base``);
-    returns what it printed, after checking it wrote nothing into the study."""
+def _kp_run(protocol: Path, warehouse: Path, base: Path, storage: Path, monkeypatch, capsys) -> str:
+    """``kp run`` of the renamed study (kp's own instance file, its storage in ``storage``,
+    settings under ``base``); returns what it printed, after checking it wrote nothing into
+    the study."""
     from kp_resources.locations import REPO_ROOT
 
     monkeypatch.setenv("DAGSTER_HOME", str(REPO_ROOT))
-    monkeypatch.setenv("KP_DAGSTER_STORAGE", str(base / "storage"))
+    monkeypatch.setenv("KP_DAGSTER_STORAGE", str(storage))
     for name in ("KP_PROTOCOL", "KP_WAREHOUSE_DIR", "KP_STUDY_DIR"):
         monkeypatch.delenv(name, raising=False)
     settings = base / "settings.yaml"
@@ -70,7 +73,7 @@ def _kp_run(protocol: Path, warehouse: Path, base: Path, monkeypatch, capsys) ->
     assert code == 0, out + err
     assert "materializing" in err  # the progress bar
     assert snapshot(protocol.parent) == before  # nothing written into the study's folders
-    assert (base / "storage").exists()  # the runs are in the instance's storage
+    assert storage.exists()  # the runs are in the instance's storage
     return out
 
 
@@ -116,15 +119,19 @@ def _table(warehouse: Path, name: str) -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def two_layouts(tmp_path_factory) -> tuple[Path, Path, str]:
+def two_layouts(tmp_path_factory, memory_root) -> tuple[Path, Path, str]:
     from kp_science.simulator import simulate_study
 
     base = tmp_path_factory.mktemp("renaming")
-    study = Path(simulate_study(base / "study", **STUDY))
+    study = Path(simulate_study(base / "study", jobs=cores_per_process(), **STUDY))
     protocol = rename_study(study, base / "renamed")
     _materialize(study, base / "default-warehouse")
+    # kp run's sqlite storage on tmpfs (tests/conftest.py): no fsync per stored event
+    storage = Path(tempfile.mkdtemp(prefix="renamed-", dir=memory_root)) / "storage"
     with pytest.MonkeyPatch.context() as monkeypatch:
-        printed = _kp_run(protocol, base / "renamed-warehouse", base, monkeypatch, _Capture())
+        printed = _kp_run(
+            protocol, base / "renamed-warehouse", base, storage, monkeypatch, _Capture()
+        )
     return base / "default-warehouse", base / "renamed-warehouse", printed
 
 

@@ -15,6 +15,7 @@ from scipy.stats import spearmanr
 
 from kp_science.prediction import EnetSettings, ModelVariant, fit_variant
 from kp_science.simulator.roi_level import simulate_roi_study
+from tests.conftest import cores_per_process
 from tests.science.prediction.roi_level import change_scores, many_studies
 
 GPPI = "faces.gppi.vmpfc->amygdala.emotional"
@@ -28,12 +29,12 @@ NULL_PERMUTATIONS = 100
 
 @pytest.fixture(scope="module")
 def recovery_studies() -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    return many_studies(RECOVERY_SEEDS)
+    return many_studies(RECOVERY_SEEDS, workers=cores_per_process())
 
 
 @pytest.fixture(scope="module")
 def null_studies() -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    return many_studies(NULL_SEEDS, null=True)
+    return many_studies(NULL_SEEDS, null=True, workers=cores_per_process())
 
 
 def test_region_level_path_measures_gppi_like_the_image_path():
