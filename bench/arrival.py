@@ -182,6 +182,7 @@ def in_process_baseline(out: Path, study: Path, pids: list[str], warm_up: str) -
     scratch = out / "baseline"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "home").mkdir(parents=True)
+    (scratch / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     defs = build_definitions(study, scratch / "warehouse")
     job = defs.resolve_job_def("participant_assets")
     quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
