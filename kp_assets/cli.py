@@ -195,7 +195,9 @@ def _summary_sections(primary: str) -> list[tuple[str, str, tuple[str, ...]]]:
             "the paper's findings beside ours",
             """
             SELECT finding, published, round(estimate, 2) AS estimate,
-                   round(selection_frequency, 2) AS selection_frequency, note
+                   round(selection_frequency, 2) AS selection_frequency,
+                   round(permutation_p, 3) AS permutation_p, round(pp, 3) AS pp,
+                   supported, note
             FROM paper_table""",
             ("paper_table",),
         ),
@@ -455,7 +457,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 # the resources a settings file may configure (study, warehouse and IO manager are the
 # command line's)
-SETTABLE_RESOURCES = ("roi_set", "cleaning", "dcm_models", "dcm_group", "prediction", "quality")
+SETTABLE_RESOURCES = (
+    "roi_set",
+    "cleaning",
+    "dcm_models",
+    "dcm_group",
+    "prediction",
+    "quality",
+    "evidence",
+)
 
 
 def resource_settings(path: Path) -> dict:

@@ -28,6 +28,7 @@ from kp_assets.session_features import change_scores, session_features
 from kp_assets.task_connectivity import task_connectivity
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMGroupDesign, DCMModels
+from kp_resources.evidence_rules import EvidenceRules
 from kp_resources.locations import protocol_file, settle_seconds, study_root, warehouse_root
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
@@ -110,6 +111,7 @@ def build_definitions(
             "dcm_group": DCMGroupDesign(),
             "prediction": PredictionModels(),
             "quality": QualityThresholds(),
+            "evidence": EvidenceRules(),
         }
         | overrides,
     )

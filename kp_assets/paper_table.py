@@ -5,7 +5,8 @@ The findings are those of docs/architecture.md §1.
 One row per finding, computed from the elastic-net tables and the group DCM effects by
 :func:`kp_science.prediction.paper_table`; a finding the data cannot give is NaN with
 the reason in ``note``. The DCM rows carry ``pp``, the posterior probability that the effect
-is present.
+is present. ``supported`` applies the ``evidence`` resource's rules (:class:`EvidenceRules`)
+and ``evidence`` gives each rule's figure.
 
 The findings are named in this trial's vocabulary (the default protocol's). A study whose
 protocol has the same design under other names has its terms read back into those names
@@ -18,6 +19,7 @@ import pandas as pd
 
 from kp_assets.automation import GROUP_REFRESH_OR_RETRY
 from kp_resources.asset_metadata import markdown_table
+from kp_resources.evidence_rules import EvidenceRules
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.dcm.findings import dcm_findings
@@ -38,10 +40,11 @@ def _in_paper_names(values: pd.Series, names: dict[str, str]) -> pd.Series:
     group_name="prediction",
     automation_condition=GROUP_REFRESH_OR_RETRY,
     kinds={"pandas", "parquet"},
-    code_version="paper_table-3",
+    code_version="paper_table-4",
     description="One row per headline finding of the paper: published value and direction, "
-    "this analysis' estimate, fully standardized β, selection frequency, whether "
-    "the direction agrees, and why an estimate is missing.",
+    "this analysis' estimate, fully standardized β, selection frequency, permutation p, Pp, "
+    "whether the direction agrees, whether the evidence supports it (configurable rules) "
+    "and why an estimate is missing.",
 )
 def paper_table(
     context: dg.AssetExecutionContext,
@@ -49,6 +52,7 @@ def paper_table(
     enet_coefficients: pd.DataFrame,
     warehouse: Warehouse,
     study: StudyFolder,
+    evidence: EvidenceRules,
 ) -> pd.DataFrame:
     protocol = study.protocol()
     names = name_correspondence(protocol, default_vocabulary())
@@ -70,16 +74,17 @@ def paper_table(
     dcm = dcm_findings(effects) if effects is not None and names else None
     coefficients = enet_coefficients.assign(term=_in_paper_names(enet_coefficients["term"], names))
     table = build_paper_table(
-        {"enet_summary": enet_summary, "enet_coefficients": coefficients}, dcm
+        {"enet_summary": enet_summary, "enet_coefficients": coefficients}, dcm, evidence.rules()
     )
     shown = table[
-        ["finding", "published", "estimate", "selection_frequency", "pp", "same_direction", "note"]
+        ["finding", "published", "estimate", "supported", "evidence", "same_direction", "note"]
     ]
     context.add_output_metadata(
         {
             "findings": dg.MetadataValue.md(markdown_table(shown)),
             "n_estimated": int(table["estimate"].notna().sum()),
             "n_same_direction": int((table["same_direction"] == True).sum()),  # noqa: E712
+            "n_supported": int(table["supported"].sum()),
         }
     )
     return table

@@ -57,10 +57,20 @@ DCM_FINDINGS: tuple[DCMFinding, ...] = (
 )
 
 
+def switched_off(row: pd.Series) -> bool:
+    """Whether model reduction removed the effect from every model it averaged over: its
+    averaged mean and sd are then exactly 0 (a prior fixed at 0, not an estimate of 0)."""
+    return float(row["mean"]) == 0.0 and float(row.get("sd", np.nan)) == 0.0
+
+
 def dcm_findings(effects: pd.DataFrame) -> pd.DataFrame:
     """One row per finding: ``finding``, ``estimate`` (the averaged effect after model
     reduction, per CAPS-5 point), ``pp`` (posterior probability that it is present),
-    ``note`` (the direction and Pp in words, or why it is missing)."""
+    ``note`` (the direction and Pp in words, or why it is missing).
+
+    An effect that model reduction switched off (:func:`switched_off`) has no estimate: NaN,
+    its Pp, and a note saying so — not an estimate of 0, whose sign would read as a
+    direction against the published one."""
     rows = []
     for f in DCM_FINDINGS:
         hit = effects[
@@ -79,6 +89,17 @@ def dcm_findings(effects: pd.DataFrame) -> pd.DataFrame:
             )
             continue
         estimate, pp = float(hit["mean"].iloc[0]), float(hit["Pp"].iloc[0])
+        if switched_off(hit.iloc[0]):
+            rows.append(
+                {
+                    "finding": f.key,
+                    "estimate": np.nan,
+                    "pp": pp,
+                    "note": f"{f.analysis}: {f.covariate} → {f.parameter} switched off by "
+                    f"Bayesian model reduction (Pp = {pp:.2f})",
+                }
+            )
+            continue
         sign = "+" if estimate > 0 else "−" if estimate < 0 else "0"
         rows.append(
             {

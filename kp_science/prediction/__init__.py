@@ -53,6 +53,7 @@ _EXPORTS = {
     "fit_variant": "fit",
     "FINDINGS": "headline",
     "Finding": "headline",
+    "SupportRules": "headline",
     "paper_table": "headline",
     "plot_coefficients": "plots",
     "plot_cv_curve": "plots",

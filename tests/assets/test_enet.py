@@ -8,6 +8,7 @@ import pytest
 from kp_assets.enet import enet_models
 from kp_assets.paper_table import paper_table
 from kp_assets.partitions import participants
+from kp_resources.evidence_rules import EvidenceRules
 from kp_resources.parquet_files import RETRACTED_DIR
 from kp_resources.parquet_io import ParquetIOManager
 from kp_resources.prediction_models import PredictionModels
@@ -63,6 +64,7 @@ def _materialize(root: Path, pids: list[str], **settings) -> dg.ExecuteInProcess
             "io_manager": ParquetIOManager(root=str(root)),
             "warehouse": Warehouse(root=str(root)),
             "prediction": PredictionModels(**(FAST | settings)),
+            "evidence": EvidenceRules(),
             # synthetic tables of this trial: the default protocol (no study folder)
             "study": StudyFolder(root=str(root / "no-study")),
         },
@@ -106,6 +108,15 @@ def test_tables_follow_the_contract(fitted):
     dcm_rows = paper[paper.statistic == "direction"]
     assert dcm_rows.estimate.isna().all()
     assert (dcm_rows.note == "DCM group analysis not available").all()
+    # supported: the evidence resource's default rules applied to the row's own figures
+    enet_rows = paper[paper.statistic != "direction"]
+    expected = (
+        (enet_rows.permutation_p < 0.05)
+        & (enet_rows.selection_frequency >= 0.5)
+        & (enet_rows.estimate * [1, 1, 1, -1, 1] > 0)
+    )
+    assert enet_rows.supported.tolist() == expected.tolist()
+    assert not dcm_rows.supported.any() and dcm_rows.evidence.str.contains("✗").all()
 
 
 def test_excluded_participants_and_constant_features_are_listed(fitted):

@@ -12,10 +12,12 @@ import pytest
 
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMGroupDesign
+from kp_resources.evidence_rules import EvidenceRules
 from kp_resources.prediction_models import PredictionModels, PredictionVariant
 from kp_science.cleaning import CleaningStrategy
 from kp_science.dcm.group import GroupDCMConfig
 from kp_science.prediction.elastic_net import EnetSettings
+from kp_science.prediction.headline import SupportRules
 from kp_science.prediction.variants import DEFAULT_VARIANTS, ModelVariant
 
 
@@ -61,9 +63,21 @@ def test_dcm_group_defaults_are_the_science_defaults(make):
     same_fields(make().config(), GroupDCMConfig())
 
 
+@pytest.mark.parametrize("make", [EvidenceRules, lambda: built(EvidenceRules)])
+def test_evidence_defaults_are_the_science_defaults(make):
+    same_fields(make().rules(), SupportRules())
+
+
+def test_an_evidence_rule_outside_zero_to_one_is_refused_by_name():
+    assert built(EvidenceRules, {"min_pp": 0.99}).rules() == SupportRules(min_pp=0.99)
+    with pytest.raises(ValueError, match="max_permutation_p must be within"):
+        EvidenceRules(max_permutation_p=5).rules()
+
+
 @pytest.mark.parametrize(
     ("resource_class", "science_class", "own"),
     [
+        (EvidenceRules, SupportRules, set()),
         (ConfoundCleaning, CleaningStrategy, {"min_free_volumes"}),
         (PredictionVariant, ModelVariant, set()),
         (DCMGroupDesign, GroupDCMConfig, set()),

@@ -10,6 +10,7 @@ from kp_science.prediction import (
     EnetSettings,
     fit_all,
     fit_variant,
+    SupportRules,
     paper_table,
     plot_coefficients,
     plot_cv_curve,
@@ -121,6 +122,83 @@ def test_paper_table_rows(tables):
     assert np.isnan(table.iloc[0]["estimate"])
     assert table.iloc[0]["note"] == "not selected (β = 0)"
     assert table.iloc[5]["estimate"] == -0.12 and table.iloc[5]["same_direction"]
+
+
+def _one_finding_tables(p: float, frequency: float, beta: float) -> dict[str, pd.DataFrame]:
+    """enet tables where only the main model's vmPFC–amygdala term is fitted."""
+    summary = pd.DataFrame({"model": ["main"], "status": ["ok"], "permutation_p": [p]})
+    coefs = pd.DataFrame(
+        {
+            "model": ["main"],
+            "term": [PLANTED[0]],
+            "beta_std": [beta],
+            "beta_fully_std": [beta / 10],
+            "selection_frequency": [frequency],
+        }
+    )
+    return {"enet_summary": summary, "enet_coefficients": coefs}
+
+
+@pytest.mark.parametrize(
+    ("p", "frequency", "beta", "supported", "failed"),
+    [
+        (0.01, 0.8, 2.0, True, None),
+        (0.05, 0.8, 2.0, False, "permutation p = 0.050"),  # p must be *below* 0.05
+        (0.01, 0.49, 2.0, False, "selected in 49%"),
+        (0.01, 0.8, -2.0, False, "published sign"),
+        (np.nan, 0.8, 2.0, False, "permutation p = nan"),  # no permutation test run
+    ],
+)
+def test_an_elastic_net_finding_is_supported_only_when_every_rule_passes(
+    p, frequency, beta, supported, failed
+):
+    row = paper_table(_one_finding_tables(p, frequency, beta)).iloc[0]
+    assert bool(row["supported"]) is supported
+    assert row["permutation_p"] == p or (np.isnan(p) and np.isnan(row["permutation_p"]))
+    if failed:
+        assert f"✗ {failed}" in row["evidence"], row["evidence"]
+    else:
+        assert "✗" not in row["evidence"]
+    # rows whose model was not fitted are never supported
+    assert not paper_table(_one_finding_tables(p, frequency, beta))["supported"].iloc[1:].any()
+
+
+def test_support_rules_are_configurable_and_checked():
+    tables = _one_finding_tables(0.03, 0.6, 2.0)
+    assert paper_table(tables).iloc[0]["supported"]
+    assert not paper_table(tables, rules=SupportRules(max_permutation_p=0.01)).iloc[0]["supported"]
+    assert not paper_table(tables, rules=SupportRules(min_selection_frequency=0.7)).iloc[0][
+        "supported"
+    ]
+    with pytest.raises(ValueError, match="min_pp must be within"):
+        SupportRules(min_pp=95)
+
+
+def test_a_dcm_finding_needs_its_sign_and_pp():
+    tables = _one_finding_tables(0.01, 0.8, 2.0)
+    dcm = pd.DataFrame(
+        {
+            "finding": [
+                "dcm_amygdala_to_vmpfc",
+                "dcm_vmpfc_to_amygdala_ketamine",
+                "dcm_baseline_inhibition",
+            ],
+            "estimate": [-0.2, -0.1, np.nan],  # the third switched off by model reduction
+            "pp": [0.97, 0.90, 0.1],
+            "note": ["", "", "switched off by Bayesian model reduction (Pp = 0.10)"],
+        }
+    )
+    rows = paper_table(tables, dcm=dcm).set_index("finding")
+    assert rows.loc["dcm_amygdala_to_vmpfc", "supported"]
+    assert not rows.loc["dcm_vmpfc_to_amygdala_ketamine", "supported"]
+    assert "✗ Pp = 0.900 (needs ≥ 0.95)" in rows.loc["dcm_vmpfc_to_amygdala_ketamine", "evidence"]
+    assert rows.loc["dcm_vmpfc_to_amygdala_ketamine", "same_direction"]
+    pruned = rows.loc["dcm_baseline_inhibition"]
+    assert not pruned["supported"] and np.isnan(pruned["estimate"])
+    assert pruned["same_direction"] is not False and np.isnan(pruned["same_direction"])
+    assert "switched off" in pruned["note"]
+    looser = paper_table(tables, dcm=dcm, rules=SupportRules(min_pp=0.9)).set_index("finding")
+    assert looser.loc["dcm_vmpfc_to_amygdala_ketamine", "supported"]
 
 
 def test_plots_are_png(tables):
