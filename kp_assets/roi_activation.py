@@ -15,7 +15,7 @@ from kp_science.run_measures import ACTIVATION_DTYPES, activation_rows
     partitions_def=participants,
     group_name="features",
     kinds={"pandas", "parquet"},
-    code_version="roi_activation-2",
+    code_version="roi_activation-3",
     description="Task activation per ROI and contrast (the study protocol's; this trial: faces "
     "emotional_vs_neutral; conflict regulation = iI − cI, monitoring = incongruent − "
     "congruent): beta (% signal), se, t from an AR(1) GLM on the cleaned ROI signals, one "

@@ -134,7 +134,7 @@ def _run_tables(
     outs={
         "roi_timeseries": dg.AssetOut(
             kinds={"pandas", "parquet"},
-            code_version="roi_timeseries-1",
+            code_version="roi_timeseries-2",
             description="Cleaned ROI signals: run × ROI × volume (percent signal change).",
         ),
         "roi_coverage": dg.AssetOut(

@@ -15,7 +15,7 @@ from kp_science.run_measures import GPPI_DTYPES, gppi_rows
     partitions_def=participants,
     group_name="features",
     kinds={"pandas", "parquet"},
-    code_version="task_connectivity-2",
+    code_version="task_connectivity-3",
     description="gPPI interaction betas seed → target for each condition (e.g. emotional) and "
     "task contrast, both directions of every ROI pair (McLaren et al. 2012), one row set per "
     "run.",

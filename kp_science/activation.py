@@ -1,13 +1,33 @@
 """ROI-level first-level GLM (task activation) on cleaned ROI signals.
 
 Designs are nilearn's ``make_first_level_design_matrix`` (canonical Glover HRF, no drift
-terms: the signals were already high-pass filtered and cleaned of confounds, and the task
-regressors get exactly the same cleaning, which by the Frisch–Waugh–Lovell theorem gives the
-betas of a model that contains the confounds). The model is nilearn's ``run_glm`` (AR(1)
-noise) with ``compute_contrast`` t contrasts: the same statistics as nilearn's
-``FirstLevelModel``. Both are computed here with plain numpy (:mod:`.glm`, and the Glover
-design and confound regression below) because nilearn's per-call machinery costs 10–100× the
-algebra on ROI-sized problems; the tests pin the results to nilearn's.
+terms: the run's confounds, fMRIPrep's cosines among them, are the high-pass) with the run's
+confounds and a constant in the design, at the kept volumes only. The model is nilearn's
+``run_glm`` (AR(1) noise) with ``compute_contrast`` t contrasts, and the result equals
+nilearn's ``FirstLevelModel`` with ``confounds=`` the run's confounds, ``sample_masks=`` its
+kept volumes, ``signal_scaling=0``, ``drift_model=None`` and ``noise_model="ar1"`` (tested
+to 1e-6 relative in betas, SEs and t; it agrees to rounding error):
+
+- the signals are the ROI means in percent of their mean over the kept volumes, cleaned of
+  the confounds (:func:`kp_science.roi_signals.clean_roi_signals`); the task regressors get
+  the same cleaning, and the design carries the confounds too, as an orthonormal basis of
+  the z-scored confounds (:func:`clean_design`). With the constant that basis spans the same
+  space as the confounds, so the task betas and their covariance are those of the model
+  [task regressors, confounds, constant] — a reparameterization of the same columns. The
+  cleaning alone would not do: the Frisch–Waugh–Lovell theorem holds for OLS, but the AR(1)
+  refit whitens the design, and a whitened confound is no longer orthogonal to the whitened
+  cleaned regressors; the confound columns must be in the whitened model.
+- degrees of freedom: the dispersion is ``‖whitened residuals‖² / (n − p)`` with ``n`` the
+  kept volumes (scrubbed and non-steady-state volumes are removed rows) and ``p`` the design
+  columns: conditions + confounds + 1, as nilearn counts them. A rank-deficient confound
+  set (a confound constant over the kept volumes, a duplicate) still counts every confound:
+  the cleaning leaves out the directions it lacks, as ``nilearn.signal.clean`` does, and
+  each is a zero design column (:func:`confound_columns`), which the fit ignores as
+  nilearn's pseudo-inverse does.
+
+Both are computed here with plain numpy (:mod:`.glm`, and the Glover design and confound
+regression below) because nilearn's per-call machinery costs 10–100× the algebra on
+ROI-sized problems; the tests pin the results to nilearn's.
 
 Conditions and contrasts are the study protocol's (:class:`kp_science.study.protocol.TaskSpec`):
 a task's trial types are its conditions, or, with a previous-trial recoding, each trial is
@@ -35,6 +55,7 @@ from kp_science.study.protocol import FIRST_TRIAL, TaskSpec
 OVERSAMPLING = 50
 MIN_ONSET = -24.0
 MAX_CONDITION = 1e15  # nilearn full_rank: a design this ill-conditioned gets regularized
+CONFOUND_PREFIX = "confound_basis_"  # names of the design's confound columns
 
 
 def task_conditions(events: pd.DataFrame, task: TaskSpec) -> pd.DataFrame:
@@ -202,18 +223,49 @@ def task_design(
     return design.drop(columns="constant")
 
 
+def confound_columns(basis: np.ndarray, n_confounds: int) -> np.ndarray:
+    """The confounds' columns of a GLM design (n_kept × ``n_confounds``): the orthonormal
+    ``basis`` (n_kept × rank, :func:`~kp_science.roi_signals.confound_basis`), then a zero
+    column for each confound the rank lacks.
+
+    The basis spans, with the constant, the same space as the confounds themselves, so the
+    task regressors' betas and their covariance are those of a model with the confounds as
+    they are. A zero column is what nilearn's pseudo-inverse makes of a redundant confound
+    column (no effect on any beta) while its dispersion ``‖e‖²/(n − p)`` still counts it in
+    ``p``, the number of design columns; so does this design.
+    """
+    padding = np.zeros((basis.shape[0], n_confounds - basis.shape[1]))
+    return np.column_stack([basis, padding])
+
+
 def clean_design(
     design: pd.DataFrame, confounds: pd.DataFrame, kept: np.ndarray, tr: float
 ) -> pd.DataFrame:
-    """Apply to the regressors the confound cleaning the ROI signals had, keep the kept
-    volumes, add a constant. ``tr`` (s) is unused (no filtering) and kept for symmetry."""
+    """The activation model's design at the kept volumes: the task regressors cleaned of the
+    confounds as the ROI signals were, the confounds (:func:`confound_columns`, named
+    ``confound_basis_0``, …) and a constant (kept volumes × conditions + confounds + 1).
+    ``tr`` (s) is unused (no filtering) and kept for symmetry.
+
+    With the confounds in the design, an AR(1) fit of the cleaned signals equals nilearn's
+    ``FirstLevelModel`` with ``confounds=`` and ``sample_masks=`` (module docstring).
+    """
     kept = _as_indices(kept, len(design))
-    cleaned = regress_out(
-        design.to_numpy(float), confound_basis(confounds.to_numpy(float), kept), kept
+    values = confounds.to_numpy(float)
+    basis = confound_basis(values, kept)
+    cleaned = regress_out(design.to_numpy(float), basis, kept)
+    names = [*design.columns, *(f"{CONFOUND_PREFIX}{i}" for i in range(values.shape[1]))]
+    out = pd.DataFrame(
+        np.column_stack([cleaned, confound_columns(basis, values.shape[1])]),
+        index=pd.Index(kept, name="volume"),
+        columns=names,
     )
-    out = pd.DataFrame(cleaned, index=pd.Index(kept, name="volume"), columns=design.columns)
     out["constant"] = 1.0
     return out
+
+
+def confound_count(design: pd.DataFrame) -> int:
+    """How many confound columns (:func:`clean_design`) ``design`` has."""
+    return sum(str(c).startswith(CONFOUND_PREFIX) for c in design.columns)
 
 
 def _as_indices(kept: np.ndarray, n_volumes: int) -> np.ndarray:
@@ -272,7 +324,9 @@ def fit_roi_glm(
     contrasts: Mapping[str, Mapping[str, float]],
     noise_model: str = "ar1",
 ) -> pd.DataFrame:
-    """GLM of every ROI signal (kept volumes × ROIs) on ``design`` (same rows).
+    """GLM of every ROI signal (kept volumes × ROIs) on ``design`` (same rows): the
+    activation design (:func:`clean_design`), whose every column, the confounds' included,
+    counts in the dispersion's ``n − p``.
 
     Returns one row per ROI × contrast: roi, contrast, beta (contrast effect size, in the
     signals' units: % signal change per unit regressor), se, t. A contrast that needs a

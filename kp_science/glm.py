@@ -13,8 +13,9 @@ batch element); results equal nilearn's to rounding error. The steps, as nilearn
 3. Refit of each target on the whitened design and data: the first sample is kept as is,
    sample ``t ≥ 1`` becomes ``x_t − ρ·x_{t−1}`` (no √(1−ρ²) scaling of the first sample).
 4. Dispersion ``σ² = ‖whitened residuals‖² / (n − p)`` with ``p`` the number of design
-   *columns* (not its rank), covariance of the betas ``σ²·W⁺W⁺ᵀ`` with ``W⁺`` the
-   pseudo-inverse of the whitened design.
+   *columns* (not its rank; the callers put the confounds in the design, so they count),
+   covariance of the betas ``σ²·W⁺W⁺ᵀ`` with ``W⁺`` the pseudo-inverse of the whitened
+   design.
 5. t contrast ``c``: effect ``cβ``, variance ``c W⁺W⁺ᵀ cᵀ σ²``,
    ``t = effect / √max(variance, 1e-50)``; degrees of freedom ``n − rank(X)``.
 """
@@ -141,6 +142,9 @@ def fit_ar1_glm(
     """Fit targets ``y`` (..., n, k) on ``design`` (..., n, p); ``noise_model`` "ar1" or "ols".
 
     Each target is refitted with its own whitened design (ROI-sized problems: k is small).
+    A column that is zero in every design (e.g. a confound the confounds' rank lacks) is
+    left out of the fit and counted in ``p``: the pseudo-inverse would give it beta 0 and no
+    variance, so the result is nilearn's while the fit keeps the full-rank refit.
     """
     if noise_model not in ("ar1", "ols"):
         raise ValueError(f"noise_model must be 'ar1' or 'ols', got {noise_model!r}")
@@ -149,6 +153,9 @@ def fit_ar1_glm(
     n, p = design.shape[-2:]
     if y.shape[-2] != n:
         raise ValueError(f"{y.shape[-2]} data rows but {n} design rows")
+    used = np.any(design != 0, axis=tuple(range(design.ndim - 1)))  # (p,) over every design
+    if used.any() and not used.all():
+        return with_zero_columns(fit_ar1_glm(y, design[..., used], noise_model, bins), used, n)
     u, s, vt = np.linalg.svd(design, full_matrices=False)
     batch = np.broadcast_shapes(y.shape[:-2], design.shape[:-2])
     if noise_model == "ar1":
@@ -168,6 +175,24 @@ def fit_ar1_glm(
         dispersion=np.einsum("...t,...t->...", residuals, residuals) / (n - p),
         rho=rho,
         df_residuals=np.broadcast_to(n - (s > rank_tolerance[..., None]).sum(axis=-1), batch),
+    )
+
+
+def with_zero_columns(fit: GlmFit, used: np.ndarray, n: int) -> GlmFit:
+    """``fit`` of the ``used`` columns (boolean (p,)) of designs with ``n`` rows as the fit of
+    the whole designs, whose other columns are zero: their betas and covariances 0, and the
+    dispersion's ``n − p`` counting them."""
+    index = np.flatnonzero(used)
+    beta = np.zeros((*fit.beta.shape[:-1], used.size))
+    beta[..., index] = fit.beta
+    cov = np.zeros((*fit.cov.shape[:-2], used.size, used.size))
+    cov[..., index[:, None], index[None, :]] = fit.cov
+    return GlmFit(
+        beta=beta,
+        cov=cov,
+        dispersion=fit.dispersion * (n - index.size) / (n - used.size),
+        rho=fit.rho,
+        df_residuals=fit.df_residuals,
     )
 
 

@@ -12,11 +12,18 @@ For each seed ROI:
 2. **Interaction terms**, one per condition: the neural estimate times the condition's 0/1
    boxcar, convolved with the HRF and sampled like the data (not mean-centred: the gPPI
    formulation, where every condition has its own term and the task regressors stay in).
-3. **GLM** of every other ROI on [task regressors, seed BOLD, interaction terms, constant],
-   all cleaned of the run's confounds like the signals. The beta of a condition's
-   interaction term is the context-dependent change in coupling seed → target. The model
-   is :func:`activation.fit_roi_glm`'s (nilearn ``run_glm`` AR(1) semantics), fitted for
-   all seeds at once (one design per seed, :mod:`.glm`).
+3. **GLM** of every other ROI on [task regressors, confounds, seed BOLD, interaction terms,
+   constant], the regressors cleaned of the run's confounds like the signals and the
+   confounds in the design as the activation model has them
+   (:func:`activation.clean_design`). The beta of a condition's interaction term is the
+   context-dependent change in coupling seed → target. The model is
+   :func:`activation.fit_roi_glm`'s (nilearn ``run_glm`` AR(1) semantics, fitted for all
+   seeds at once: one design per seed, :mod:`.glm`), so each seed's fit equals nilearn's
+   ``FirstLevelModel`` given that design with the raw regressors and confounds
+   (``design_matrices=``) and ``sample_masks=`` the kept volumes (tested to 1e-6 relative in
+   betas, SEs and t): the confounds are whitened with the rest (cleaning alone is equivalent
+   for OLS only), and the dispersion's degrees of freedom are the kept volumes minus every
+   design column, confounds included.
 
 Contrasts are the conditions themselves (e.g. ``emotional``) and the task's activation
 contrasts applied to the interaction terms (e.g. ``emotional_vs_neutral``).
@@ -30,9 +37,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from kp_science.activation import (
-    contrast_matrix,
-)
+from kp_science.activation import confound_count, contrast_matrix
 from kp_science.glm import TContrasts, fit_ar1_glm, t_contrasts
 from kp_science.roi_signals import confound_basis, regress_out
 
@@ -156,9 +161,10 @@ def condition_boxcars(events: pd.DataFrame, n_volumes: int, tr: float) -> pd.Dat
 
 
 def seed_designs(task: np.ndarray, bold: np.ndarray, ppi: np.ndarray) -> np.ndarray:
-    """One design per seed (seeds × n_kept × regressors): [task regressors, seed BOLD,
-    interaction terms, constant]. ``task`` (n_kept × tasks) without constant, ``bold``
-    (n_kept × seeds), ``ppi`` (n_kept × seeds × conditions)."""
+    """One design per seed (seeds × n_kept × regressors): [task regressors and confounds,
+    seed BOLD, interaction terms, constant]. ``task`` (n_kept × columns): the activation
+    design without its constant; ``bold`` (n_kept × seeds), ``ppi`` (n_kept × seeds ×
+    conditions)."""
     n_kept, n_seeds = bold.shape
     return np.concatenate(
         [
@@ -184,22 +190,31 @@ def fit_gppi(
 ) -> pd.DataFrame:
     """gPPI for every ordered seed → target pair of ROIs.
 
-    ``signals``: cleaned ROI signals (kept volumes × ROIs); ``task_regressors``: cleaned task
-    regressors for the same rows (from :func:`activation.clean_design`, with constant);
-    ``events``: onset, duration, trial_type (the task's conditions); ``confounds``/``kept``:
-    what cleaned the signals. Returns rows seed, target, contrast, beta, se, t — contrasts
-    are every condition plus ``contrasts`` over the interaction terms.
+    ``signals``: cleaned ROI signals (kept volumes × ROIs); ``task_regressors``: the
+    activation design for the same rows (:func:`activation.clean_design`: cleaned task
+    regressors, the confounds' columns, a constant), whose columns but the constant enter
+    every seed's design; ``events``: onset, duration, trial_type (the task's conditions);
+    ``confounds``/``kept``: what cleaned the signals (ValueError if ``task_regressors`` does
+    not carry as many confound columns). Returns rows seed, target, contrast, beta, se, t —
+    contrasts are every condition plus ``contrasts`` over the interaction terms.
     """
     rois = list(signals.columns)
     bold = signals.to_numpy(float)
     if len(bold) != len(task_regressors):
         raise ValueError(f"{len(bold)} signal rows but {len(task_regressors)} design rows")
+    if confound_count(task_regressors) != confounds.shape[1]:
+        raise ValueError(
+            f"task_regressors has {confound_count(task_regressors)} confound columns for "
+            f"{confounds.shape[1]} confounds: use activation.clean_design"
+        )
     conditions, boxcars = boxcar_matrix(events, n_volumes, tr)
     neural = deconvolve(bold, kept, n_volumes, tr, slice_time_ref)  # (n_micro, seeds)
     hrf = _microtime_hrf(float(tr), 32.0)
     ppi = convolve_sample(
         boxcars[:, None, :] * neural[:, :, None], hrf, sample_indices(n_volumes, slice_time_ref)
     )  # (n_volumes, seeds, cond)
+    # cleaned like the other regressors: no change to any beta (the confounds are in the
+    # design), but the design's columns stay near orthogonal blocks
     basis = confound_basis(confounds.to_numpy(float), kept)
     ppi = regress_out(ppi.reshape(n_volumes, -1), basis, kept).reshape(len(bold), len(rois), -1)
     regressor_names = list(task_regressors.columns)

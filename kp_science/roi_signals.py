@@ -152,6 +152,9 @@ def extract_roi_means(
 # entities of a preprocessed BOLD file that its confounds file does not carry (fMRIPrep names
 # the confounds after the source run: no output space, resolution, density or description)
 OUTPUT_ENTITIES = ("space", "res", "den", "desc")
+# nilearn signal.clean: pivoted-QR columns of the z-scored confounds with |R_ii| at most
+# this are rank deficiency, not confounds (an absolute bound, as nilearn's)
+RANK_TOLERANCE = 100.0 * np.finfo(np.float64).eps
 
 
 def derived_confounds_path(bold_path: Path | str) -> Path:
@@ -198,9 +201,15 @@ def _load_confounds_cached(key: tuple) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Orthonormal basis (n_kept × confounds) of the z-scored confounds at the kept volumes:
+    """Orthonormal basis (n_kept × rank) of the z-scored confounds at the kept volumes:
     what ``nilearn.signal.clean`` (``standardize_confounds=True``, no detrending or
-    filtering, ``sample_mask=kept``) projects out of the signals."""
+    filtering, ``sample_mask=kept``) projects out of the signals.
+
+    A rank-deficient set (a confound constant over the kept volumes, or a combination of
+    others) has fewer columns than confounds: as in ``signal.clean``, the pivoted QR's
+    columns whose ``|R_ii|`` is at most ``RANK_TOLERANCE`` are left out, since they would
+    span arbitrary directions, not confounds.
+    """
     from scipy.linalg import qr
 
     kept_confounds = np.asarray(confounds, float)[kept]
@@ -210,11 +219,11 @@ def confound_basis(confounds: np.ndarray, kept: np.ndarray) -> np.ndarray:
     scale = centred.std(axis=0, ddof=1)
     scale[scale < np.finfo(np.float64).eps] = 1.0  # constant confounds: left centred (zero)
     # Q, R and the pivots (scipy infers a union over all of qr's modes)
-    basis, _, _ = cast(
+    basis, r, _ = cast(
         "tuple[np.ndarray, np.ndarray, np.ndarray]",
         qr(centred / scale, mode="economic", pivoting=True),
     )
-    return basis
+    return basis[:, np.abs(np.diag(r)) > RANK_TOLERANCE]
 
 
 def regress_out(values: np.ndarray, basis: np.ndarray, kept: np.ndarray) -> np.ndarray:

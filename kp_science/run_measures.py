@@ -12,11 +12,14 @@ means. The steps, per run:
    scrubbed volumes dropped (kept volumes × ROIs).
 2. **Design** (:func:`task_run`): the task's conditions (:func:`.activation.task_conditions`),
    Glover-convolved regressors at the slice-timing reference, cleaned of the same confounds
-   at the same kept volumes, plus a constant (kept volumes × conditions + 1).
+   at the same kept volumes, the confounds themselves (an orthonormal basis) and a constant
+   (kept volumes × conditions + confounds + 1, :func:`.activation.clean_design`).
 3. **Activation** (:func:`activation_rows`): AR(1) GLM of every ROI on the design, the
-   task's contrasts (the protocol's :class:`~kp_science.study.protocol.TaskSpec`).
+   task's contrasts (the protocol's :class:`~kp_science.study.protocol.TaskSpec`): nilearn's
+   ``FirstLevelModel`` with the confounds in the design and the scrubbed volumes masked out,
+   degrees of freedom kept volumes − design columns (confounds counted).
 4. **gPPI** (:func:`gppi_rows`): every ordered seed → target pair, every condition and task
-   contrast (:func:`.gppi.fit_gppi`).
+   contrast (:func:`.gppi.fit_gppi`), the same confounds in every seed's design.
 5. **Rest FC** (:func:`rest_rows`): Pearson r and Fisher z of every ROI pair, ROIs in the
    canonical order of :data:`.rois.ROI_NAMES`, with the run's kept volumes (the weight of
    the run when :mod:`.session_features` combines a session's runs).
@@ -81,9 +84,11 @@ class TaskRun:
     model conditions, from the protocol's :class:`~kp_science.study.protocol.TaskSpec`);
     ``signals``: cleaned ROI signals (kept volumes × ROIs, % signal change, indexed by the
     kept volume numbers); ``conditions``: onset (s), duration (s), trial_type — the task's
-    model conditions (:func:`.activation.task_conditions`); ``design``: the cleaned task
-    regressors for the same rows (kept volumes × conditions + ``constant``); ``confounds``
-    (n_volumes × confounds) and ``kept`` (indices of the kept volumes): what cleaned both;
+    model conditions (:func:`.activation.task_conditions`); ``design``: the activation
+    model's design for the same rows (kept volumes × conditions + confounds + ``constant``:
+    the cleaned task regressors, the confounds' columns, :func:`.activation.clean_design`);
+    ``confounds`` (n_volumes × confounds) and ``kept`` (indices of the kept volumes): what
+    cleaned both;
     ``n_volumes``: volumes acquired; ``tr`` (s); ``slice_time_ref``: reference time of each
     volume as a fraction of TR.
     """

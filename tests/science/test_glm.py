@@ -55,3 +55,31 @@ def test_batched_glm_designs_are_independent_and_singular_designs_match_nilearn(
         np.testing.assert_allclose(batched.effect[i], effect, rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(batched.se[i], se, rtol=1e-9, atol=1e-11)
         np.testing.assert_allclose(batched.t[i], t, rtol=1e-9, atol=1e-11)
+
+
+def test_zero_columns_count_in_the_dispersion_as_in_nilearn():
+    """Columns that are zero in every design of a stack (a confound the confounds' rank
+    lacks): beta 0 and no variance, as nilearn's pseudo-inverse gives, and counted in the
+    dispersion's n − p as nilearn counts design columns."""
+    rng = np.random.default_rng(7)
+    n = 110
+    designs = np.stack(
+        [
+            np.column_stack([rng.standard_normal((n, 2)), np.zeros(n), rng.standard_normal(n)])
+            for _ in range(2)
+        ]
+    )
+    designs = np.concatenate([designs, np.zeros((2, n, 2)), np.ones((2, n, 1))], axis=2)
+    y = np.stack([_ar_targets(rng, d, [-0.2, 0.4, 0.7]) for d in designs])
+    vectors = np.array([[1.0, 0, 0, 0, 0, 0, 0], [0, 1.0, 0, -1.0, 0, 0, 0]])
+    fit = fit_ar1_glm(y, designs)
+    assert np.all(fit.beta[..., [2, 4, 5]] == 0) and np.all(fit.cov[..., [2, 4, 5], :] == 0)
+    batched = t_contrasts(fit, vectors)
+    for i, design in enumerate(designs):
+        _, effect, se, t = _nilearn_t_contrasts(y[i], design, vectors)
+        np.testing.assert_allclose(batched.effect[i], effect, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(batched.se[i], se, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(batched.t[i], t, rtol=1e-10, atol=1e-12)
+    # the same fit without the zero columns: the dispersion differs by (n − 4) / (n − 7)
+    reduced = fit_ar1_glm(y, designs[..., [0, 1, 3, 6]])
+    np.testing.assert_allclose(fit.dispersion * (n - 7), reduced.dispersion * (n - 4), rtol=1e-12)

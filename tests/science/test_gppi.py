@@ -4,9 +4,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kp_science.activation import CONFOUND_PREFIX, clean_design, task_design
 from kp_science.gppi import dct_basis, deconvolve, fit_gppi, microtime_hrf
+from kp_science.roi_signals import clean_roi_signals
 from kp_science.study.protocol import default_vocabulary
-from tests.science.simulated_runs import _nilearn_t_contrasts, _run
+from tests.science.simulated_runs import (
+    LONG_N,
+    REF,
+    _confounded_run,
+    _first_level_contrasts,
+    _first_level_model,
+    _nilearn_t_contrasts,
+    _run,
+)
 
 TASKS = default_vocabulary().tasks
 
@@ -17,7 +27,8 @@ def _reference_gppi(
     signals, task_regressors, events, confounds, kept, n_volumes, tr, slice_time_ref, contrasts
 ):
     """fit_gppi as first written: one seed at a time, nilearn clean, run_glm and
-    compute_contrast (the slow reference the batched version must equal)."""
+    compute_contrast (the slow reference the batched version must equal), with the raw
+    confounds in each seed's design."""
     from nilearn.signal import clean
     from scipy.signal import fftconvolve
 
@@ -61,11 +72,19 @@ def _reference_gppi(
             standardize_confounds=True,
             filter=False,
         )
-        columns = [c for c in task_regressors.columns if c != "constant"]
+        # the confounds as they are, in the design: their columns are whitened with the rest
+        # and count in the degrees of freedom
+        columns = [c for c in task_regressors.columns if c in names]
         design = np.column_stack(
-            [task_regressors[columns].to_numpy(), signals[seed].to_numpy(), ppi, np.ones(len(kept))]
+            [
+                task_regressors[columns].to_numpy(),
+                confounds.to_numpy()[kept],
+                signals[seed].to_numpy(),
+                ppi,
+                np.ones(len(kept)),
+            ]
         )
-        columns += ["seed", *(f"ppi:{c}" for c in names), "constant"]
+        columns += [*confounds.columns, "seed", *(f"ppi:{c}" for c in names), "constant"]
         targets = [c for c in signals.columns if c != seed]
         for name, weights in all_contrasts.items():
             if not all(c in names for c in weights):
@@ -150,3 +169,53 @@ def test_gppi_finds_a_planted_interaction():
     assert abs(table.loc[("seed", "target", "neutral"), "t"]) < 3
     assert abs(table.loc[("other", "target", "emotional"), "t"]) < 3
     assert len(table) == 3 * 2 * 3  # ordered pairs × (2 conditions + 1 contrast)
+
+
+@pytest.mark.parametrize("task", ["faces", "conflict"])
+def test_gppi_equals_first_level_model_with_confounds_and_scrubbed_volumes(task):
+    """Each seed's gPPI model is nilearn's FirstLevelModel given that seed's design with the
+    raw regressors — task, the 30 confounds, the seed's percent signal, the interaction
+    terms (before any cleaning), a constant — at every volume, and the kept volumes as the
+    sample mask: raw ROI means as data, AR(1) noise, percent signal change."""
+    from kp_science.gppi import boxcar_matrix, convolve_sample, sample_indices
+
+    _, raw, confounds, kept, _, conditions = _confounded_run(task)
+    contrasts = TASKS[task].contrasts
+    signals = clean_roi_signals(raw, confounds, kept, TR)
+    design = clean_design(task_design(conditions, LONG_N, TR, REF), confounds, kept, TR)
+    ours = fit_gppi(signals, design, conditions, confounds, kept, LONG_N, TR, REF, contrasts)
+
+    names, boxcars = boxcar_matrix(conditions, LONG_N, TR)
+    neural = deconvolve(signals.to_numpy(), kept, LONG_N, TR, REF)  # (microtime, seeds)
+    percent = 100.0 * (raw / raw.iloc[kept].mean() - 1.0)
+    weights = {c: {f"ppi:{c}": 1.0} for c in names} | {
+        name: {f"ppi:{c}": w for c, w in weights.items()} for name, weights in contrasts.items()
+    }
+    for i, seed in enumerate(raw.columns):
+        ppi = convolve_sample(
+            boxcars * neural[:, i : i + 1], microtime_hrf(TR), sample_indices(LONG_N, REF)
+        )
+        seed_design = pd.concat(
+            [
+                task_design(conditions, LONG_N, TR, REF).reset_index(drop=True),
+                confounds,
+                pd.DataFrame(ppi, columns=[f"ppi:{c}" for c in names]).assign(
+                    seed=percent[seed].to_numpy(), constant=1.0
+                ),
+            ],
+            axis=1,
+        )
+        targets = [r for r in raw.columns if r != seed]
+        model = _first_level_model(raw[targets], kept, design_matrices=[seed_design])
+        assert model.design_matrices_[0].shape == (len(kept), len(names) + 30 + len(names) + 2)
+        effect, se, t = _first_level_contrasts(model, weights)
+        got = ours[ours.seed == seed]
+        for column, name in enumerate(weights):
+            row = got[got.contrast == name].set_index("target").loc[targets]
+            np.testing.assert_allclose(row["beta"], effect[:, column], rtol=1e-6)
+            np.testing.assert_allclose(row["se"], se[:, column], rtol=1e-6)
+            np.testing.assert_allclose(row["t"], t[:, column], rtol=1e-6)
+    # a design without the confound columns would leave them out of the model: refused
+    cleaned_only = design.drop(columns=design.filter(like=CONFOUND_PREFIX).columns)
+    with pytest.raises(ValueError, match="0 confound columns for 30 confounds"):
+        fit_gppi(signals, cleaned_only, conditions, confounds, kept, LONG_N, TR, REF, contrasts)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from kp_science.activation import (
+    CONFOUND_PREFIX,
     clean_design,
     fit_roi_glm,
     task_conditions,
@@ -86,13 +87,17 @@ def test_task_run_design_is_cleaned_on_the_kept_volumes_with_a_constant():
     signals = clean_roi_signals(raw, confounds, kept, TR)
     run = task_run(signals, events, TASKS["conflict"], confounds, kept, N, TR, REF)
     assert list(run.design.index) == list(kept) == list(run.signals.index)
-    assert run.design.columns[-1] == "constant"
-    assert set(run.design.columns[:-1]) == set(run.conditions["trial_type"])
-    assert {"cC", "cI", "iC", "iI", "first"} >= set(run.conditions["trial_type"])
-    # the task regressors were cleaned of the confounds: orthogonal to them at kept volumes
+    conditions = sorted(set(run.conditions["trial_type"]))
+    assert {"cC", "cI", "iC", "iI", "first"} >= set(conditions)
+    # conditions, then one column per confound, then the constant
+    confound_columns = [f"{CONFOUND_PREFIX}{i}" for i in range(confounds.shape[1])]
+    assert list(run.design.columns) == [*conditions, *confound_columns, "constant"]
+    # the task regressors were cleaned of the confounds: orthogonal to them at kept volumes,
+    # and the confound columns span the confounds there
     centred = confounds.to_numpy()[kept] - confounds.to_numpy()[kept].mean(axis=0)
-    regressors = run.design.drop(columns="constant").to_numpy()
-    assert np.abs(centred.T @ regressors).max() < 1e-8
+    assert np.abs(centred.T @ run.design[conditions].to_numpy()).max() < 1e-8
+    basis = run.design[confound_columns].to_numpy()
+    np.testing.assert_allclose(basis @ (basis.T @ centred), centred, atol=1e-10)
     pd.testing.assert_frame_equal(
         activation_rows(run), fit_roi_glm(signals, run.design, TASKS["conflict"].contrasts)
     )
