@@ -74,6 +74,11 @@ from kp_science.dcm.reduction import free_energy_change
 from kp_science.study.protocol import StudyProtocol, default_vocabulary
 
 SESSION_CODE = (-0.5, 0.5)  # pre, post: the within-participant session regressor
+# every PEB here runs to its exact maximum and reports the covariance of the group effects
+# marginal over the random-effects precisions (kp's design, with its own hyperprior); SPM12's
+# schedule, which stops early and reports covariances conditional on them, is estimate_peb's
+# default, for parity with SPM
+PEB_METHOD = "exact"
 EFFECT_COLUMNS = [
     "analysis",
     "covariate",
@@ -301,6 +306,7 @@ def baseline_analysis(
         covariates=config.covariates,
         components=config.components,
         hC=config.hyperprior_variance,
+        method=PEB_METHOD,
     )
     reduction = reduce_peb(peb, config.max_exhaustive)
     return GroupAnalysis("baseline", tuple(keep), peb, reduction), excluded
@@ -326,6 +332,7 @@ def within_participant_change(
         covariates=("mean", "session"),
         components=config.components,
         hC=config.hyperprior_variance,
+        method=PEB_METHOD,
     )
     p = first.pE.size
     return peb, peb.Ep[:, 1], peb.Cp[p:, p:]
@@ -374,6 +381,7 @@ def longitudinal_analysis(
         covariates=config.covariates,
         components=config.components,
         hC=config.hyperprior_variance,
+        method=PEB_METHOD,
     )
     reduction = reduce_peb(peb, config.max_exhaustive)
     return GroupAnalysis("longitudinal", tuple(keep), peb, reduction, within), excluded

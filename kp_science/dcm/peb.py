@@ -4,29 +4,56 @@ The second-level model (Friston et al. 2016, NeuroImage 128:413; Zeidman et al. 
 NeuroImage 200:12) treats the first-level parameters θᵢ of participant i (p of them, e.g.
 every free A and B connection) as
 
-    θᵢ = (Xᵢ ⊗ I_p)·vec(β) + εᵢ,   εᵢ ~ N(0, Π(γ)⁻¹),   Π(γ) = Σⱼ exp(γⱼ)·Qⱼ,
+    θᵢ = (Xᵢ ⊗ I_p)·vec(β) + εᵢ,   εᵢ ~ N(0, Π(γ)⁻¹),   Π(γ) = Π_floor + Σⱼ exp(γⱼ)·Qⱼ,
 
 with X (N × k) the between-participant design, β (p × k) the group effects and γ the
 log-precisions of the random (between-participant) effects. No first-level model is
 re-fitted: replacing participant i's first-level prior N(pE, pC) by the empirical prior
 N((Xᵢ ⊗ I)β, Π(γ)⁻¹) changes their free energy by a closed-form Bayesian-model-reduction
 ΔFᵢ(β, γ) (:mod:`.reduction`), so the second-level log evidence is
-Σᵢ(Fᵢ + ΔFᵢ(β, γ)) + ln p(β) + ln p(γ), maximised here by Newton steps with
-Levenberg–Marquardt damping on the exact gradient and Hessian in (β, γ) (variational
-Laplace); the posterior covariance is the inverse negative Hessian at the maximum and
-F = ΣFᵢ + ΣΔFᵢ + ½ln|C·Π₀| − ½eᵀΠ₀e (Π₀ prior precision, e deviation from prior means).
+Σᵢ(Fᵢ + ΔFᵢ(β, γ)) + ln p(β) + ln p(γ), maximised over (β, γ) by variational Laplace on its
+exact gradient and Hessian.
 
-Defaults (SPM12's, checked against the SPM12 PEB reference, docs/dcm-model.md):
+Defaults (SPM12's ``spm_dcm_peb``):
 
 - random effects: one precision component ('single'), Q = 16·pC⁻¹ — a priori the
   between-participant variance is 1/16 of the first-level prior variance (``beta`` = 16);
   γ ~ N(0, 1/16);
 - group effects: the constant column's effects ~ N(pE, pC); every other column j's effects
   ~ N(0, pC / mean(X[:, j]²)) — the first-level prior for a covariate scaled to unit root
-  mean square, so the prior does not depend on the covariate's units (for a mean-centred
-  covariate, pC / its variance). This is what SPM12's model comparison over the fixture's
-  second-level parameters implies (each parameter's posterior odds agree to < 0.02 in
-  log-odds); a constant-only prior scale (pC for every column) fits the fixture worse.
+  mean square, so the prior does not depend on the covariate's units (SPM12 divides the
+  prior covariance of column j by ΣᵢXᵢⱼ²/N).
+
+Two estimation methods (``method``):
+
+``"spm12"`` (default) reproduces SPM12 r7771's ``spm_dcm_peb`` as it runs, with these
+facts of that implementation (its 12-participant reference, ``tests/science/dcm``, is met
+to 1e-6 in the means):
+
+1. with two or more participants each first-level posterior is widened towards its prior
+   before use: its precision gains pC⁻¹/16 (SPM: "to accommodate inefficient inversions");
+2. the random-effects precision has a floor, Π_floor = e⁻⁸·beta·pC⁻¹;
+3. (β, γ) move together by Fisher scoring: the step is dθ = (exp(τH) − I)·H⁻¹·g (H, g the
+   curvature and gradient of F), τ = exp(t − ln|H|/n), through the matrix exponential of
+   the augmented matrix [[0, 0], [τg, τH]]; γ moves by tanh of its step. t starts at −4.
+   A point whose F is at least the best so far is kept and t ← min(t + ¼, 2); otherwise the
+   best point is restored and t ← max(t − 1, −4), and the next step is still the one
+   computed from the rejected point's gradient and curvature (SPM restores the expansion
+   point and the diagonal blocks of the curvature only). When a step's L1 norm reaches 8 it
+   is recomputed without the β–γ cross-curvature;
+4. it stops after a step, from the fifth iteration on, once t ≤ −4 or the last accepted gain
+   in F is below 1e−4 nats; at most 64 iterations;
+5. reported: β and γ after that last step; the covariances (−∂²F/∂β²)⁻¹ and (−∂²F/∂γ²)⁻¹ —
+   each conditional on the other block — and F, all at the last point evaluated; F's
+   second-level complexity is ½·bᵀΠ_β·b + ½·gᵀΠ_γ·g − ½·ln|Π₀·C| with b and g the estimates
+   themselves, not their deviations from the prior means (C the inverse negative Hessian
+   over (β, γ), Π₀ the prior precision).
+
+``"exact"`` is the model as published, maximised to numerical precision: the posteriors
+enter as given, no precision floor, Newton steps with Levenberg–Marquardt damping until the
+gain and the step vanish; Cp is the (β, β) block of the inverse negative Hessian over
+(β, γ) — it carries the uncertainty about γ — and
+F = ΣFᵢ + ΣΔFᵢ + ½ln|C·Π₀| − ½eᵀΠ₀e (e the deviation from the prior means).
 
 Vectors over second-level parameters are vec(β), column-major: all p parameters of the
 first covariate, then of the second, and so on (SPM's order).
@@ -34,7 +61,7 @@ first covariate, then of the second, and so on (SPM's order).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -49,10 +76,23 @@ from kp_science.dcm.reduction import (
 BETA = 16.0  # prior ratio of first-level prior precision to between-participant precision
 H_MEAN = 0.0  # prior mean of the random-effects log-precision(s)
 H_VAR = 1.0 / 16.0  # prior variance of the random-effects log-precision(s)
+
+# method "spm12" (module docstring, facts 1-5)
+SPM_SHRINK = 16.0  # a posterior's precision gains pC⁻¹/SPM_SHRINK
+SPM_FLOOR = float(np.exp(-8.0))  # random-effects precision floor, × beta·pC⁻¹
+SPM_MAX_ITER = 64
+SPM_LOG_TIME = (-4.0, 2.0)  # start (and floor) and ceiling of the log integration time t
+SPM_LOG_TIME_UP, SPM_LOG_TIME_DOWN = 0.25, 1.0
+SPM_MAX_STEP_L1 = 8.0  # larger steps are recomputed without the β–γ cross-curvature
+SPM_MIN_GAIN = 1e-4  # nats
+SPM_MIN_ITER = 5
+
+# method "exact"
 MAX_ITER = 128
 TOL = 1e-9  # convergence: objective gain (nats) and largest step
 MAX_LOG_STEP = 1.0  # largest change of a log-precision in one step
 
+Method = Literal["spm12", "exact"]
 # named precision components (see precision_components), or explicit index groups
 ComponentName = Literal["single", "fields", "all"]
 Components = ComponentName | Sequence[Sequence[int]]
@@ -76,11 +116,15 @@ class PEBResult:
     prior_mean : (p, k) prior means of β.
     prior_cov : (p·k, p·k) prior covariance of vec(β).
     components : (m, p, p) precision components Qⱼ.
+    floor : (p, p) precision floor added to the random-effects precision (zero for
+        method "exact").
     pE, pC : (p,), (p, p) first-level prior of the modelled parameters.
-    dF : (N,) change in each participant's free energy under the empirical prior.
+    dF : (N,) change in each participant's free energy (nats) when their prior is replaced
+        by the empirical prior N((Xᵢ ⊗ I)·vec(Ep), Π(Eh)⁻¹), from their posterior as given.
     F_first : sum of the first-level free energies used (0 if none were given).
+    method : "spm12" or "exact" (module docstring).
     n_iter : iterations run.
-    converged : whether the convergence criterion was met.
+    converged : whether the stopping rule was met before the iteration limit.
     """
 
     parameters: tuple[str, ...]
@@ -94,10 +138,12 @@ class PEBResult:
     prior_mean: np.ndarray
     prior_cov: np.ndarray
     components: np.ndarray
+    floor: np.ndarray
     pE: np.ndarray
     pC: np.ndarray
     dF: np.ndarray
     F_first: float
+    method: Method
     n_iter: int
     converged: bool
 
@@ -109,8 +155,8 @@ class PEBResult:
 
     @property
     def random_precision(self) -> np.ndarray:
-        """(p, p) expected between-participant precision Π(Eh)."""
-        return np.einsum("m,mij->ij", np.exp(self.Eh), self.components)
+        """(p, p) expected between-participant precision Π(Eh), floor included."""
+        return self.floor + np.einsum("m,mij->ij", np.exp(self.Eh), self.components)
 
     @property
     def random_covariance(self) -> np.ndarray:
@@ -265,10 +311,17 @@ class _Data:
     logdet: np.ndarray  # (N,) ln|qP| + ln|pC|
     pP: np.ndarray  # (p, p)
     Q: np.ndarray  # (m, p, p)
+    floor: np.ndarray  # (p, p) added to Σ exp(γⱼ)·Qⱼ
 
 
 def _data(
-    qE: np.ndarray, qC: np.ndarray, pE: np.ndarray, pC: np.ndarray, X: np.ndarray, Q: np.ndarray
+    qE: np.ndarray,
+    qC: np.ndarray,
+    pE: np.ndarray,
+    pC: np.ndarray,
+    X: np.ndarray,
+    Q: np.ndarray,
+    floor: np.ndarray | None = None,
 ) -> _Data:
     qC = (qC + np.swapaxes(qC, 1, 2)) / 2.0
     sign, ld_qC = np.linalg.slogdet(qC)
@@ -281,7 +334,16 @@ def _data(
     pP = np.linalg.inv(pC)
     c = np.einsum("nij,nj->ni", qP, qE) - pP @ pE
     const = np.einsum("ni,nij,nj->n", qE, qP, qE) - pE @ pP @ pE
-    return _Data(X=X, qP=qP, c=c, const=const, logdet=-ld_qC + np.linalg.slogdet(pC)[1], pP=pP, Q=Q)
+    return _Data(
+        X=X,
+        qP=qP,
+        c=c,
+        const=const,
+        logdet=-ld_qC + np.linalg.slogdet(pC)[1],
+        pP=pP,
+        Q=Q,
+        floor=np.zeros_like(pP) if floor is None else floor,
+    )
 
 
 def _terms(data: _Data, B: np.ndarray, g: np.ndarray, hessian: bool = True):
@@ -293,7 +355,7 @@ def _terms(data: _Data, B: np.ndarray, g: np.ndarray, hessian: bool = True):
     N, k = X.shape
     p = B.shape[0]
     P = np.exp(g)[:, None, None] * Q  # (m, p, p) scaled components
-    rP = P.sum(axis=0)
+    rP = data.floor + P.sum(axis=0)
     rC = np.linalg.inv(rP)
     rE = X @ B.T  # (N, p)
     sP = data.qP + rP[None] - data.pP[None]
@@ -333,6 +395,133 @@ def _terms(data: _Data, B: np.ndarray, g: np.ndarray, hessian: bool = True):
 # --- estimation -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, eq=False)
+class _Point:
+    """The objective at one (vec β, γ): F as the method scores it, its gradient and Hessian
+    (prior included), and each participant's ΔFᵢ."""
+
+    theta: np.ndarray
+    F: float
+    grad: np.ndarray
+    H: np.ndarray
+    dF: np.ndarray
+
+
+def _block_diagonal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[[a, 0], [0, b]] for square a, b."""
+    return np.block(
+        [[a, np.zeros((a.shape[0], b.shape[1]))], [np.zeros((b.shape[0], a.shape[1])), b]]
+    )
+
+
+def _shrink_posteriors(qC: np.ndarray, pC: np.ndarray, ratio: float) -> np.ndarray:
+    """(N, p, p) posterior covariances whose precisions gain pC⁻¹/ratio (SPM12, fact 1)."""
+    qP = np.linalg.inv((qC + np.swapaxes(qC, 1, 2)) / 2.0)
+    widened = np.linalg.inv(qP + np.linalg.inv(pC)[None] / ratio)
+    return (widened + np.swapaxes(widened, 1, 2)) / 2.0
+
+
+def _expm_step(H: np.ndarray, grad: np.ndarray, log_time: float) -> np.ndarray:
+    """(exp(τH) − I)·H⁻¹·grad, τ = exp(log_time − ln|H|/n): SPM12's regularised Fisher step
+    (fact 3; SPM evaluates it as the matrix exponential of [[0, 0], [τ·grad, τ·H]]). For a
+    symmetric H = V·diag(λ)·Vᵀ it is V·diag(expm1(τλ)/λ)·Vᵀ·grad, computed so here."""
+    w, V = np.linalg.eigh((H + H.T) / 2.0)
+    size = np.abs(w)
+    usable = (size > 1e-16) & (size < 1e16)  # the singular values SPM's log-determinant keeps
+    tau = np.exp(log_time - np.log(size[usable]).sum() / grad.size)
+    x = tau * w
+    safe_w = np.where(x == 0.0, 1.0, w)
+    factor = np.where(x == 0.0, tau, np.expm1(x) / safe_w)  # → τ as λ → 0
+    return V @ (factor * (V.T @ grad))
+
+
+def _spm12_fisher_scoring(
+    evaluate: Callable[[np.ndarray], _Point], theta0: np.ndarray, n_beta: int, max_iter: int
+) -> tuple[np.ndarray, _Point, int, bool]:
+    """SPM12's schedule (facts 3-4). Returns the estimate after the last step, the last
+    point evaluated, the iterations run and whether the stopping rule was met."""
+    theta = theta0.copy()
+    log_time = SPM_LOG_TIME[0]
+    best: _Point | None = None
+    gain = 0.0
+    last: _Point | None = None
+    for n_iter in range(1, max_iter + 1):
+        try:
+            point = evaluate(theta)
+        except np.linalg.LinAlgError:
+            point = None  # not a valid model: treated as a worse point
+        if point is not None and (best is None or point.F >= best.F):
+            gain = 0.0 if best is None else point.F - best.F
+            best = point
+            log_time = min(log_time + SPM_LOG_TIME_UP, SPM_LOG_TIME[1])
+        else:
+            if best is None:
+                raise ValueError("PEB: the free energy cannot be evaluated at the prior means")
+            log_time = max(log_time - SPM_LOG_TIME_DOWN, SPM_LOG_TIME[0])
+            theta = best.theta
+        step_from = point if point is not None else best
+        last = step_from
+        step = _expm_step(step_from.H, step_from.grad, log_time)
+        if np.abs(step).sum() >= SPM_MAX_STEP_L1:
+            # the restored point's diagonal blocks, the evaluated point's gradient
+            diagonal = _block_diagonal(best.H[:n_beta, :n_beta], best.H[n_beta:, n_beta:])
+            step = _expm_step(diagonal, step_from.grad, log_time)
+        theta = np.concatenate(
+            [theta[:n_beta] + step[:n_beta], theta[n_beta:] + np.tanh(step[n_beta:])]
+        )
+        if n_iter >= SPM_MIN_ITER and (log_time <= SPM_LOG_TIME[0] or gain < SPM_MIN_GAIN):
+            return theta, last, n_iter, True
+    assert last is not None  # max_iter ≥ 1
+    return theta, last, max_iter, False
+
+
+def _newton_maximum(
+    evaluate: Callable[[np.ndarray], _Point], theta0: np.ndarray, n_beta: int, max_iter: int
+) -> tuple[np.ndarray, _Point, int, bool]:
+    """Newton steps with Levenberg–Marquardt damping to the maximum (method "exact").
+    Returns the maximum, the point there, the iterations run and whether it converged."""
+    point = evaluate(theta0)
+    lam = 1e-6  # damping, relative to the curvature's scale
+    converged = False
+    n_iter = 0
+    for _ in range(max_iter):
+        n_iter += 1
+        scale = np.abs(np.diag(point.H)).max()
+        new = None
+        step = np.zeros_like(theta0)
+        while lam < 1e12:
+            A = -point.H + lam * scale * np.eye(point.H.shape[0])
+            try:
+                np.linalg.cholesky(A)
+            except np.linalg.LinAlgError:
+                lam *= 10.0
+                continue
+            step = np.linalg.solve(A, point.grad)
+            # at most one unit of log-precision per step: far from the prior the reduced
+            # evidence loses precision, and a wild step could look like a gain
+            step[n_beta:] = np.clip(step[n_beta:], -MAX_LOG_STEP, MAX_LOG_STEP)
+            try:
+                new = evaluate(point.theta + step)
+            except np.linalg.LinAlgError:
+                lam *= 10.0
+                continue
+            if np.isfinite(new.F) and new.F >= point.F:
+                break
+            lam *= 10.0
+        else:
+            break  # no ascent direction found: at the maximum to numerical precision
+        assert new is not None
+        gain = new.F - point.F
+        point = new
+        lam = max(lam / 10.0, 1e-12)
+        if gain < TOL and np.abs(step).max() < 1e-6:
+            converged = True
+            break
+    if not converged and np.abs(point.grad).max() < 1e-6:
+        converged = True  # stopped because no step improved on a stationary point
+    return point.theta, point, n_iter, converged
+
+
 def estimate_peb(
     qE: np.ndarray,
     qC: np.ndarray,
@@ -348,7 +537,8 @@ def estimate_peb(
     alpha: float = 1.0,
     hE: float = H_MEAN,
     hC: float = H_VAR,
-    max_iter: int = MAX_ITER,
+    method: Method = "spm12",
+    max_iter: int | None = None,
 ) -> PEBResult:
     """Estimate a PEB model from first-level posteriors.
 
@@ -367,12 +557,17 @@ def estimate_peb(
     beta : first-level prior precision ÷ expected between-participant precision (16).
     alpha : the group effects' prior covariance is divided by alpha (1).
     hE, hC : prior mean and variance of each log-precision γ (0, 1/16).
-    max_iter : maximum Newton iterations.
+    method : "spm12" (SPM12's spm_dcm_peb as it runs) or "exact" (module docstring).
+    max_iter : maximum iterations (default 64 for "spm12", 128 for "exact").
 
     Returns
     -------
     :class:`PEBResult`.
     """
+    if method not in ("spm12", "exact"):
+        raise ValueError(f"method must be 'spm12' or 'exact', got {method!r}")
+    if max_iter is not None and max_iter < 1:
+        raise ValueError(f"max_iter must be at least 1, got {max_iter}")
     qE, qC, pE, pC, X = (np.asarray(a, dtype=float) for a in (qE, qC, pE, pC, X))
     if X.ndim == 1:
         X = X[:, None]
@@ -387,96 +582,75 @@ def estimate_peb(
     )
     if len(cov_names) != k:
         raise ValueError(f"{len(cov_names)} covariate names for {k} design columns")
+    spm12 = method == "spm12"
     pC = (pC + pC.T) / 2.0
     Q = precision_components(pC, components, names, beta)
     m = Q.shape[0]
+    floor = SPM_FLOOR * beta * np.linalg.inv(pC) if spm12 else np.zeros((p, p))
     bE, bC = second_level_prior(pE, pC, X, alpha)
     bP = np.linalg.inv(bC)
     gE = np.full(m, hE)
     gP = np.eye(m) / hC
-    data = _data(qE, qC, pE, pC, X, Q)
-    prior_P = np.block([[bP, np.zeros((p * k, m))], [np.zeros((m, p * k)), gP]])
+    prior_P = _block_diagonal(bP, gP)
+    ln_prior_P = np.linalg.slogdet(prior_P)[1]
     theta0 = np.concatenate([bE.ravel(order="F"), gE])
+    n_beta = p * k
+    qC_used = _shrink_posteriors(qC, pC, SPM_SHRINK) if spm12 and N > 1 else qC
+    data = _data(qE, qC_used, pE, pC, X, Q, floor)
+    F_first_sum = 0.0 if F_first is None else float(np.sum(F_first))
 
-    def objective(theta: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-        B = theta[: p * k].reshape(p, k, order="F")
-        dF, grad, H = _terms(data, B, theta[p * k :])
+    def evaluate(theta: np.ndarray) -> _Point:
+        B = theta[:n_beta].reshape(p, k, order="F")
+        dF, grad, H = _terms(data, B, theta[n_beta:])
         assert H is not None  # _terms computes the Hessian unless told not to
         e = theta - theta0
-        L = float(dF.sum() - 0.5 * e @ prior_P @ e)
-        grad = grad - prior_P @ e
-        return L, dF, grad, H - prior_P
+        H = H - prior_P
+        if spm12:  # the objective SPM12 accepts steps on (fact 5)
+            complexity = theta @ prior_P @ theta - ln_prior_P + np.linalg.slogdet(H)[1]
+            F = F_first_sum + float(dF.sum()) - 0.5 * complexity
+        else:  # the log joint; the Laplace terms are added at the maximum
+            F = float(dF.sum() - 0.5 * e @ prior_P @ e)
+        return _Point(theta=theta, F=F, grad=grad - prior_P @ e, H=H, dF=dF)
 
-    theta = theta0.copy()
-    L, dF, grad, H = objective(theta)
-    lam = 1e-6  # Levenberg–Marquardt damping, relative to the curvature's scale
-    converged = False
-    n_iter = 0
-    for _ in range(max_iter):
-        n_iter += 1
-        scale = np.abs(np.diag(H)).max()
-        step = None
-        while lam < 1e12:
-            A = -H + lam * scale * np.eye(H.shape[0])
-            try:
-                np.linalg.cholesky(A)
-            except np.linalg.LinAlgError:
-                lam *= 10.0
-                continue
-            step = np.linalg.solve(A, grad)
-            # at most one unit of log-precision per step: far from the prior the reduced
-            # evidence loses precision, and a wild step could look like a gain
-            step[p * k :] = np.clip(step[p * k :], -MAX_LOG_STEP, MAX_LOG_STEP)
-            try:
-                L_new, dF_new, grad_new, H_new = objective(theta + step)
-            except np.linalg.LinAlgError:
-                lam *= 10.0
-                continue
-            if np.isfinite(L_new) and L_new >= L:
-                break
-            lam *= 10.0
-        else:
-            break  # no ascent direction found: at the maximum to numerical precision
-        gain = L_new - L
-        theta, L, dF, grad, H = theta + step, L_new, dF_new, grad_new, H_new
-        lam = max(lam / 10.0, 1e-12)
-        if gain < TOL and np.abs(step).max() < 1e-6:
-            converged = True
-            break
-    if not converged and np.abs(grad).max() < 1e-6:
-        converged = True  # stopped because no step improved on a stationary point
-
-    negH = -H
-    sign, logdet = np.linalg.slogdet(negH)
-    if sign <= 0:
-        raise ValueError("PEB: the free energy has no maximum (Hessian not negative definite)")
-    C = np.linalg.inv(negH)
-    C = (C + C.T) / 2.0
-    e = theta - theta0
-    F_first_sum = 0.0 if F_first is None else float(np.sum(F_first))
-    F = (
-        F_first_sum
-        + float(dF.sum())
-        - 0.5 * logdet
-        + 0.5 * np.linalg.slogdet(prior_P)[1]
-        - 0.5 * e @ prior_P @ e
-    )
+    if spm12:
+        theta, last, n_iter, converged = _spm12_fisher_scoring(
+            evaluate, theta0, n_beta, SPM_MAX_ITER if max_iter is None else max_iter
+        )
+        # conditional covariances at the last point evaluated (fact 5)
+        Cp = np.linalg.inv(-last.H[:n_beta, :n_beta])
+        Ch = np.linalg.inv(-last.H[n_beta:, n_beta:])
+        F = last.F
+    else:
+        theta, last, n_iter, converged = _newton_maximum(
+            evaluate, theta0, n_beta, MAX_ITER if max_iter is None else max_iter
+        )
+        sign, logdet = np.linalg.slogdet(-last.H)
+        if sign <= 0:
+            raise ValueError("PEB: the free energy has no maximum (Hessian not negative definite)")
+        C = np.linalg.inv(-last.H)
+        Cp, Ch = C[:n_beta, :n_beta], C[n_beta:, n_beta:]
+        F = F_first_sum + last.F - 0.5 * logdet + 0.5 * ln_prior_P
+    Ep = theta[:n_beta].reshape(p, k, order="F")
+    # each participant's ΔF under the reported empirical prior, from their posterior as given
+    dF = _terms(_data(qE, qC, pE, pC, X, Q, floor), Ep, theta[n_beta:], hessian=False)[0]
     return PEBResult(
         parameters=names,
         covariates=cov_names,
         X=X,
-        Ep=theta[: p * k].reshape(p, k, order="F"),
-        Cp=C[: p * k, : p * k],
-        Eh=theta[p * k :],
-        Ch=C[p * k :, p * k :],
+        Ep=Ep,
+        Cp=(Cp + Cp.T) / 2.0,
+        Eh=theta[n_beta:],
+        Ch=(Ch + Ch.T) / 2.0,
         F=float(F),
         prior_mean=bE,
         prior_cov=bC,
         components=Q,
+        floor=floor,
         pE=pE,
         pC=pC,
         dF=dF,
         F_first=F_first_sum,
+        method=method,
         n_iter=n_iter,
         converged=converged,
     )

@@ -28,6 +28,8 @@ def test_group_designs_recover_planted_effects():
     result = group_dcm(fits, params, clinical)
     effects = result.effects.set_index(["analysis", "covariate", "parameter"])
     assert result.excluded.empty
+    # run to the maximum, covariances marginal over the random-effects precisions
+    assert all(a.peb.method == "exact" and a.peb.converged for a in result.analyses.values())
     assert set(effects.index.get_level_values("analysis")) == {"longitudinal", "baseline"}
     # 2 A connections between regions + 2 B parameters (self-connections are left out by
     # default) × (4 covariates + 2 within-arm slopes)

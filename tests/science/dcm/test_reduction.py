@@ -47,8 +47,13 @@ def _shrunk_posterior(n_null: int, ratio: float, effects=(2.0, -1.5, 1.8, 2.5)):
 
 def test_reduction_and_averaging_match_spm12():
     fx, red = _fixture(), reduce_peb(_peb())
-    np.testing.assert_allclose(red.Pp.ravel(order="F"), fx["bma"]["Pp"], rtol=0, atol=0.05)
-    np.testing.assert_allclose(red.Ep.ravel(order="F"), fx["bma"]["Ep"], rtol=0, atol=0.02)
+    np.testing.assert_allclose(red.Pp.ravel(order="F"), fx["bma"]["Pp"], rtol=0, atol=3e-5)
+    # SPM's averaged means are the mean of 1,000 random draws from the models' posteriors:
+    # they agree within four of its Monte Carlo standard errors (a switched-off effect is
+    # exactly 0 here, about 1e-6 in SPM, whose reduction gives it a precision of 1e8)
+    mc_error = np.sqrt(np.diag(red.Cp) / 1000)
+    diff = np.abs(red.Ep.ravel(order="F") - np.array(fx["bma"]["Ep"]))
+    np.testing.assert_array_less(diff, 4 * mc_error + 1e-5)
     # SPM's final model space: effects 1, 2, 4, 8 free, the other eight switched off
     assert np.flatnonzero(~red.search.removed).tolist() == [1, 2, 4, 8]
 
