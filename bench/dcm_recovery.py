@@ -19,20 +19,14 @@ import argparse
 import time
 
 import numpy as np
-import pandas as pd
 from scipy.stats import spearmanr
 from threadpoolctl import threadpool_limits
 
-from kp_assets.dcm import fit_row, parameter_rows
 from kp_resources.dcm_models import DCMModels
-from kp_science.dcm import invert_many
 from kp_science.dcm.findings import DCM_FINDINGS, dcm_findings
 from kp_science.dcm.group import group_dcm
-from kp_science.dcm.run_data import prepare_run, run_inputs
-from kp_science.simulator.images import cosine_regressors
+from kp_science.finding_rates import VOCABULARY, study_clinical, study_dcm_tables
 from kp_science.simulator.roi_level import simulate_roi_study
-from kp_science.study.clinical import with_improvements
-from kp_science.study.protocol import default_vocabulary
 
 RECOVERED = ("B[emotional][amygdala->vmpfc]", "A[vmpfc->amygdala]")
 
@@ -42,43 +36,11 @@ def seed_range(text: str) -> list[int]:
     return list(range(int(first), int(last or first) + 1))
 
 
-def first_level_tables(study, workers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``dcm_fits`` and ``dcm_parameters`` as the asset writes them (default model space)."""
-    design = default_vocabulary().dcm  # the simulated study is this trial's
-    ((model, (a, b, c)),) = DCMModels().masks(design).items()
-    inputs = {name: list(types) for name, types in design.inputs.items()}
-    runs, datas = [], []
-    for run in study.runs:
-        if run.task != design.task:
-            continue
-        n = len(run.raw)
-        u = run_inputs(run.events, inputs, n, run.tr)
-        confounds = pd.DataFrame(cosine_regressors(n, run.tr)).to_numpy(float)
-        runs.append(run)
-        datas.append(
-            prepare_run(
-                run.raw[list(design.regions)], u, list(inputs), run.tr, np.arange(n), confounds
-            )
-        )
-    jobs = [(data.spec(a, b, c), data.y, data.X0) for data in datas]
-    with threadpool_limits(limits=1, user_api="blas"):
-        results = invert_many(jobs, workers=workers)
-    fits, parameters = [], []
-    for run, data, (spec, _, _), result in zip(runs, datas, jobs, results, strict=True):
-        scan = pd.Series({"session": run.session, "task": run.task, "run": 1})
-        keys = {"participant_id": run.participant_id, "session": run.session, "model": model}
-        fits.append(
-            fit_row(scan, model, data, result, spec.parameter_names)
-            | {"participant_id": run.participant_id}
-        )
-        parameters.append(parameter_rows(result, spec).assign(**keys))
-    return pd.DataFrame(fits), pd.concat(parameters, ignore_index=True)
-
-
 def one_study(seed: int, null: bool, workers: int) -> dict:
     start = time.perf_counter()
-    study = simulate_roi_study(seed=seed, null=null)
-    fits, parameters = first_level_tables(study, workers)
+    study = simulate_roi_study(seed=seed, effect_scale=0.0 if null else 1.0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        fits, parameters = study_dcm_tables(study, DCMModels().masks(VOCABULARY.dcm), workers)
     truth = study.planted.parameters.assign(
         parameter=lambda t: t.parameter.str.removeprefix("dcm.")
     )
@@ -89,11 +51,7 @@ def one_study(seed: int, null: bool, workers: int) -> dict:
         ).statistic
         for p in RECOVERED
     }
-    result = group_dcm(
-        fits,
-        parameters,
-        with_improvements(study.clinical, [o.name for o in default_vocabulary().outcomes]),
-    )
+    result = group_dcm(fits, parameters, study_clinical(study))
     findings = dcm_findings(result.effects).set_index("finding")
     effects = result.effects[result.effects.covariate != "mean"]
     return {

@@ -46,6 +46,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from kp_science.simulator import simulate_study
 
     start = time.perf_counter()
+    if not 0.0 <= args.effect_scale <= 1.0:
+        print(
+            f"kp simulate: --effect-scale must be in [0, 1], got {args.effect_scale}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.null and args.effect_scale not in (0.0, 1.0):
+        print("kp simulate: --null is --effect-scale 0; give one of them", file=sys.stderr)
+        return 2
     try:
         out = simulate_study(
             args.out,
@@ -54,7 +63,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             voxel_size=args.voxel_size,
             volumes=args.volumes,
             tr=args.tr,
-            null=args.null,
+            effect_scale=0.0 if args.null else args.effect_scale,
             progress=not args.quiet,
             jobs=args.jobs,
             overwrite=args.overwrite,
@@ -455,6 +464,90 @@ def cmd_run(args: argparse.Namespace) -> int:
     return materialize_and_report("run", study, warehouse, protocol_file, instance, settings)
 
 
+def _numbers(text: str, kind: type) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of numbers: {text!r}"
+        ) from None
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from kp_assets.definitions import build_definitions
+    from kp_assets.power import power
+    from kp_science.finding_rates import participants_for_power, power_figure_png
+
+    try:
+        settings = resource_settings(Path(args.settings)) if args.settings else {}
+    except ValueError as e:
+        print(f"kp power: {e}", file=sys.stderr)
+        return 1
+    bad = [n for n in args.participants if n < 12] + [
+        s for s in args.effect_scales if not 0.0 <= s <= 1.0
+    ]
+    if bad or not args.participants or not args.effect_scales or args.studies < 1:
+        print(
+            "kp power: participants must be ≥ 12 (the fewest the elastic net and the group "
+            "DCM designs accept), effect scales within [0, 1], studies ≥ 1"
+            + (f"; got {bad}" if bad else ""),
+            file=sys.stderr,
+        )
+        return 1
+    warehouse = Path(args.warehouse).expanduser().resolve() if args.warehouse else warehouse_dir()
+    instance = _open_instance("power")
+    if instance is None:
+        return 1
+    defs = build_definitions(study_dir(), warehouse)
+    config = {
+        "participants": args.participants,
+        "effect_scales": args.effect_scales,
+        "studies": args.studies,
+        "n_permutations": args.permutations,
+        "n_bootstraps": args.bootstraps,
+        "processes": args.processes,
+        "target": args.target,
+    }
+    n_studies = len(args.participants) * len(args.effect_scales) * args.studies
+    print(
+        f"kp power: {n_studies} simulated studies ({args.studies} per participant count × "
+        f"effect scale), {args.processes} at a time; table 'power' in {warehouse}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    result = dg.materialize(
+        [power],
+        instance=instance,
+        resources={**defs.resources, **settings},
+        run_config={
+            "ops": {"power": {"config": config}},
+            "loggers": {"console": {"config": {"log_level": "INFO"}}},
+        },
+        raise_on_error=False,
+    )
+    if not result.success:
+        print("kp power: the power analysis failed (see the log above)", file=sys.stderr)
+        return 1
+    rates = result.output_for_node("power")
+    shown = rates.pivot_table(
+        index="finding", columns=["effect_scale", "participants"], values="supported", sort=False
+    )
+    seconds = time.perf_counter() - start
+    print(f"\nshare of studies in which each finding is supported ({seconds:.0f} s):")
+    print(shown.to_string(float_format=lambda v: f"{v:.2f}"))
+    needed = participants_for_power(rates, args.target, max(args.effect_scales))
+    print(f"\nparticipants for {args.target:.0%} power at effect × {max(args.effect_scales):g}:")
+    for finding, n in needed.items():
+        print(f"  {finding}: {int(n) if n == n else f'more than {max(args.participants)}'}")
+    plot = Path(args.plot).expanduser()
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    plot.write_bytes(power_figure_png(rates, args.target))
+    print(f"\nplot: {plot}")
+    return 0
+
+
 # the resources a settings file may configure (study, warehouse and IO manager are the
 # command line's)
 SETTABLE_RESOURCES = (
@@ -524,7 +617,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--null",
         action="store_true",
-        help="plant no relation between imaging change and improvement",
+        help="plant no relation between imaging change and improvement (= --effect-scale 0)",
+    )
+    sim.add_argument(
+        "--effect-scale",
+        type=float,
+        default=1.0,
+        help="scale of the planted relations, 0–1: improvement explains scale² of each "
+        "headline effect's planted R² (1 = the headline effects, default; 0 = none)",
     )
     sim.add_argument("--jobs", type=int, default=None, help="worker processes (default ≤ 2)")
     sim.add_argument(
@@ -584,6 +684,45 @@ def build_parser() -> argparse.ArgumentParser:
         f"(resources: {', '.join(SETTABLE_RESOURCES)})",
     )
     run.set_defaults(func=cmd_run)
+
+    power = sub.add_parser(
+        "power",
+        help="simulation-based power analysis of the paper's design with the real pipeline: "
+        "how often each headline finding is supported, by participants and effect size",
+    )
+    power.add_argument(
+        "--participants",
+        type=lambda t: _numbers(t, int),
+        default=[21, 42, 63],
+        help="comma-separated participant counts (default 21,42,63)",
+    )
+    power.add_argument(
+        "--effect-scales",
+        type=lambda t: _numbers(t, float),
+        default=[0.0, 0.5, 1.0],
+        help="comma-separated effect sizes relative to the simulator's planted ones, "
+        "0 = none (false positives), 1 = planted (default 0,0.5,1)",
+    )
+    power.add_argument("--studies", type=int, default=10, help="studies per condition (10)")
+    power.add_argument(
+        "--permutations", type=int, default=200, help="elastic-net permutations (200)"
+    )
+    power.add_argument("--bootstraps", type=int, default=100, help="bootstrap refits (100)")
+    power.add_argument("--processes", type=int, default=2, help="studies at a time (2)")
+    power.add_argument("--target", type=float, default=0.8, help="power to report N for (0.8)")
+    power.add_argument("--plot", default="kp-power.png", help="PNG to write (kp-power.png)")
+    power.add_argument(
+        "--warehouse",
+        default=None,
+        help="warehouse folder for the 'power' table (default: $KP_WAREHOUSE_DIR or "
+        "data/warehouse)",
+    )
+    power.add_argument(
+        "--settings",
+        default=None,
+        help="YAML file of resource settings (dcm_models, dcm_group, prediction, evidence)",
+    )
+    power.set_defaults(func=cmd_power)
 
     sql = sub.add_parser(
         "sql",

@@ -41,7 +41,8 @@ from kp_resources.dcm_models import DCMModels
 from kp_resources.quality import check_result
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
-from kp_science.dcm import DCMResult, DCMSpec, invert_many, parameter_table, priors
+from kp_science.dcm import invert_many
+from kp_science.dcm.fit_tables import fit_row, parameter_rows
 from kp_science.dcm.run_data import DCMRunData, fit_figure_png, prepare_run, run_inputs
 from kp_science.figures import markdown_image
 from kp_science.study.errors import StudyDataError
@@ -141,41 +142,6 @@ def run_data(
         )
     except ValueError as e:
         raise StudyDataError(scan["bold_path"], f"DCM of {label}: {e}") from None
-
-
-def fit_row(
-    scan: pd.Series, model: str, data: DCMRunData, result: DCMResult, names: list[str]
-) -> dict:
-    """One ``dcm_fits`` row (without participant_id) of a fit of one run; ``scan`` needs
-    session, task and run, ``names`` are the spec's parameter names."""
-    free = np.flatnonzero(result.free)
-    return {
-        "session": scan["session"],
-        "task": scan["task"],
-        "run": int(scan["run"]),
-        "model": model,
-        "free_energy": result.F,
-        "explained_variance": result.explained_variance_total,
-        "n_iter": result.n_iter,
-        "converged": bool(result.converged),
-        "seconds": result.seconds,
-        "message": result.message,
-        "n_scans": len(data.y),
-        "n_scrubbed": int(data.scrubbed.sum()),
-        "n_confounds": data.X0.shape[1],
-        "scale": result.scale,
-        "free_parameters": [names[i] for i in free],
-        "covariance": result.Cp[np.ix_(free, free)].tolist(),
-    }
-
-
-def parameter_rows(result: DCMResult, spec: DCMSpec) -> pd.DataFrame:
-    """``dcm_parameters`` rows (without the keys) of one fit: every free parameter's
-    posterior mean, variance and Pp with its prior mean and variance."""
-    table = parameter_table(result, spec)
-    pE, pC, _, _ = priors(spec)
-    table["prior_mean"], table["prior_variance"] = pE[spec.free], np.diag(pC)[spec.free]
-    return table.drop(columns="free")
 
 
 @dg.multi_asset(

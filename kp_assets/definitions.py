@@ -19,6 +19,7 @@ from kp_assets.enet import enet_models
 from kp_assets.paper_table import paper_table
 from kp_assets.participant_status import participant_status
 from kp_assets.partitions import participants
+from kp_assets.power import power
 from kp_assets.rest_connectivity import rest_connectivity
 from kp_assets.roi_activation import roi_activation
 from kp_assets.roi_timeseries import roi_signals
@@ -53,13 +54,16 @@ ASSETS = [
     paper_table,
     warehouse_catalog,
 ]
+# on demand only (``kp power``): simulations, not this study's data
+ON_DEMAND_ASSETS = [power]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
 participant_job = dg.define_asset_job("participant_assets", selection=PARTICIPANT_ASSETS)
 CATALOG = dg.AssetSelection.assets(warehouse_catalog)
 # the unpartitioned group assets (clinical table, prediction models, paper table)
 group_job = dg.define_asset_job(
-    "group_assets", selection=dg.AssetSelection.all() - PARTICIPANT_ASSETS - CATALOG
+    "group_assets",
+    selection=dg.AssetSelection.assets(*ASSETS) - PARTICIPANT_ASSETS - CATALOG,
 )
 # the catalog in a run of its own, so that a failed group model (too few participants for
 # it) cannot skip the rebuild of the views over everything else
@@ -92,7 +96,7 @@ def build_definitions(
     study, warehouse = _config_value(study), _config_value(warehouse)
     protocol = None if protocol is None else _config_value(protocol)
     return dg.Definitions(
-        assets=ASSETS,
+        assets=[*ASSETS, *ON_DEMAND_ASSETS],
         asset_checks=[clinical_completeness_check],
         jobs=[participant_job, group_job, catalog_job],
         sensors=[new_participant_sensor, group_refresh_sensor],

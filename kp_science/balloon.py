@@ -74,3 +74,43 @@ def bold_signal(x: np.ndarray, epsilon: float | np.ndarray = 0.0) -> np.ndarray:
     k2 = eps * R0 * E0 * TE
     k3 = 1.0 - eps
     return V0 * (k1 * (1.0 - q) + k2 * (1.0 - q / v) + k3 * (1.0 - v))
+
+
+def first_order_kernel(
+    transit: float, decay: float, epsilon: float, dt: float, length: float = 32.0
+) -> np.ndarray:
+    """Small-signal BOLD impulse response of one region's balloon and observation model.
+
+    The first-order Volterra kernel (Friston et al. 2000, NeuroImage 12:466) of the equations
+    above: they are linearised at rest (central-difference Jacobian of
+    :func:`state_derivative` and gradient of :func:`bold_signal`), the neural state is the
+    input, and the linear system's impulse response g·exp(J t)·b is sampled at
+    ``t = 0, dt, …`` up to ``length`` s (through J's eigen-decomposition; its eigenvalues
+    are distinct for the balloon model). ``transit``, ``decay`` and ``epsilon`` are the
+    log-scaled parameters of :class:`DCMParameters`.
+
+    Returns shape (round(length / dt),): % signal change per unit neural impulse (Hz·s).
+    """
+    step = 1e-6
+    # columns 2j and 2j+1 of one 10-"region" state: rest ± step in state j (regions are
+    # independent in the hemodynamic equations, so one call gives every difference)
+    bumps = np.zeros((5, 10))
+    bumps[np.arange(5), 2 * np.arange(5)] = step
+    bumps[np.arange(5), 2 * np.arange(5) + 1] = -step
+    p = DCMParameters(
+        np.zeros((10, 10)),
+        np.zeros((10, 10, 1)),
+        np.zeros((10, 1)),
+        np.full(10, transit),
+        decay,
+        epsilon,
+    )
+    derivative = state_derivative(p, bumps, np.zeros(1))
+    jacobian = (derivative[:, 0::2] - derivative[:, 1::2]) / (2 * step)  # (5, 5)
+    bold = bold_signal(bumps, epsilon)
+    gradient = (bold[0::2] - bold[1::2]) / (2 * step)  # (5,)
+    # rows/columns 1–4 are the hemodynamic states; column 0 is how neural activity drives them
+    eigenvalues, vectors = np.linalg.eig(jacobian[1:, 1:])
+    weights = (gradient[1:] @ vectors) * np.linalg.solve(vectors, jacobian[1:, 0])
+    times = np.arange(int(round(length / dt))) * dt
+    return np.real(np.exp(np.outer(times, eigenvalues)) @ weights)

@@ -4,8 +4,8 @@ resting connectivity.
 One chain for every caller: the feature assets run its steps (``roi_timeseries`` cleans,
 ``roi_activation`` / ``task_connectivity`` / ``rest_connectivity`` fit, ``session_features``
 / ``change_scores`` name and difference, :mod:`.session_features`), and the region-level
-tests (``tests/science/prediction/roi_level.py``) run :func:`run_measures` on simulated ROI
-means. The steps, per run:
+path of :mod:`kp_science.finding_rates` runs :func:`run_measures` on simulated ROI means.
+The steps, per run:
 
 1. **Cleaning** (:func:`kp_science.roi_signals.clean_roi_signals`): raw ROI means
    (n_volumes × ROIs, intensity) → percent signal change, confounds regressed out,

@@ -462,7 +462,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 RECOVERY_STUDY = {"participants": 21, "seed": 11, "voxel_size": 4.0}
 
 
-def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
+def _pipeline_warehouse(base: Path, effect_scale: float, **options) -> tuple[Path, Path]:
     import dagster as dg
 
     from kp_assets.materialize import materialize_study
@@ -470,7 +470,9 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
     from kp_science.simulator import simulate_study
 
     jobs = cores_per_process()
-    study = simulate_study(base / "study", null=null, jobs=jobs, **(RECOVERY_STUDY | options))
+    study = simulate_study(
+        base / "study", effect_scale=effect_scale, jobs=jobs, **(RECOVERY_STUDY | options)
+    )
     warehouse = base / "warehouse"
     failed = materialize_study(
         study,
@@ -489,7 +491,7 @@ def _pipeline_warehouse(base: Path, null: bool, **options) -> tuple[Path, Path]:
 SHARED_STUDIES = ("recovery_study", "null_study", "corpus")
 # module-scoped fixtures that materialize a small study for several tests: their tests stay on
 # one worker as well, or every worker that ran one of them would build it again
-MODULE_STUDIES = ("two_layouts", "demo_warehouse", "small_warehouse")
+MODULE_STUDIES = ("two_layouts", "demo_warehouse", "small_warehouse", "findings")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
@@ -536,11 +538,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def recovery_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(study folder, warehouse) of the simulated 21-participant study, fully materialized."""
-    return _pipeline_warehouse(tmp_path_factory.mktemp("recovery"), null=False)
+    return _pipeline_warehouse(tmp_path_factory.mktemp("recovery"), effect_scale=1.0)
 
 
 @pytest.fixture(scope="session")
 def null_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(study folder, warehouse) of a simulated --null study (100 volumes per run, to keep
-    the suite fast), fully materialized."""
-    return _pipeline_warehouse(tmp_path_factory.mktemp("null"), null=True, volumes=100)
+    """(study folder, warehouse) of a simulated --null study (runs as long as the recovery
+    study's: a null result from shorter runs would say less), fully materialized."""
+    return _pipeline_warehouse(tmp_path_factory.mktemp("null"), effect_scale=0.0)

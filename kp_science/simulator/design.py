@@ -68,3 +68,24 @@ def stimulus_function(
         stop = max(start + 1, int(round((onset + duration) / dt)))
         u[start:stop] = 1.0
     return u
+
+
+def event_train(
+    onsets: np.ndarray,
+    durations: np.ndarray,
+    amplitudes: np.ndarray,
+    n_volumes: int,
+    tr: float,
+) -> np.ndarray:
+    """Sum of boxcars of the given amplitudes on the microtime grid (TR/16), as nilearn's
+    regressors sum overlapping events; an event lasts at least one bin.
+
+    Returns shape (n_volumes·16,).
+    """
+    dt = tr / MICROTIME_BINS
+    u = np.zeros(n_volumes * MICROTIME_BINS)
+    for onset, duration, amplitude in zip(onsets, durations, amplitudes, strict=True):
+        start = int(round(onset / dt))
+        stop = max(start + 1, int(round((onset + duration) / dt)))
+        u[start:stop] += amplitude
+    return u

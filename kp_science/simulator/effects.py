@@ -5,7 +5,12 @@ a value for every planted parameter. The paper's headline relations (docs/archit
 planted as post − pre changes that depend on CAPS-5 improvement: each change is a signal term
 proportional to standardised improvement plus a noise term that is exactly uncorrelated with
 it in the sample, scaled so that improvement explains ``r2`` of the change's variance among
-the participants where the effect is planted. With ``null=True`` every change is noise only.
+the participants where the effect is planted. ``effect_scale`` s scales every planted
+correlation: improvement explains s²·``r2``; s = 0 is the null study, where every change is
+noise only (and the draw is the same as with s = 1, bar the planting).
+
+Every session also gets each region's hemodynamics (``hemodynamics.transit[dacc]`` …,
+:mod:`.hemodynamics`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from kp_science.simulator import hemodynamics
 from kp_science.study.protocol import default_vocabulary
 
 # the simulator writes this trial's study: the default protocol's names
@@ -84,10 +90,6 @@ BASELINE: dict[str, tuple[float, float]] = {
     "dcm.B[emotional][amygdala->vmpfc]": (0.35, 0.2),
     "dcm.B[emotional][vmpfc->amygdala]": (-0.10, 0.06),
     "dcm.C[faces][amygdala]": (2.0, 0.2),
-    "dcm.transit[amygdala]": (0.0, 0.04),
-    "dcm.transit[vmpfc]": (0.0, 0.04),
-    "dcm.decay": (0.0, 0.04),
-    "dcm.epsilon": (0.0, 0.04),
     "faces.gppi.vmpfc->amygdala.emotional": (0.3, 0.15),
     "conflict.activation.dacc.regulation": (1.0, 0.25),
     "conflict.activation.dacc.monitoring": (1.2, 0.3),
@@ -150,17 +152,19 @@ def plant_values(
     effect: PlantedEffect,
     improvement: np.ndarray,
     arm: np.ndarray,
-    null: bool,
+    effect_scale: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """Zero-mean values (n,) of one effect: signal ∝ improvement where planted, plus noise.
 
     In the planted arms the noise is made orthogonal to improvement and to the signal in the
-    sample, so the in-sample R² of the value on improvement is exactly ``effect.r2``.
+    sample, so the in-sample R² of the value on improvement is exactly
+    ``effect_scale² · effect.r2`` (0 < effect_scale ≤ 1). ``effect_scale`` 0 returns the
+    unplanted draw: noise only, the same random numbers.
     """
     n = len(improvement)
     values = rng.normal(0.0, effect.sd, n)
-    if null:
+    if effect_scale == 0:
         return values - values.mean()
     scope = np.isin(arm, effect.arms)
     if scope.sum() < 3:  # too few participants to plant a relation
@@ -174,7 +178,7 @@ def plant_values(
     # with an arm-dependent slope the signal is not a multiple of z; choose the noise weight
     # so that improvement itself explains exactly r2 of the variance in the sample
     c = np.corrcoef(signal, z)[0, 1] ** 2
-    noise_weight = np.sqrt(max(c / effect.r2 - 1.0, 0.0))
+    noise_weight = np.sqrt(max(c / (effect_scale**2 * effect.r2) - 1.0, 0.0))
     combined = _standardise(signal + noise_weight * noise)
     values[scope] = effect.sd * combined
     values[~scope] -= values[~scope].mean() if (~scope).any() else 0.0
@@ -218,9 +222,10 @@ def stabilise_loop(values: dict[str, np.ndarray]) -> None:
 
 
 def simulate_parameters(
-    clinical: pd.DataFrame, null: bool, rng: np.random.Generator
+    clinical: pd.DataFrame, effect_scale: float, rng: np.random.Generator
 ) -> PlantedStudy:
-    """Per participant × session value of every planted parameter (long table)."""
+    """Per participant × session value of every planted parameter (long table); the
+    headline effects are planted with correlations scaled by ``effect_scale`` (0: none)."""
     n = len(clinical)
     improvement = (clinical["caps5_pre"] - clinical["caps5_post"]).to_numpy(float)
     arm = clinical["arm"].to_numpy()
@@ -230,12 +235,16 @@ def simulate_parameters(
         for name, (_, sd) in BASELINE.items()
     }
     for effect in HEADLINE_EFFECTS:
-        values = plant_values(effect, improvement, arm, null, rng)
+        values = plant_values(effect, improvement, arm, effect_scale, rng)
         if effect.baseline:
             pre[effect.parameter] = pre[effect.parameter] + values
             post[effect.parameter] = post[effect.parameter] + values
         else:
             post[effect.parameter] = pre[effect.parameter] + values
+    # drawn last, so the other parameters' draws do not depend on the hemodynamic model
+    for name, values in hemodynamics.draw_hemodynamics(n, rng).items():
+        pre[name] = values
+        post[name] = values + RETEST_SD * hemodynamics.parameter_sd(name) * rng.standard_normal(n)
     for table in (pre, post):
         for name in list(table):
             if name.startswith("rest.fc."):
@@ -273,8 +282,17 @@ def effects_description() -> list[dict]:
 
 def parameter_distributions() -> dict[str, dict[str, float]]:
     """Pre-treatment mean and between-participant sd of every parameter, and the test–retest
-    sd (fraction of that sd) of non-headline ones (for simulation.json)."""
-    return {
+    sd (fraction of that sd) of non-headline ones (for simulation.json); hemodynamic ones
+    also give the share of their variance common to a participant's regions."""
+    distributions = {
         name: {"mean": mean, "sd": sd, "retest_sd_fraction": RETEST_SD}
         for name, (mean, sd) in BASELINE.items()
     }
+    for name in hemodynamics.parameter_names():
+        distributions[name] = {
+            "mean": 0.0,
+            "sd": hemodynamics.parameter_sd(name),
+            "participant_share": hemodynamics.PARTICIPANT_SHARE,
+            "retest_sd_fraction": RETEST_SD,
+        }
+    return distributions

@@ -1,10 +1,12 @@
 """Direct integration of the nonlinear DCM equations, the simulator's ground-truth generator.
 
 The estimator linearises the system and integrates the bilinear approximation with matrix
-exponentials (docs/dcm-model.md); here the full nonlinear neuronal + balloon equations are advanced
-with classical fourth-order Runge–Kutta on the microtime grid, so fitting simulated data is
-not an inverse crime. Endogenous neural fluctuations (an additive input to each region) can
-be added so that regions carry activity the task does not explain, as real ones do.
+exponentials (docs/dcm-model.md); here the full nonlinear neuronal + balloon equations are
+advanced with classical fourth-order Runge–Kutta on the microtime grid, so fitting simulated
+data is not an inverse crime. Each region may have its own decay and epsilon
+(``hemodynamics``), which the estimator's DCM shares across regions. Endogenous neural
+fluctuations (an additive input to each region) can be added so that regions carry activity
+the task does not explain, as real ones do.
 
 Many runs are integrated at once (a leading batch axis) because the cost is dominated by the
 Python loop over microtime steps, not by the size of each step.
@@ -34,6 +36,7 @@ def integrate_dcm(
     tr: float,
     neural_noise: np.ndarray | None = None,
     sample_bin: int = MICROTIME_BINS // 2,
+    hemodynamics: np.ndarray | None = None,
 ) -> np.ndarray:
     """Simulate BOLD for a batch of DCMs sharing n regions, m inputs and the run length.
 
@@ -46,6 +49,8 @@ def integrate_dcm(
         within each microtime bin.
     sample_bin : microtime bin (1-based, SPM's default slice-timing delay of TR/2 is bin 8)
         at which each scan is read.
+    hemodynamics : optional (b, 3, n) log-scaled transit, decay and epsilon of every region,
+        used instead of the parameters' transit (n), decay and epsilon (shared by the regions).
 
     Returns
     -------
@@ -55,10 +60,14 @@ def integrate_dcm(
     A = np.stack([p.A for p in params])  # (b, n, n)
     B = np.stack([p.B for p in params])  # (b, n, n, m)
     C = np.stack([p.C for p in params]) / 16.0  # (b, n, m)
-    tau = TAU * np.exp(np.stack([p.transit for p in params]))  # (b, n)
-    kappa = KAPPA * np.exp(np.array([p.decay for p in params]))[:, None]  # (b, 1)
-    epsilon = np.array([p.epsilon for p in params])[:, None]
     n = A.shape[1]
+    if hemodynamics is None:
+        hemodynamics = np.stack(
+            [np.stack([p.transit, np.full(n, p.decay), np.full(n, p.epsilon)]) for p in params]
+        )
+    tau = TAU * np.exp(hemodynamics[:, 0])  # (b, n)
+    kappa = KAPPA * np.exp(hemodynamics[:, 1])
+    epsilon = hemodynamics[:, 2]
     diag = np.arange(n)
     drive = np.zeros((b, n_micro, n)) if neural_noise is None else neural_noise
     dt = tr / MICROTIME_BINS

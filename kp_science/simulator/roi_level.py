@@ -82,7 +82,7 @@ def roi_noise(
 def simulate_roi_study(
     participants: int = 21,
     seed: int = 0,
-    null: bool = False,
+    effect_scale: float = 1.0,
     volumes: int | dict[str, int] | None = None,
     tr: float = 2.0,
     noise_sd: float = ROI_NOISE_SD,
@@ -91,14 +91,15 @@ def simulate_roi_study(
     """The study :func:`~.study.simulate_study` would write for these options, as ROI means.
 
     Planted truth, designs and region signals are identical to the image path's for the same
-    seed; only the noise differs (see the module docstring).
+    seed; only the noise differs (see the module docstring). ``effect_scale`` scales the
+    planted correlations (0: none, a null study).
     """
     per_task = dict(DEFAULT_VOLUMES)
     if isinstance(volumes, int):
         per_task = dict.fromkeys(TASKS, volumes)
     elif volumes:
         per_task.update(volumes)
-    options = SimulationOptions(participants, seed, 4.0, per_task, float(tr), null)
+    options = SimulationOptions(participants, seed, 4.0, per_task, float(tr), float(effect_scale))
     planted, jobs = plan_study(options)
     runs = []
     for job in jobs:

@@ -1,31 +1,49 @@
 """Region-level signals (percent signal change) of each simulated run.
 
+Every region's BOLD comes from its own balloon model (:mod:`.hemodynamics`): the DCM regions
+through the nonlinear equations (:mod:`.neural`), every other response through the region's
+peak-matched first-order balloon kernel (``kernels``: ROI → kernel on the microtime grid) —
+never through the canonical HRF the estimators assume.
+
 - faces: amygdala and vmPFC come from the DCM (integrated in :mod:`.neural`, inputs: all faces
   drive the amygdala, emotional faces modulate both connections); the other regions respond
-  to face blocks with the canonical HRF. Every region also carries correlated fluctuations.
+  to face blocks through their kernels. Every region also carries correlated fluctuations.
   On top, the planted gPPI coupling: vmPFC carries an endogenous neural fluctuation n(t)
-  (seen through the HRF) and the amygdala receives HRF * (κ · emotional(t) · n(t)), a
-  neural-level psychophysiological interaction with κ = ``faces.gppi.vmpfc->amygdala.emotional``
-  (% amygdala signal per % vmPFC fluctuation during emotional blocks).
+  (seen through vmPFC's kernel) and the amygdala receives h_amygdala * (κ · emotional(t) ·
+  n(t)), a neural-level psychophysiological interaction with κ =
+  ``faces.gppi.vmpfc->amygdala.emotional`` (% amygdala signal per % vmPFC fluctuation during
+  emotional blocks).
 - conflict: the dACC responds to every trial, more to incongruent trials (monitoring) and
   differently to incongruent trials after incongruent ones (regulation, iI − cI); other
   regions respond weakly to trials.
 - rest: correlated fluctuations only, with the planted vmPFC–anterior-insula correlation.
 
-Fluctuations are HRF-filtered Gaussian noise whose *sample* correlation across regions equals
-the requested matrix exactly, so a planted correlation is the correlation actually present in
-the run's region signals before voxel noise.
+Amplitudes are % signal per unit canonical regressor at the peak of a brief event's response:
+every kernel peaks where the Glover HRF does (:mod:`.hemodynamics`, "Scale"), so responses
+differ from the canonical model in shape, not in units.
+
+Fluctuations are correlated neural noise seen through each region's kernel, then minimally
+re-mixed (a symmetric square-root correction, close to the identity) so that their *sample*
+correlation across regions equals the requested matrix exactly: a planted correlation is the
+correlation actually present in the run's region signals before voxel noise.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
-from nilearn.glm.first_level import compute_regressor
+from scipy.signal import lfilter
 
 from kp_science.balloon import DCMParameters
 from kp_science.rois import ROI_NAMES
-from kp_science.simulator.design import MICROTIME_BINS, stimulus_function
+from kp_science.simulator.design import MICROTIME_BINS, event_train, stimulus_function
+from kp_science.simulator.hemodynamics import (
+    convolve_at_frames,
+    frame_samples,
+    hemodynamic_values,
+)
 
 DCM_REGIONS = ("amygdala", "vmpfc")
 DCM_INPUTS = ("faces", "emotional")
@@ -46,7 +64,8 @@ PAIR_CORRELATIONS = {
     ("dacc", "insula_ant"): 0.35,
     ("vmpfc", "racc"): 0.4,
 }
-# activation amplitudes (% signal per unit HRF-convolved regressor) of regions outside the DCM
+# activation amplitudes (% signal per unit canonical regressor, matched at the peak of a brief
+# event's response) of regions outside the DCM
 FACES_RESPONSE = {"racc": 0.3, "dacc": 0.2, "hippocampus_ant": 0.2, "insula_ant": 0.4}
 CONFLICT_RESPONSE = {
     "racc": 0.5,
@@ -55,7 +74,9 @@ CONFLICT_RESPONSE = {
     "amygdala": 0.25,
     "vmpfc": 0.25,
 }
-DACC_CONGRUENT = 1.2  # dACC amplitude for congruent trials (a 1 s trial peaks at 0.33 × this)
+# dACC amplitude for congruent trials (a 1 s trial peaks at ≈ 0.33 × this, through the regions'
+# kernels as through the Glover HRF)
+DACC_CONGRUENT = 1.2
 
 
 def region_correlation(vmpfc_insula: float) -> np.ndarray:
@@ -68,23 +89,41 @@ def region_correlation(vmpfc_insula: float) -> np.ndarray:
     return corr
 
 
+def _symmetric_power(matrix: np.ndarray, power: float) -> np.ndarray:
+    """matrix**power of a symmetric positive definite matrix (eigen-decomposition)."""
+    eigenvalues, vectors = np.linalg.eigh(matrix)
+    return (vectors * eigenvalues**power) @ vectors.T
+
+
 def correlated_fluctuations(
-    n_volumes: int, tr: float, corr: np.ndarray, sd: float, rng: np.random.Generator
+    n_volumes: int,
+    tr: float,
+    corr: np.ndarray,
+    sd: float,
+    kernels: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
 ) -> np.ndarray:
-    """(n_volumes, k) HRF-filtered fluctuations with sample correlation exactly ``corr``."""
+    """(n_volumes, k) fluctuations over ROI_NAMES with sample correlation exactly ``corr``.
+
+    White neural noise on the microtime grid, correlated by ``corr``, is seen through each
+    region's kernel; the result is standardised and multiplied by R⁻¹ᐟ²·corr¹ᐟ² (R: its sample
+    correlation), the symmetric correction that imposes ``corr`` exactly while staying close
+    to the identity, so each region's fluctuation remains its own kernel's response.
+    """
     k = corr.shape[0]
-    hrf_times = np.arange(0, 32, tr)
-    hrf = compute_regressor(
-        (np.array([0.0]), np.array([tr]), np.array([1.0])), "glover", hrf_times
-    )[0][:, 0]
-    white = rng.standard_normal((n_volumes + len(hrf), k))
-    filtered = np.stack(
-        [np.convolve(white[:, j], hrf)[len(hrf) : len(hrf) + n_volumes] for j in range(k)], axis=1
+    n_micro = n_volumes * MICROTIME_BINS
+    lead = max(len(kernel) for kernel in kernels.values())  # settle the filters before t = 0
+    neural = rng.standard_normal((lead + n_micro, k)) @ _symmetric_power(corr, 0.5)
+    samples = lead + frame_samples(n_volumes)
+    bold = np.column_stack(
+        [
+            np.convolve(neural[:, j], kernels[name])[: lead + n_micro][samples]
+            for j, name in enumerate(ROI_NAMES)
+        ]
     )
-    filtered -= filtered.mean(0)
-    # whiten the sample covariance, then impose the target correlation
-    whitened = filtered @ np.linalg.inv(np.linalg.cholesky(np.cov(filtered.T, bias=True))).T
-    return sd * whitened @ np.linalg.cholesky(corr).T
+    bold = (bold - bold.mean(0)) / bold.std(0)
+    sample_corr = np.corrcoef(bold.T)
+    return sd * bold @ _symmetric_power(sample_corr, -0.5) @ _symmetric_power(corr, 0.5)
 
 
 def frame_times(n_volumes: int, tr: float) -> np.ndarray:
@@ -92,20 +131,33 @@ def frame_times(n_volumes: int, tr: float) -> np.ndarray:
     return np.arange(n_volumes) * tr + tr / 2
 
 
-def hrf_regressor(
-    onsets: np.ndarray, durations: np.ndarray, amplitudes: np.ndarray, times: np.ndarray
+def kernel_regressor(
+    onsets: np.ndarray,
+    durations: np.ndarray,
+    amplitudes: np.ndarray,
+    kernel: np.ndarray,
+    n_volumes: int,
+    tr: float,
 ) -> np.ndarray:
-    """Glover-HRF convolved regressor at ``times`` (nilearn's definition)."""
-    if len(onsets) == 0:
-        return np.zeros(len(times))
-    return compute_regressor(
-        (onsets, durations, amplitudes), "glover", times, oversampling=MICROTIME_BINS
-    )[0][:, 0]
+    """(n_volumes,) response at mid-TR to events of the given amplitudes through a region's
+    peak-matched kernel (the counterpart of a Glover-convolved regressor)."""
+    train = event_train(onsets, durations, amplitudes, n_volumes, tr)
+    return convolve_at_frames(train, kernel, n_volumes)
 
 
-def dcm_parameters(values: dict[str, float]) -> DCMParameters:
+def dcm_hemodynamics(values: Mapping[str, float]) -> np.ndarray:
+    """(3, 2) log-scaled transit, decay, epsilon of amygdala and vmPFC (the DCM's regions)."""
+    return hemodynamic_values(values, DCM_REGIONS)
+
+
+def dcm_parameters(values: Mapping[str, float]) -> DCMParameters:
     """The amygdala–vmPFC DCM of a session from its planted values (regions 0 = amygdala,
-    1 = vmPFC; inputs 0 = faces, 1 = emotional)."""
+    1 = vmPFC; inputs 0 = faces, 1 = emotional).
+
+    The DCM has one decay and one epsilon; the simulator's regions have their own
+    (:func:`dcm_hemodynamics`, which :func:`~.neural.integrate_dcm` uses), so these two are
+    the regions' means: the single-decay DCM closest to the generating one.
+    """
     A = np.array(
         [
             [values["dcm.A[amygdala->amygdala]"], values["dcm.A[vmpfc->amygdala]"]],
@@ -117,8 +169,8 @@ def dcm_parameters(values: dict[str, float]) -> DCMParameters:
     B[0, 1, 1] = values["dcm.B[emotional][vmpfc->amygdala]"]
     C = np.zeros((2, 2))
     C[0, 0] = values["dcm.C[faces][amygdala]"]
-    transit = np.array([values["dcm.transit[amygdala]"], values["dcm.transit[vmpfc]"]])
-    return DCMParameters(A, B, C, transit, values["dcm.decay"], values["dcm.epsilon"])
+    transit, decay, epsilon = dcm_hemodynamics(values)
+    return DCMParameters(A, B, C, transit, float(decay.mean()), float(epsilon.mean()))
 
 
 def faces_inputs(events: pd.DataFrame, n_volumes: int, tr: float) -> np.ndarray:
@@ -140,26 +192,25 @@ def neural_noise(n_volumes: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def planted_ppi(
-    events: pd.DataFrame, coupling: float, n_volumes: int, tr: float, rng: np.random.Generator
+    events: pd.DataFrame,
+    coupling: float,
+    kernels: Mapping[str, np.ndarray],
+    n_volumes: int,
+    tr: float,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(vmPFC, amygdala) BOLD additions (n_volumes,) carrying the planted gPPI coupling."""
-    from nilearn.glm.first_level.hemodynamic_models import glover_hrf
-    from scipy.signal import fftconvolve
-
+    """(vmPFC, amygdala) BOLD additions (n_volumes,) carrying the planted gPPI coupling, each
+    seen through its region's kernel."""
     n_micro = n_volumes * MICROTIME_BINS
     # endogenous fluctuation: white noise smoothed over ~4 s (AR(1) at microtime)
-    from scipy.signal import lfilter
-
     phi = np.exp(-tr / MICROTIME_BINS / 4.0)
-    neural = lfilter([1.0], [1.0, -phi], rng.standard_normal(n_micro))
+    neural = np.asarray(lfilter([1.0], [1.0, -phi], rng.standard_normal(n_micro)))
     emotional = stimulus_function(
         events, events["trial_type"].eq("emotional").to_numpy(), n_volumes, tr
     )
-    hrf = glover_hrf(tr, oversampling=MICROTIME_BINS, time_length=32.0)
-    samples = np.arange(n_volumes) * MICROTIME_BINS + MICROTIME_BINS // 2
-    vmpfc = fftconvolve(neural, hrf)[:n_micro][samples]
+    vmpfc = convolve_at_frames(neural, kernels["vmpfc"], n_volumes)
     scale = PPI_FLUCTUATION_SD / vmpfc.std()
-    amygdala = coupling * fftconvolve(emotional * neural, hrf)[:n_micro][samples]
+    amygdala = coupling * convolve_at_frames(emotional * neural, kernels["amygdala"], n_volumes)
     return scale * vmpfc, scale * amygdala
 
 
@@ -167,24 +218,26 @@ def faces_signals(
     events: pd.DataFrame,
     dcm_bold: np.ndarray,
     values: dict[str, float],
+    kernels: Mapping[str, np.ndarray],
     n_volumes: int,
     tr: float,
     rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
-    """Region signals of a faces run; ``dcm_bold`` is (n_volumes, 2) from the DCM."""
-    times = frame_times(n_volumes, tr)
+    """Region signals of a faces run; ``dcm_bold`` is (n_volumes, 2) from the DCM, ``kernels``
+    the session's :func:`~.hemodynamics.region_kernels`."""
     fluct = correlated_fluctuations(
-        n_volumes, tr, region_correlation(0.2), TASK_FLUCTUATION_SD, rng
+        n_volumes, tr, region_correlation(0.2), TASK_FLUCTUATION_SD, kernels, rng
     )
     onsets, durations = events["onset"].to_numpy(float), events["duration"].to_numpy(float)
-    block = hrf_regressor(onsets, durations, np.ones(len(onsets)), times)
     signals = {name: fluct[:, i] for i, name in enumerate(ROI_NAMES)}
     for name, amplitude in FACES_RESPONSE.items():
-        signals[name] = signals[name] + amplitude * block
+        signals[name] = signals[name] + kernel_regressor(
+            onsets, durations, np.full(len(onsets), amplitude), kernels[name], n_volumes, tr
+        )
     for i, name in enumerate(DCM_REGIONS):
         signals[name] = signals[name] + dcm_bold[:, i]
     vmpfc, amygdala = planted_ppi(
-        events, values["faces.gppi.vmpfc->amygdala.emotional"], n_volumes, tr, rng
+        events, values["faces.gppi.vmpfc->amygdala.emotional"], kernels, n_volumes, tr, rng
     )
     signals["vmpfc"] = signals["vmpfc"] + vmpfc
     signals["amygdala"] = signals["amygdala"] + amygdala
@@ -194,6 +247,7 @@ def faces_signals(
 def conflict_signals(
     events: pd.DataFrame,
     values: dict[str, float],
+    kernels: Mapping[str, np.ndarray],
     n_volumes: int,
     tr: float,
     rng: np.random.Generator,
@@ -204,9 +258,8 @@ def conflict_signals(
     + monitoring; incongruent after incongruent (iI) + monitoring + regulation. So the
     iI − cI contrast is the planted regulation value.
     """
-    times = frame_times(n_volumes, tr)
     fluct = correlated_fluctuations(
-        n_volumes, tr, region_correlation(0.2), TASK_FLUCTUATION_SD, rng
+        n_volumes, tr, region_correlation(0.2), TASK_FLUCTUATION_SD, kernels, rng
     )
     onsets, durations = events["onset"].to_numpy(float), events["duration"].to_numpy(float)
     incongruent = events["trial_type"].eq("incongruent").to_numpy()
@@ -217,18 +270,24 @@ def conflict_signals(
         + (incongruent & after_incongruent) * values["conflict.activation.dacc.regulation"]
     )
     signals = {name: fluct[:, i] for i, name in enumerate(ROI_NAMES)}
-    signals["dacc"] = signals["dacc"] + hrf_regressor(onsets, durations, dacc_amplitude, times)
+    signals["dacc"] = signals["dacc"] + kernel_regressor(
+        onsets, durations, dacc_amplitude, kernels["dacc"], n_volumes, tr
+    )
     for name, amplitude in CONFLICT_RESPONSE.items():
-        signals[name] = signals[name] + hrf_regressor(
-            onsets, durations, amplitude * (1.0 + incongruent), times
+        signals[name] = signals[name] + kernel_regressor(
+            onsets, durations, amplitude * (1.0 + incongruent), kernels[name], n_volumes, tr
         )
     return signals
 
 
 def rest_signals(
-    values: dict[str, float], n_volumes: int, tr: float, rng: np.random.Generator
+    values: dict[str, float],
+    kernels: Mapping[str, np.ndarray],
+    n_volumes: int,
+    tr: float,
+    rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Region signals of a resting run with the planted vmPFC–anterior-insula correlation."""
     corr = region_correlation(values["rest.fc.vmpfc~insula_ant"])
-    fluct = correlated_fluctuations(n_volumes, tr, corr, REST_FLUCTUATION_SD, rng)
+    fluct = correlated_fluctuations(n_volumes, tr, corr, REST_FLUCTUATION_SD, kernels, rng)
     return {name: fluct[:, i] for i, name in enumerate(ROI_NAMES)}

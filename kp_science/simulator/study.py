@@ -41,7 +41,7 @@ import pandas as pd
 from isal import igzip
 from tqdm import tqdm
 
-from kp_science.simulator import signals
+from kp_science.simulator import hemodynamics, signals
 from kp_science.simulator.design import conflict_events, faces_events
 from kp_science.simulator.effects import (
     PlantedStudy,
@@ -91,17 +91,26 @@ class SimulationOptions:
     voxel_size: float = 4.0  # mm, isotropic
     volumes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_VOLUMES))
     tr: float = 2.0  # s
-    null: bool = False
+    # planted correlations × this: 1 the headline effects, 0 none (a null study), in between
+    # each effect explains effect_scale² of its planted R² (effects.plant_values)
+    effect_scale: float = 1.0
     noise: NoiseSettings = field(default_factory=NoiseSettings)
 
     def __post_init__(self) -> None:
         if self.participants < 1:
             raise ValueError(f"participants must be at least 1, got {self.participants}")
+        if not 0.0 <= self.effect_scale <= 1.0:
+            raise ValueError(f"effect_scale must be in [0, 1], got {self.effect_scale}")
         if self.voxel_size <= 0 or self.tr <= 0:
             raise ValueError("voxel_size and tr must be positive")
         too_short = {t: v for t, v in self.volumes.items() if v < 16}
         if too_short:
             raise ValueError(f"runs need at least 16 volumes, got {too_short}")
+
+    @property
+    def null(self) -> bool:
+        """A null study: no relation planted (``effect_scale`` 0)."""
+        return self.effect_scale == 0.0
 
 
 def run_stem(pid: str, session: str, task: str) -> str:
@@ -166,16 +175,23 @@ def region_signals(
     """
     n_volumes = options.volumes[task]
     values = job.values[session]
+    kernels = hemodynamics.region_kernels(values, options.tr)  # this session's hemodynamics
     if task == "faces":  # the task runs have events, the rest runs none
         region = signals.faces_signals(
-            job.events[(session, task)], job.dcm_bold[session], values, n_volumes, options.tr, rng
+            job.events[(session, task)],
+            job.dcm_bold[session],
+            values,
+            kernels,
+            n_volumes,
+            options.tr,
+            rng,
         )
     elif task == "conflict":
         region = signals.conflict_signals(
-            job.events[(session, task)], values, n_volumes, options.tr, rng
+            job.events[(session, task)], values, kernels, n_volumes, options.tr, rng
         )
     else:
-        region = signals.rest_signals(values, n_volumes, options.tr, rng)
+        region = signals.rest_signals(values, kernels, n_volumes, options.tr, rng)
     return region, n_volumes
 
 
@@ -245,11 +261,11 @@ def plan_study(options: SimulationOptions) -> tuple[PlantedStudy, list[_Particip
     """Draw the clinical data, the planted parameters, the designs and the DCM responses."""
     rng = np.random.default_rng(options.seed)
     clinical = simulate_clinical(options.participants, rng)
-    planted = simulate_parameters(clinical, options.null, rng)
+    planted = simulate_parameters(clinical, options.effect_scale, rng)
     motion_scales = np.exp(rng.normal(0.0, 0.3, options.participants))
     values = _session_values(planted)
     jobs = []
-    dcm_params, dcm_inputs, dcm_noise = [], [], []
+    dcm_params, dcm_hemodynamics, dcm_inputs, dcm_noise = [], [], [], []
     n_faces = options.volumes["faces"]
     for p, pid in enumerate(clinical["participant_id"]):
         events = {}
@@ -260,10 +276,17 @@ def plan_study(options: SimulationOptions) -> tuple[PlantedStudy, list[_Particip
                 options.volumes["conflict"], options.tr, run_rng(options.seed, p, s, "conflict", 0)
             )
             dcm_params.append(signals.dcm_parameters(values[pid][session]))
+            dcm_hemodynamics.append(signals.dcm_hemodynamics(values[pid][session]))
             dcm_inputs.append(signals.faces_inputs(events[(session, "faces")], n_faces, options.tr))
             dcm_noise.append(signals.neural_noise(n_faces, design_rng))
         jobs.append(_ParticipantJob(p, pid, values[pid], events, {}, float(motion_scales[p])))
-    bold = integrate_dcm(dcm_params, np.stack(dcm_inputs), options.tr, np.stack(dcm_noise))
+    bold = integrate_dcm(
+        dcm_params,
+        np.stack(dcm_inputs),
+        options.tr,
+        np.stack(dcm_noise),
+        hemodynamics=np.stack(dcm_hemodynamics),
+    )
     for p, job in enumerate(jobs):
         for s, session in enumerate(SESSIONS):
             job.dcm_bold[session] = bold[p * len(SESSIONS) + s]
@@ -350,7 +373,8 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
     parameters.to_csv(truth / "parameters.tsv", sep="\t", index=False, float_format="%.10g")
     description = {
         "seed": options.seed,
-        "options": {k: v for k, v in asdict(options).items() if k != "noise"},
+        "options": {k: v for k, v in asdict(options).items() if k != "noise"}
+        | {"null": options.null},
         "noise": asdict(options.noise),
         "region_signals": {
             "planting_radius_mm": PLANTING_RADIUS_MM,
@@ -362,7 +386,19 @@ def _write_tables(out: Path, planted: PlantedStudy, options: SimulationOptions) 
             "dcm_inputs": list(signals.DCM_INPUTS),
             "sampling": "scans read at mid-TR (microtime bin 8 of 16)",
         },
-        "effects": [] if options.null else effects_description(),
+        "hemodynamics": {
+            "model": "balloon + observation model (kp_science.balloon) per participant × "
+            "session × region: nonlinear for the DCM regions, first-order kernel elsewhere, "
+            "scaled to the Glover HRF's peak",
+            "log_sd": hemodynamics.HEMODYNAMIC_SD,
+            "participant_share": hemodynamics.PARTICIPANT_SHARE,
+            "kernel_length_s": hemodynamics.KERNEL_LENGTH_S,
+        },
+        # r2: the headline share; planted_r2: what this study plants (effect_scale² · r2)
+        "effects": [
+            effect | {"planted_r2": options.effect_scale**2 * effect["r2"]}
+            for effect in ([] if options.null else effects_description())
+        ],
         "parameter_distributions": parameter_distributions(),
         "achieved_r2": planted.achieved_r2,
     }
@@ -449,7 +485,7 @@ def simulate_study(
     voxel_size: float = 4.0,
     volumes: int | dict[str, int] | None = None,
     tr: float = 2.0,
-    null: bool = False,
+    effect_scale: float = 1.0,
     progress: bool = False,
     jobs: int | None = None,
     overwrite: bool = False,
@@ -457,8 +493,9 @@ def simulate_study(
     """Simulate a study into ``out_dir`` and return its path.
 
     ``volumes``: per-task volume counts, one count for every task, or None for the
-    defaults (faces 200, conflict 150, rest 140). ``jobs``: worker processes (default: up
-    to 2, one per core).
+    defaults (faces 200, conflict 150, rest 140). ``effect_scale``: planted correlations × this
+    (1: the headline effects, 0: none — a null study; see :class:`SimulationOptions`).
+    ``jobs``: worker processes (default: up to 2, one per core).
 
     ``out_dir`` must not exist or be an empty folder; ``overwrite`` also allows a folder holding
     a study this simulator wrote (the :data:`SIMULATION_MARKER` file), which is replaced. Any
@@ -473,7 +510,14 @@ def simulate_study(
         per_task = dict.fromkeys(TASKS, volumes)
     elif volumes:
         per_task.update(volumes)
-    options = SimulationOptions(participants, seed, float(voxel_size), per_task, float(tr), null)
+    options = SimulationOptions(
+        participants,
+        seed,
+        float(voxel_size),
+        per_task,
+        float(tr),
+        float(effect_scale),
+    )
     planted, participant_jobs = plan_study(options)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a fresh name (mkdir fails on an existing one): nothing is ever cleared to make room

@@ -12,6 +12,22 @@ from kp_science.study.protocol import default_vocabulary
 TR, N = 2.0, 120
 
 
+def nilearn_cleaned(values: np.ndarray, confounds: pd.DataFrame, kept: np.ndarray) -> np.ndarray:
+    """``values`` at the kept volumes cleaned by ``nilearn.signal.clean`` as kp cleans ROI
+    signals (z-scored confounds projected out; no detrending, filtering or standardizing)."""
+    from nilearn.signal import clean
+
+    return clean(
+        np.asarray(values),
+        confounds=confounds.to_numpy(),
+        sample_mask=kept,
+        detrend=False,
+        standardize=None,
+        standardize_confounds=True,
+        filter=False,
+    )
+
+
 def _run(task: str, seed: int = 0):
     rng = np.random.default_rng(seed)
     events = (faces_events if task == "faces" else conflict_events)(N, TR, rng)

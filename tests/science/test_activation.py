@@ -25,6 +25,7 @@ from tests.science.simulated_runs import (
     _first_level_contrasts,
     _first_level_model,
     _run,
+    nilearn_cleaned,
 )
 
 TASKS = default_vocabulary().tasks
@@ -82,7 +83,6 @@ def test_activation_equals_nilearn_first_level_model(task):
 @pytest.mark.parametrize("task", ["faces", "conflict"])
 def test_design_and_cleaning_equal_nilearn(task):
     from nilearn.glm.first_level import make_first_level_design_matrix
-    from nilearn.signal import clean
 
     _, conditions, confounds, kept, design = _run(task)
     times = (np.arange(N) + 0.5) * TR
@@ -91,16 +91,7 @@ def test_design_and_cleaning_equal_nilearn(task):
     pd.testing.assert_frame_equal(
         raw, expected.drop(columns="constant"), check_exact=False, rtol=1e-12, atol=1e-12
     )
-    cleaned = clean(
-        raw.to_numpy(),
-        confounds=confounds.to_numpy(),
-        sample_mask=kept,
-        t_r=TR,
-        detrend=False,
-        standardize=None,
-        standardize_confounds=True,
-        filter=False,
-    )
+    cleaned = nilearn_cleaned(raw.to_numpy(), confounds, kept)
     np.testing.assert_allclose(design[raw.columns].to_numpy(), cleaned, rtol=1e-12, atol=1e-12)
     assert list(design.index) == list(kept) and (design["constant"] == 1.0).all()
     # then the confounds, as an orthonormal basis of their centred values at the kept volumes
@@ -191,7 +182,6 @@ def test_rank_deficient_confounds_count_like_first_level_model():
     duplicated confound: the basis leaves out their directions as nilearn's signal.clean
     does, and each is a zero design column, so the dispersion counts them as
     FirstLevelModel counts its design columns."""
-    from nilearn.signal import clean
 
     _, raw, confounds, kept, events, conditions = _confounded_run("faces", seed=1)
     spike = np.zeros(LONG_N)
@@ -202,15 +192,7 @@ def test_rank_deficient_confounds_count_like_first_level_model():
     design = clean_design(task_design(conditions, LONG_N, TR, REF), confounds, kept, TR)
     basis = design.filter(like=CONFOUND_PREFIX).to_numpy()
     assert basis.shape[1] == 32 and np.all(basis[:, 30:] == 0) and np.all(basis[:, :30].any(0))
-    expected = clean(
-        task_design(conditions, LONG_N, TR, REF).to_numpy(),
-        confounds=confounds.to_numpy(),
-        sample_mask=kept,
-        detrend=False,
-        standardize=None,
-        standardize_confounds=True,
-        filter=False,
-    )
+    expected = nilearn_cleaned(task_design(conditions, LONG_N, TR, REF).to_numpy(), confounds, kept)
     columns = sorted(set(conditions["trial_type"]))
     np.testing.assert_allclose(design[columns].to_numpy(), expected, rtol=1e-10, atol=1e-12)
 

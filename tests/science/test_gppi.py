@@ -16,6 +16,7 @@ from tests.science.simulated_runs import (
     _first_level_model,
     _nilearn_t_contrasts,
     _run,
+    nilearn_cleaned,
 )
 
 TASKS = default_vocabulary().tasks
@@ -29,7 +30,6 @@ def _reference_gppi(
     """fit_gppi as first written: one seed at a time, nilearn clean, run_glm and
     compute_contrast (the slow reference the batched version must equal), with the raw
     confounds in each seed's design."""
-    from nilearn.signal import clean
     from scipy.signal import fftconvolve
 
     from kp_science.gppi import RIDGE_GRID, _forward_operator, _ridge_operator
@@ -62,16 +62,7 @@ def _reference_gppi(
         ppi = fftconvolve(boxcars * neural[:, None], microtime_hrf(tr)[:, None], axes=0)[:micro][
             samples
         ]
-        ppi = clean(
-            ppi,
-            confounds=confounds.to_numpy(),
-            sample_mask=kept,
-            t_r=tr,
-            detrend=False,
-            standardize=None,
-            standardize_confounds=True,
-            filter=False,
-        )
+        ppi = nilearn_cleaned(ppi, confounds, kept)
         # the confounds as they are, in the design: their columns are whitened with the rest
         # and count in the degrees of freedom
         columns = [c for c in task_regressors.columns if c in names]

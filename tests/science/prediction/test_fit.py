@@ -8,9 +8,9 @@ import pytest
 from kp_science.prediction import (
     DEFAULT_VARIANTS,
     EnetSettings,
+    SupportRules,
     fit_all,
     fit_variant,
-    SupportRules,
     paper_table,
     plot_coefficients,
     plot_cv_curve,

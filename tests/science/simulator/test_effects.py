@@ -30,7 +30,7 @@ def test_planted_relations_explain_30_to_60_percent(null):
             SimulationOptions(
                 participants=21,
                 seed=seed,
-                null=null,
+                effect_scale=0.0 if null else 1.0,
                 volumes={"faces": 16, "conflict": 16, "rest": 16},
             )
         )
@@ -60,7 +60,7 @@ def test_amygdala_vmpfc_loop_stays_stable(null):
     for seed in range(50):
         rng = np.random.default_rng(seed)
         clinical = simulate_clinical(21, rng)
-        wide = simulate_parameters(clinical, null, rng).parameters.pivot_table(
+        wide = simulate_parameters(clinical, 0.0 if null else 1.0, rng).parameters.pivot_table(
             index=["participant_id", "session"], columns="parameter", values="value"
         )
         a12, a21, b12, b21 = (
