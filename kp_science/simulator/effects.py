@@ -199,17 +199,25 @@ def stabilise_loop(values: dict[str, np.ndarray]) -> None:
       forward connection stays excitatory with emotional faces on: a strongly negative
       forward drive pushes vmPFC far below rest, where the balloon model fails;
     - then the loop gain is held at or below :data:`MAX_LOOP_GAIN` in both conditions, by
-      lowering A[amygdala->vmpfc] (without emotional faces; this can undo the first rule
-      when the feedback is excitatory, in ≈ 0.6 % of sessions) or
-      B[emotional][vmpfc->amygdala] (with).
+      lowering A[amygdala->vmpfc] (without emotional faces) or B[emotional][vmpfc->amygdala]
+      (with);
+    - where the two would conflict — excitatory feedback and a strongly negative planted
+      modulation, so that the forward connection the first rule needs makes the loop gain
+      too high (≈ 0.6 % of sessions) — vmPFC's self-decay A[vmpfc->vmpfc] is raised first,
+      just enough for both to hold. (Lowering the forward connection instead left it
+      inhibitory with emotional faces on, and with participant-specific hemodynamics a few
+      such sessions drove the balloon model's flow to zero.)
     """
-    limit = (
-        MAX_LOOP_GAIN
-        * 0.25
-        * np.exp(values["dcm.A[amygdala->amygdala]"] + values["dcm.A[vmpfc->vmpfc]"])
-    )
     a12 = values["dcm.A[vmpfc->amygdala]"]
     b21 = values["dcm.B[emotional][amygdala->vmpfc]"]
+    needed = np.maximum(-b21, 0.0)  # the forward connection rule 1 asks for
+    scale = MAX_LOOP_GAIN * 0.25
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # log(σ1σ2/0.25) that lets a12·needed sit at the gain limit
+        room = np.where(a12 * needed > 0, np.log(a12 * needed / scale), -np.inf)
+    vmpfc = np.maximum(values["dcm.A[vmpfc->vmpfc]"], room - values["dcm.A[amygdala->amygdala]"])
+    values["dcm.A[vmpfc->vmpfc]"] = vmpfc
+    limit = scale * np.exp(values["dcm.A[amygdala->amygdala]"] + vmpfc)
     a21 = np.maximum(values["dcm.A[amygdala->vmpfc]"], -b21)
     with np.errstate(divide="ignore", invalid="ignore"):
         a21 = np.where(a12 > 0, np.minimum(a21, limit / a12), a21)

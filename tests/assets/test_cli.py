@@ -227,3 +227,29 @@ def test_kp_run_never_writes_into_the_study(study_copy, tmp_path, run_env, capsy
     err = capsys.readouterr().err
     assert f"the warehouse {inside} is inside the study folder {study_copy}" in err
     assert snapshot(study_copy) == before and not run_env.exists()
+
+
+def test_the_demo_summary_prints_whether_each_finding_is_supported(tmp_path, capsys):
+    from kp_assets.cli import print_summary
+    from kp_science.prediction import paper_table
+    from tests.assets.seeded_warehouse import write_table
+
+    summary = pd.DataFrame({"model": ["main"], "status": ["ok"], "permutation_p": [0.01]})
+    coefficients = pd.DataFrame(
+        {
+            "model": ["main"],
+            "term": ["faces.gppi.vmpfc->amygdala.emotional"],
+            "beta_std": [2.0],
+            "beta_fully_std": [0.2],
+            "selection_frequency": [0.9],
+        }
+    )
+    table = paper_table({"enet_summary": summary, "enet_coefficients": coefficients})
+    write_table(tmp_path, "paper_table", table, partitioned=False)
+    print_summary(tmp_path, "caps5")
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "finding" in line and "supported" in line)
+    assert "permutation_p" in header and "pp" in header
+    first = next(line for line in out.splitlines() if "vmpfc_amygdala_faces" in line)
+    assert "True" in first  # supported
+    assert out.count("False") >= 7  # the seven findings without evidence

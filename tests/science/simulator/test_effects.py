@@ -74,6 +74,8 @@ def test_amygdala_vmpfc_loop_stays_stable(null):
         )
         decay = 0.25 * np.exp(wide["dcm.A[amygdala->amygdala]"] + wide["dcm.A[vmpfc->vmpfc]"])
         gains.append(np.maximum(a12 * a21, (a12 + b12) * (a21 + b21)) / decay)
+        # and the forward connection stays excitatory (or zero) with emotional faces on
+        assert (a21 + b21 >= -1e-12).all(), seed
     gains = pd.concat(gains)
     assert gains.max() <= MAX_LOOP_GAIN + 1e-9
     assert (gains > MAX_LOOP_GAIN - 1e-9).any()  # the guard did act on some draws
@@ -89,3 +91,16 @@ def test_drug_interaction_is_steeper_on_ketamine():
         for arm in ("ketamine", "midazolam")
     }
     assert slopes["ketamine"] > 1.5 * slopes["midazolam"] > 0
+
+
+def test_a_session_whose_loop_rules_conflict_still_integrates():
+    """Seed 5032 with 42 participants draws, in sub-36's post session, excitatory feedback
+    (A[vmpfc->amygdala] 0.24) with a strongly negative planted B[emotional][amygdala->vmpfc]
+    (−0.77): the loop rules conflicted, the forward connection stayed inhibitory with
+    emotional faces on, and the balloon model's flow went to zero (NaN BOLD)."""
+    from kp_science.simulator.study import DEFAULT_VOLUMES, SimulationOptions, plan_study
+
+    options = SimulationOptions(42, 5032, 4.0, dict(DEFAULT_VOLUMES), 2.0, 0.0)
+    with np.errstate(all="raise"):
+        _, jobs = plan_study(options)
+    assert all(np.isfinite(b).all() for job in jobs for b in job.dcm_bold.values())
