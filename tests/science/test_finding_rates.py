@@ -41,7 +41,7 @@ SETTINGS = with_settings(
 DETECTED_AT_LEAST: dict[str, int] = {
     "vmpfc_amygdala_faces": 0,  # 0: the main model's permutation p < 0.05 is rare at N = 21
     "drug_interaction": 0,  # 0
-    "madrs_covariate": 3,  # 5
+    "madrs_covariate": 2,  # 4
     "dacc_conflict_ketamine": 0,  # 1
     "insula_rest_ketamine": 0,  # 1
     "dcm_amygdala_to_vmpfc": 1,  # 3
