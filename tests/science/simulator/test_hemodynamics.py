@@ -199,6 +199,7 @@ def test_effect_scale_in_a_study():
     planted = {e.parameter for e in HEADLINE_EFFECTS} | {
         "dcm.A[amygdala->vmpfc]",
         "dcm.B[emotional][vmpfc->amygdala]",
+        "dcm.A[vmpfc->vmpfc]",
     }
     tables = {
         s: study.parameters[~study.parameters.parameter.isin(planted)].reset_index(drop=True)
