@@ -82,6 +82,7 @@ def image_path(args: argparse.Namespace, out: Path) -> pd.DataFrame:
                 instance,
                 log=lambda _: None,
                 jobs=args.processes,
+                run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
                 prediction=PredictionModels(
                     nested=False,
                     n_permutations=args.permutations,
