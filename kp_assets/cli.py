@@ -1,10 +1,10 @@
-"""The ``kp`` command: ``kp simulate``, ``kp demo``, ``kp validate``, ``kp run``, ``kp sql``.
+"""The kp command: simulate, demo, validate, run, power, sql, report and export.
 
-``kp run`` (a real study) and ``kp demo`` (the simulated one) materialize every asset through
-the same Definitions, jobs and discovery code that ``dagster dev`` and the sensor use, on the
-instance in ``DAGSTER_HOME`` (the repository folder by default, storage in ``.dagster/``).
-``kp validate`` checks a study against its protocol and writes nothing
-(:mod:`kp_science.study.study_check`).
+kp run (a real study) and kp demo (the simulated one) materialize every asset through the same
+Definitions, jobs and discovery code that dagster dev and the sensor use, on the instance in
+DAGSTER_HOME (the repository folder by default, storage in .dagster/). kp validate checks a study
+against its protocol and writes nothing (kp_science.study.study_check). Help texts are plain
+text, each command's with examples (tests/assets/test_cli.py asserts both).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from kp_resources.locations import (
     PROTOCOL_ENV,
     REPO_ROOT,
+    REPORT_FILE,
     STUDY_ENV,
+    WAREHOUSE_ENV,
     study_dir,
     warehouse_dir,
 )
@@ -27,6 +29,12 @@ from kp_resources.locations import (
 if TYPE_CHECKING:  # kp validate imports the science only when it runs
     from kp_science.study.study_check import Finding, StudyReport
 
+CLI_DESCRIPTION = (
+    "kp: the imaging analysis of a clinical trial as Dagster assets.\n"
+    "Simulate a study or point kp at your own fMRIPrep output, validate it against its study "
+    "protocol,\nmaterialize every stage into a Parquet warehouse, query it with SQL, read the "
+    "study report and export\nBIDS derivatives."
+)
 STORAGE_ENV = "KP_DAGSTER_STORAGE"  # where dagster.yaml puts the instance's storage
 # Dagster's console logger prints every event at DEBUG; the demo prints its own progress
 QUIET_RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -34,6 +42,15 @@ EXAMPLE_SQL = (
     "SELECT participant_id, session, task, round(mean_fd, 3) AS mean_fd, round(tsnr, 1) AS tsnr "
     "FROM scans ORDER BY mean_fd DESC LIMIT 5"
 )
+
+
+def version_text() -> str:
+    """``kp --version``: kp's version and the versions of what shapes its results."""
+    from kp_resources.provenance import package_versions
+
+    versions = package_versions()
+    others = ", ".join(f"{k} {v}" for k, v in versions.items() if k != "kp")
+    return f"kp {versions['kp']} (Python {sys.version.split()[0]}; {others})"
 
 
 def _use_repo_instance() -> None:
@@ -259,6 +276,8 @@ def materialize_and_report(
 
     print_summary(warehouse, study_protocol(study, protocol).primary.name)
     print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
+    if (warehouse / REPORT_FILE).exists():
+        print(f"report:    {warehouse / REPORT_FILE}  (open it in a browser)")
     print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
     print("UI:   make ui   (then open http://127.0.0.1:3000)")
     if failed:
@@ -464,6 +483,107 @@ def cmd_run(args: argparse.Namespace) -> int:
     return materialize_and_report("run", study, warehouse, protocol_file, instance, settings)
 
 
+def _report_setup(command: str, args: argparse.Namespace):
+    """(study folders, warehouse, protocol, resource settings) of ``kp report`` and ``kp
+    export``, or None after saying on stderr what is wrong. The study folders: the study and
+    its protocol's derivatives and raw roots, where kp never writes."""
+    from kp_science.study.protocol import ProtocolError, study_protocol
+
+    study, protocol_file = _study_and_protocol(args)
+    warehouse = (
+        Path(args.warehouse).expanduser().resolve() if args.warehouse else warehouse_dir(study)
+    )
+    try:
+        settings = resource_settings(Path(args.settings)) if getattr(args, "settings", None) else {}
+        protocol = study_protocol(study, protocol_file)
+    except (ValueError, ProtocolError) as e:
+        print(f"kp {command}: {e}", file=sys.stderr)
+        return None
+    from kp_resources.warehouse import list_tables
+
+    if not list_tables(warehouse):
+        print(
+            f"kp {command}: no tables in warehouse {warehouse} (run `kp run` or `make demo` "
+            "first, or pass --warehouse)",
+            file=sys.stderr,
+        )
+        return None
+    return (
+        list(dict.fromkeys([study, protocol.derivatives, protocol.raw])),
+        warehouse,
+        protocol,
+        settings,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kp_resources.evidence_rules import EvidenceRules
+    from kp_resources.quality import QualityThresholds
+    from kp_resources.roi_set import RoiSet
+    from kp_resources.study_report import build_study_report
+
+    setup = _report_setup("report", args)
+    if setup is None:
+        return 1
+    folders, warehouse, protocol, settings = setup
+    out = Path(args.out).expanduser().resolve() if args.out else warehouse / REPORT_FILE
+    problem = write_target_problem(folders, {"report": out})
+    if problem:
+        print(f"kp report: {problem}", file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    print(f"kp report: drawing the report of {warehouse}", file=sys.stderr, flush=True)
+    try:
+        path = build_study_report(
+            warehouse,
+            protocol,
+            settings.get("quality", QualityThresholds()),
+            settings.get("roi_set", RoiSet()),
+            settings.get("evidence", EvidenceRules()),
+            folders[0],
+            out,
+        )
+    except FileExistsError as e:
+        print(f"kp report: {e}", file=sys.stderr)
+        return 1
+    size = path.stat().st_size / 1e6
+    print(f"report: {path} ({size:.1f} MB, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def cmd_export_bids(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from kp_resources.bids_export import export_bids
+
+    setup = _report_setup("export bids", args)
+    if setup is None:
+        return 1
+    folders, warehouse, protocol, _ = setup
+    out = Path(args.out).expanduser().resolve()
+    problem = write_target_problem(folders, {"export folder": out})
+    if problem:
+        print(f"kp export bids: {problem}", file=sys.stderr)
+        return 1
+    with tqdm(desc="exporting", unit="participant", disable=args.quiet, file=sys.stderr) as bar:
+
+        def progress(participant: str, _summary) -> None:
+            bar.set_postfix_str(participant)
+            bar.update()
+
+        try:  # a foreign folder, or one inside the warehouse: the message names it
+            s = export_bids(warehouse, out, protocol, progress=progress)
+        except ValueError as e:
+            bar.close()
+            print(f"kp export bids: {e}", file=sys.stderr)
+            return 1
+    print(
+        f"BIDS derivatives: {s.out}: {s.participants} participants, {s.runs} runs: "
+        f"{s.written} files written, {s.unchanged} unchanged, {s.removed} removed"
+    )
+    return 0
+
+
 def _numbers(text: str, kind: type) -> list:
     try:
         return [kind(v) for v in text.split(",") if v.strip()]
@@ -598,12 +718,83 @@ def resource_settings(path: Path) -> dict:
     return resources
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kp", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs keep their line breaks (examples, lists); option help is
+    wrapped as usual."""
 
-    sim = sub.add_parser("simulate", help="write a simulated study with planted ground truth")
-    sim.add_argument("out", help="study folder to create")
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+
+ENVIRONMENT = f"""\
+environment:
+  {STUDY_ENV}       the study folder (default: data/study in the repository)
+  {WAREHOUSE_ENV}   the warehouse folder (default: warehouse/ beside the study; data/warehouse
+                     for the default study)
+  {PROTOCOL_ENV}        the study protocol file (default: <study>/kp-protocol.yaml, else the
+                     default protocol, this trial's)
+  DAGSTER_HOME       the Dagster instance folder holding dagster.yaml (default: the repository)
+  {STORAGE_ENV} Dagster's run and event storage (default: .dagster/ in the repository)"""
+
+
+def _command(
+    sub,
+    name: str,
+    summary: str,
+    description: str,
+    examples: list[str],
+    extra: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows ``description``, ``extra`` (e.g. what it writes) and
+    its examples, as plain text."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    if extra:
+        epilog = f"{extra}\n\n{epilog}"
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=_HelpFormatter,
+    )
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the package versions are looked up only when asked for."""
+
+    def __init__(self, option_strings, dest, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(version_text())
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kp",
+        description=CLI_DESCRIPTION,
+        epilog="examples:\n  make demo                      (= kp demo, after installing)\n"
+        "  kp validate --study /data/mytrial\n  kp run --study /data/mytrial\n"
+        "  kp report\n  kp <command> --help           (each command's options and examples)",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--version", action=_VersionAction, help="print kp's version (and its packages') and exit"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
+
+    sim = _command(
+        sub,
+        "simulate",
+        "write a simulated study with planted ground truth",
+        "Write a complete simulated study (fMRIPrep-style derivatives, events, confounds, "
+        "participants, phenotype,\nits protocol) with the paper's effects planted at known "
+        "sizes; the truth is written to\n<out>/derivatives/simulation-truth, which the "
+        "pipeline never reads.",
+        ["kp simulate /tmp/study --participants 12 --seed 3", "kp simulate /tmp/null --null"],
+    )
+    sim.add_argument("out", help="study folder to create (new, empty, or a kp simulation)")
     sim.add_argument("--participants", type=int, default=21, help="number (default 21)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sim.add_argument("--voxel-size", type=float, default=4.0, help="mm, isotropic (default 4)")
@@ -635,9 +826,27 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
     sim.set_defaults(func=cmd_simulate)
 
-    demo = sub.add_parser(
+    demo = _command(
+        sub,
         "demo",
-        help="simulate the default study if needed, materialize every asset, print a summary",
+        "simulate the default study if needed, materialize every asset, print a summary",
+        "The whole pipeline on a study: simulate the default study into the study folder when "
+        "it is new or empty\n(a folder with a dataset_description.json is used as it is), "
+        "materialize every asset with a\nprogress bar, print a summary of the results.",
+        [
+            "make demo",
+            "KP_STUDY_DIR=/tmp/kp-demo KP_WAREHOUSE_DIR=/tmp/kp-wh kp demo --participants 12",
+        ],
+        extra=f"""{ENVIRONMENT}
+
+writes:
+  <study>                        the simulated study, only into a new or empty folder or one kp
+                                 simulated before (never into any other folder)
+  <warehouse>/<table>/           one folder of Parquet files per table (participant tables:
+                                 participant=<id>/part-0.parquet)
+  <warehouse>/kp.duckdb          the DuckDB catalog: one view per table
+  <warehouse>/{REPORT_FILE}  the study report (open it in a browser)
+  ${STORAGE_ENV}            Dagster's record of the runs (what the UI shows)""",
     )
     demo.add_argument(
         "--participants",
@@ -647,17 +856,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    study_help = "study folder (default: $KP_STUDY_DIR or data/study)"
+    study_help = f"study folder (default: ${STUDY_ENV} or data/study)"
     protocol_help = (
-        "study protocol file (default: $KP_PROTOCOL, else <study>/kp-protocol.yaml, else the "
-        "default protocol)"
+        f"study protocol file (default: ${PROTOCOL_ENV}, else <study>/kp-protocol.yaml, else "
+        "the default protocol)"
     )
-    validate = sub.add_parser(
+    warehouse_help = f"warehouse folder (default: ${WAREHOUSE_ENV} or warehouse/ beside the study)"
+    validate = _command(
+        sub,
         "validate",
-        help="check a study against its protocol, writing nothing; exit 1 on any fault",
-        description="Check every participant, session and run of a study as the pipeline "
-        "would, writing nothing. 'missing' means not there yet (incomplete, not a fault); "
-        "FAULT means something to fix. Exit status 0 without faults, 1 with.",
+        "check a study against its protocol, writing nothing; exit 1 on any fault",
+        "Check every participant, session and run of a study as the pipeline would, writing "
+        "nothing.\n'missing' means not there yet (incomplete, not a fault); FAULT means "
+        "something to fix.\nExit status 0 without faults, 1 with.",
+        [
+            "kp validate --study /data/mytrial",
+            "kp validate --study /data/mytrial --protocol /data/mytrial-protocol.yaml --verbose",
+        ],
     )
     validate.add_argument("--study", default=None, help=study_help)
     validate.add_argument("--protocol", default=None, help=protocol_help)
@@ -665,17 +880,23 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--quiet", action="store_true", help="no progress bar")
     validate.set_defaults(func=cmd_validate)
 
-    run = sub.add_parser(
+    run = _command(
+        sub,
         "run",
-        help="materialize every asset of a real study (never simulates, never writes into it)",
+        "materialize every asset of a real study (never simulates, never writes into it)",
+        "Materialize every asset of a study with the same definitions, jobs and discovery as "
+        "the UI and the\nsensor; a failing participant is reported and the others go on. Exit "
+        "status 1 when anything failed.",
+        [
+            "kp run --study /data/mytrial --warehouse /data/mytrial-kp",
+            "kp run --study /data/mytrial --settings settings.yaml",
+        ],
+        extra=f"{ENVIRONMENT}\n\nwrites: the warehouse (tables, kp.duckdb, {REPORT_FILE}) "
+        "and Dagster's storage; both must lie outside the study.",
     )
     run.add_argument("--study", default=None, help=study_help)
     run.add_argument("--protocol", default=None, help=protocol_help)
-    run.add_argument(
-        "--warehouse",
-        default=None,
-        help="warehouse folder (default: $KP_WAREHOUSE_DIR or warehouse/ beside the study)",
-    )
+    run.add_argument("--warehouse", default=None, help=warehouse_help)
     run.add_argument(
         "--settings",
         default=None,
@@ -685,10 +906,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    power = sub.add_parser(
+    power = _command(
+        sub,
         "power",
-        help="simulation-based power analysis of the paper's design with the real pipeline: "
-        "how often each headline finding is supported, by participants and effect size",
+        "simulation-based power analysis of the paper's design with the real pipeline",
+        "How often each headline finding is supported, by participants and effect size: "
+        "simulated studies run\nthrough the whole analysis (the on-demand 'power' asset). "
+        "Prints the table and the participants\nneeded for the target power; writes the "
+        "'power' table and a PNG plot.",
+        [
+            "kp power --participants 21,42 --effect-scales 0,1 --studies 5",
+            "kp power --plot /tmp/power.png --processes 2",
+        ],
     )
     power.add_argument(
         "--participants",
@@ -714,7 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
     power.add_argument(
         "--warehouse",
         default=None,
-        help="warehouse folder for the 'power' table (default: $KP_WAREHOUSE_DIR or "
+        help=f"warehouse folder for the 'power' table (default: ${WAREHOUSE_ENV} or "
         "data/warehouse)",
     )
     power.add_argument(
@@ -724,20 +953,90 @@ def build_parser() -> argparse.ArgumentParser:
     )
     power.set_defaults(func=cmd_power)
 
-    sql = sub.add_parser(
+    sql = _command(
+        sub,
         "sql",
-        help="run SQL on the warehouse (one view per table, plus "
-        "'provenance', 'table_status' and, unfiltered, "
-        "'all_rows.<participant table>')",
+        "run SQL on the warehouse (one view per table, plus provenance and table_status)",
+        "Run one SQL query with DuckDB over the warehouse, read-only: one view per table "
+        "(participant tables show\ncurrent participants; all_rows.<table> shows every row), "
+        "'provenance' (every file's footer keys)\nand 'table_status' (whether each table is "
+        "current). Notes about hidden or out-of-date data go to stderr.",
+        [
+            f'kp sql "{EXAMPLE_SQL}"',
+            'kp sql "SELECT * FROM paper_table" --format csv > findings.csv',
+            'kp sql "SELECT * FROM checks WHERE NOT passed" --format json',
+        ],
     )
-    sql.add_argument("query", help='e.g. "SELECT * FROM scans LIMIT 5"')
-    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("query", help='the SQL, e.g. "SELECT * FROM scans LIMIT 5"')
+    sql.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        default="table",
+        help="table: aligned text (default); csv: with a header row; json: a list of records",
+    )
     sql.add_argument(
         "--warehouse",
         default=None,
-        help="warehouse folder (default: $KP_WAREHOUSE_DIR or data/warehouse)",
+        help=f"warehouse folder (default: ${WAREHOUSE_ENV} or data/warehouse)",
     )
     sql.set_defaults(func=cmd_sql)
+
+    report = _command(
+        sub,
+        "report",
+        "write the study report: one self-contained HTML page to open in a browser",
+        "Write the study report from the warehouse: the study, quality (flagged runs, failed "
+        "checks), the ROIs,\nchange scores by arm, each elastic-net model, the DCM, the "
+        "paper's findings beside kp's and the\nprovenance. One HTML file with its figures "
+        "inside: no network needed to view it. The study_report\nasset writes the same page "
+        f"to <warehouse>/{REPORT_FILE} after every group refresh.",
+        ["kp report", "kp report /tmp/mytrial-report.html --study /data/mytrial"],
+    )
+    report.add_argument(
+        "out",
+        nargs="?",
+        default=None,
+        help=f"HTML file to write (default: <warehouse>/{REPORT_FILE}); an existing file is "
+        "replaced only when it is a kp report",
+    )
+    report.add_argument("--study", default=None, help=study_help + " — for its protocol")
+    report.add_argument("--protocol", default=None, help=protocol_help)
+    report.add_argument("--warehouse", default=None, help=warehouse_help)
+    report.add_argument(
+        "--settings",
+        default=None,
+        help="YAML file of resource settings the run used (quality, roi_set, evidence), as "
+        "for kp run",
+    )
+    report.set_defaults(func=cmd_report)
+
+    export = _command(
+        sub,
+        "export",
+        "export warehouse tables in other tools' formats (BIDS derivatives)",
+        "Export warehouse tables as files other tools read. 'bids': BIDS derivatives named as "
+        "XCP-D names them.",
+        ["kp export bids /data/mytrial-kp-bids"],
+    )
+    formats = export.add_subparsers(dest="format", required=True, metavar="<format>")
+    bids = _command(
+        formats,
+        "bids",
+        "ROI time series and resting connectivity matrices as BIDS derivatives",
+        "Write a BIDS-derivatives dataset: dataset_description.json (DatasetType derivative, "
+        "GeneratedBy kp),\nper run sub-X/[ses-Y/]func/<source entities>_space-<space>_seg-kp_"
+        "stat-mean_timeseries.tsv and\nper resting run ..._stat-pearsoncorrelation_relmat.tsv, "
+        "each with a JSON sidecar. Every file is\nwritten atomically; exporting again rewrites "
+        "only what changed. OUT must be new, empty or an earlier\nkp export, and outside the "
+        "study.",
+        ["kp export bids /data/mytrial-kp-bids", "kp export bids out/ --warehouse /data/wh"],
+    )
+    bids.add_argument("out", help="folder of the derivatives dataset to write")
+    bids.add_argument("--study", default=None, help=study_help + " — for its protocol")
+    bids.add_argument("--protocol", default=None, help=protocol_help)
+    bids.add_argument("--warehouse", default=None, help=warehouse_help)
+    bids.add_argument("--quiet", action="store_true", help="no progress bar")
+    bids.set_defaults(func=cmd_export_bids)
     return parser
 
 

@@ -26,6 +26,7 @@ from kp_assets.roi_timeseries import roi_signals
 from kp_assets.scans import scans
 from kp_assets.sensors import PARTICIPANT_ASSETS, new_participant_sensor
 from kp_assets.session_features import change_scores, session_features
+from kp_assets.study_report import study_report
 from kp_assets.task_connectivity import task_connectivity
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.dcm_models import DCMGroupDesign, DCMModels
@@ -53,20 +54,22 @@ ASSETS = [
     enet_models,
     paper_table,
     warehouse_catalog,
+    study_report,
 ]
 # on demand only (``kp power``): simulations, not this study's data
 ON_DEMAND_ASSETS = [power]
 
 # every participant-partitioned asset for one participant, as the sensor requests it
 participant_job = dg.define_asset_job("participant_assets", selection=PARTICIPANT_ASSETS)
-CATALOG = dg.AssetSelection.assets(warehouse_catalog)
+# the views over the warehouse and the report drawn from it
+CATALOG = dg.AssetSelection.assets(warehouse_catalog, study_report)
 # the unpartitioned group assets (clinical table, prediction models, paper table)
 group_job = dg.define_asset_job(
     "group_assets",
     selection=dg.AssetSelection.assets(*ASSETS) - PARTICIPANT_ASSETS - CATALOG,
 )
-# the catalog in a run of its own, so that a failed group model (too few participants for
-# it) cannot skip the rebuild of the views over everything else
+# the catalog and the report in a run of their own, so that a failed group model (too few
+# participants for it) cannot skip the rebuild of the views over everything else
 catalog_job = dg.define_asset_job("catalog_refresh", selection=CATALOG)
 nightly_catch_up = build_nightly_catch_up(ASSETS, PARTICIPANT_ASSETS, participants)
 

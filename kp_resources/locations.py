@@ -34,6 +34,8 @@ STUDY_ENV = "KP_STUDY_DIR"
 WAREHOUSE_ENV = "KP_WAREHOUSE_DIR"
 PROTOCOL_ENV = "KP_PROTOCOL"
 SETTLE_ENV = "KP_SETTLE_SECONDS"
+#: The study report's file name in the warehouse folder (the ``study_report`` asset).
+REPORT_FILE = "study_report.html"
 
 
 def study_dir() -> Path:

@@ -6,16 +6,14 @@ Layout is hive-style so DuckDB can read a whole table with one glob:
 - unpartitioned table           -> ``<root>/<table>/part-0.parquet``
 
 Every file is written atomically (temp file in the same folder, fsync, ``os.replace``, fsync
-of the folder) and carries key-value footer metadata (``kp.*`` keys, :mod:`.provenance`).
+of the folder; :mod:`kp_science.atomic_files`) and carries key-value footer metadata (``kp.*``
+keys, :mod:`.provenance`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import socket
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from kp_resources.provenance import WRITE_ID_KEY
+from kp_science.atomic_files import fsync_path, write_atomic
 from kp_science.study.layout import BIDS_LABEL
 
 TABLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -61,78 +60,6 @@ def validate_partition_key(key: str) -> str:
     return key
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or folder by path (a folder: makes a rename in it durable); silently
-    skipped where the platform or filesystem does not support it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-# ``.<name>.tmp-<uuid>-<pid>-<host>[.wal]``: the writer's pid and host in the name let the
-# next writer tell a temporary left by a killed process from one still being written.
-_TEMPORARY = re.compile(
-    r"^\.(?P<name>.+)\.tmp-(?P<uuid>[0-9a-f]{32})(?:-(?P<pid>[0-9]+)-(?P<host>.+?))?"
-    r"(?:\.wal)?$"
-)
-# A temporary of the older format (no pid) this much older than now is a leftover.
-_LEGACY_TEMPORARY_AGE_S = 3600.0
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden temporary name beside ``path`` that carries this process's pid and host."""
-    owner = f"{os.getpid()}-{socket.gethostname()}"
-    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}-{owner}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def remove_dead_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the temporaries in ``folder`` that a killed writer left; return them.
-
-    A temporary belongs to a dead writer when its name carries a pid of this host that no
-    longer runs (or, for names without a pid, when it is over an hour old). Temporaries of
-    live writers and every other file are left alone.
-    """
-    removed = []
-    host = socket.gethostname()
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = _TEMPORARY.fullmatch(entry.name)
-        if match is None or not entry.is_file(follow_symlinks=False):
-            continue
-        if match["pid"] is None:
-            try:
-                dead = time.time() - entry.stat().st_mtime > _LEGACY_TEMPORARY_AGE_S
-            except OSError:
-                continue
-        else:
-            dead = match["host"] == host and not _pid_alive(int(match["pid"]))
-        if dead:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-    return removed
-
-
 def _frame_to_table(df: pd.DataFrame) -> pa.Table:
     # A named index carries data (e.g. set_index("participant_id")): keep it as columns.
     # An unnamed index is just row numbers: drop it so DuckDB sees no __index_level_0__.
@@ -146,11 +73,10 @@ def write_parquet_atomic(
 ) -> Path:
     """Write ``df`` to the Parquet file ``path`` atomically, with ``kv`` as footer metadata.
 
-    The frame is written to a temporary dot-file in the same folder (:func:`temporary_path`:
-    globs such as ``**/*.parquet`` never see it), flushed and fsynced, then renamed over
-    ``path`` with ``os.replace`` and the folder is fsynced. If anything fails the temp file is
-    removed and any previous file at ``path`` is left untouched; temporaries that a killed
-    writer left in the folder are removed first (:func:`remove_dead_temporaries`). ``kv``
+    The frame is written by :func:`kp_science.atomic_files.write_atomic`: to a temporary
+    dot-file in the same folder (globs such as ``**/*.parquet`` never see it), fsynced, then
+    renamed over ``path``; if anything fails the temporary is removed and any previous file at
+    ``path`` is left untouched; temporaries that a killed writer left are removed first. ``kv``
     values must be strings; they are merged into the Arrow schema metadata next to pandas'
     own, with a fresh :data:`~kp_resources.provenance.WRITE_ID_KEY` unless ``kv`` has one.
     Returns the final path.
@@ -170,22 +96,7 @@ def write_parquet_atomic(
     )
     table = table.replace_schema_metadata(metadata)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_dead_temporaries(path.parent)
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # BaseException too: a KeyboardInterrupt mid-write must not leave the temp file.
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_path(path.parent)
-    return path
+    return write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 def read_parquet_kv(path: str | os.PathLike[str]) -> dict[str, str]:

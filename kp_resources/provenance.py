@@ -68,6 +68,14 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def kp_version() -> str:
+    """The installed kp distribution's version ("unknown" when kp is not installed)."""
+    try:
+        return importlib.metadata.version("kp")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def inputs_digest(write_ids: list[str]) -> dict[str, object]:
     """``{"files": n, "digest": 16 hex}`` over a set of write ids (order does not matter)."""
     digest = hashlib.sha256("\n".join(sorted(write_ids)).encode()).hexdigest()[:16]

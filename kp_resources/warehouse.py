@@ -32,12 +32,10 @@ from kp_resources.lineage import CURRENT, table_status
 from kp_resources.parquet_files import (
     PARTITION_COLUMN,
     TABLE_NAME_RE,
-    fsync_path,
-    remove_dead_temporaries,
     retract_table,
-    temporary_path,
     validate_table_name,
 )
+from kp_science.atomic_files import fsync_path, remove_dead_temporaries, temporary_path
 
 CATALOG_FILE = "kp.duckdb"
 PROVENANCE_VIEW = "provenance"
@@ -233,7 +231,7 @@ def format_result(df: pd.DataFrame, fmt: OutputFormat = "table") -> str:
 
 def sweep_dead_temporaries(root: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporaries killed writers left anywhere in the warehouse (see
-    :func:`kp_resources.parquet_files.remove_dead_temporaries`); return them."""
+    :func:`kp_science.atomic_files.remove_dead_temporaries`); return them."""
     removed = []
     for dirpath, dirnames, _ in os.walk(_root(root)):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]

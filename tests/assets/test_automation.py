@@ -27,7 +27,10 @@ GROUP = {
     "dcm_group_effects",
     "paper_table",
     "warehouse_catalog",
+    "study_report",
 }
+# what reads the whole warehouse: retried on its own after a group run that skipped it
+VIEWS = {"warehouse_catalog", "study_report"}
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
@@ -194,6 +197,12 @@ def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study
         query(warehouse, "SELECT count(*) AS n FROM enet_predictions WHERE model = 'main'").n[0]
         == 3
     )
+    report = warehouse / "study_report.html"  # the report is drawn after every refresh
+    assert "18 runs of 3 participants" in report.read_text()
+    event = loop.instance.get_latest_materialization_event(dg.AssetKey("study_report"))
+    assert event is not None and event.asset_materialization is not None
+    metadata = event.asset_materialization.metadata  # the asset page links to the file
+    assert metadata["path"].value == str(report) and metadata["open"].value == report.as_uri()
 
     # a batch of two arrivals: nothing group-level while one of them is still waiting to run
     for pid in ("sub-04", "sub-05"):
@@ -233,6 +242,7 @@ def test_arrivals_refresh_the_group_models_once_per_batch(five_participant_study
     assert loop.times_requested() == dict.fromkeys(GROUP, 1)
     assert loop.group_requests == [GROUP]  # 5 participants: every group asset, one run
     assert "failed" not in loop.outcomes[0].values()
+    assert "30 runs of 5 participants" in report.read_text()
 
     # the newcomers are in SQL and in the refitted models
     change = query(warehouse, "SELECT DISTINCT participant_id FROM change_scores")
@@ -258,16 +268,17 @@ def test_a_failed_group_run_rebuilds_the_catalog_once(five_participant_study, tm
     assert requested == GROUP
     steps = step_outcomes(loop.run(requested))
     assert steps["clinical"] == "succeeded" and steps["enet_models"] == "failed"
-    assert "paper_table" not in steps and "warehouse_catalog" not in steps  # skipped
+    assert "paper_table" not in steps and not VIEWS & set(steps)  # skipped
     assert not (warehouse / "kp.duckdb").exists()
 
-    # Dagster counts the skipped catalog's execution as failed: it is requested alone, once;
-    # here its warehouse is not writable, so the retry fails too, and is not retried
-    assert loop.evaluate() == {"warehouse_catalog"}
+    # Dagster counts the skipped catalog's execution as failed: it is requested alone (with
+    # the report), once; here its warehouse is not writable, so the retry fails too, and is
+    # not retried
+    assert loop.evaluate() == VIEWS
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")
     broken = build_definitions(study, blocked)  # the catalog's warehouse is a file
-    assert step_outcomes(loop.run({"warehouse_catalog"}, broken)) == {"warehouse_catalog": "failed"}
+    assert step_outcomes(loop.run(VIEWS, broken)) == dict.fromkeys(VIEWS, "failed")
     assert loop.evaluate() == set()
     assert loop.evaluate() == set()
 
@@ -277,10 +288,10 @@ def test_a_failed_group_run_rebuilds_the_catalog_once(five_participant_study, tm
     loop.run_participant("sub-02")
     requested = loop.evaluate()
     assert requested == GROUP
-    assert "warehouse_catalog" not in step_outcomes(loop.run(requested))
-    assert loop.evaluate() == {"warehouse_catalog"}
-    assert step_outcomes(loop.run({"warehouse_catalog"})) == {"warehouse_catalog": "succeeded"}
-    assert (warehouse / "kp.duckdb").exists()
+    assert not VIEWS & set(step_outcomes(loop.run(requested)))
+    assert loop.evaluate() == VIEWS
+    assert step_outcomes(loop.run(VIEWS)) == dict.fromkeys(VIEWS, "succeeded")
+    assert (warehouse / "kp.duckdb").exists() and (warehouse / "study_report.html").exists()
     assert loop.evaluate() == set()
 
 

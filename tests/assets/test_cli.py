@@ -253,3 +253,91 @@ def test_the_demo_summary_prints_whether_each_finding_is_supported(tmp_path, cap
     first = next(line for line in out.splitlines() if "vmpfc_amygdala_faces" in line)
     assert "True" in first  # supported
     assert out.count("False") >= 7  # the seven findings without evidence
+
+
+def _parsers(parser=None, path=("kp",)):
+    """(command path, parser) of kp and every subcommand, nested ones included."""
+    import argparse
+
+    from kp_assets.cli import build_parser
+
+    parser = parser or build_parser()
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, (*path, name))
+
+
+def test_kp_version_names_kp_and_its_packages(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"kp {importlib.metadata.version('kp')} (Python ")
+    assert f"dagster {importlib.metadata.version('dagster')}" in out
+
+
+def test_every_help_text_is_plain_text_with_examples_and_documented_options():
+    import argparse
+
+    seen = set()
+    for path, parser in _parsers():
+        seen.add(" ".join(path))
+        text = parser.format_help()
+        # no reStructuredText left: double backticks, roles such as :func:, bold markers
+        for markup in ("``", ":func:", ":mod:", ":class:", ":data:", "**"):
+            assert markup not in text, f"{' '.join(path)} --help shows {markup!r}"
+        assert "examples:\n  " in text, f"{' '.join(path)} --help has no example"
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help and action.help.strip(), (
+                f"{' '.join(path)}: {action.dest} undocumented"
+            )
+    assert {"kp simulate", "kp demo", "kp report", "kp export bids", "kp sql"} <= seen
+
+
+def test_demo_help_names_the_environment_and_what_it_writes():
+    parsers = dict(_parsers())
+    text = parsers[("kp", "demo")].format_help()
+    for name in (
+        "KP_STUDY_DIR",
+        "KP_WAREHOUSE_DIR",
+        "KP_PROTOCOL",
+        "DAGSTER_HOME",
+        "KP_DAGSTER_STORAGE",
+        "kp.duckdb",
+        "study_report.html",
+        "Parquet",
+    ):
+        assert name in text, f"kp demo --help does not name {name}"
+    sql = " ".join(parsers[("kp", "sql")].format_help().split())
+    assert "--format {table,csv,json}" in sql and "json: a list of records" in sql
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_kp_report_writes_the_report_and_replaces_only_its_own(demo_warehouse, tmp_path, capsys):
+    study, warehouse = demo_warehouse.study, demo_warehouse.warehouse
+    # the catalog run drew it, though the group models failed: their sections say so
+    drawn = (warehouse / "study_report.html").read_text()
+    assert "sub-02" in drawn and "truncated" in drawn  # the exclusion and why
+    where = ["--study", str(study), "--warehouse", str(warehouse)]
+    out = tmp_path / "report.html"
+    assert main(["report", str(out), *where]) == 0
+    assert f"report: {out}" in capsys.readouterr().out
+    assert '<meta name="generator" content="kp ' in out.read_text()
+    assert main(["report", str(out), *where]) == 0  # its own report: replaced
+
+    mine = tmp_path / "notes.html"  # a file of the user's is never replaced
+    mine.write_text("<html>my notes</html>")
+    assert main(["report", str(mine), *where]) == 1
+    assert "not a report kp wrote" in capsys.readouterr().err
+    assert mine.read_text() == "<html>my notes</html>"
+    inside = study / "report.html"  # nor is anything written into the study
+    assert main(["report", str(inside), *where]) == 1
+    assert "never writes into a study" in capsys.readouterr().err and not inside.exists()
+    assert main(["report", "--warehouse", str(tmp_path / "empty"), "--study", str(study)]) == 1
+    assert "no tables in warehouse" in capsys.readouterr().err

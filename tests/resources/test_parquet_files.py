@@ -8,11 +8,11 @@ import pytest
 from kp_resources import parquet_files
 from kp_resources.parquet_files import (
     read_parquet_kv,
-    temporary_path,
     validate_partition_key,
     validate_table_name,
     write_parquet_atomic,
 )
+from kp_science.atomic_files import temporary_path
 
 # --- temporaries of killed writers ------------------------------------------------------------
 

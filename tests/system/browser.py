@@ -29,6 +29,9 @@ class Browser:
     def __init__(self, width: int = 1400, height: int = 860):
         self.width, self.height = width, height
         self._ids = itertools.count(1)
+        # what the page reported while commands ran (see :meth:`watch_page`)
+        self.console_errors: list[str] = []
+        self.requested_urls: list[str] = []
 
     def __enter__(self) -> "Browser":
         from websockets.sync.client import connect
@@ -97,15 +100,39 @@ class Browser:
         shutil.rmtree(self._profile, ignore_errors=True)
 
     def call(self, method: str, **params):
-        """Send one DevTools command and return its result (events in between are dropped)."""
+        """Send one DevTools command and return its result; events that arrive in between
+        are recorded when they are console errors or requests (:meth:`watch_page`), else
+        dropped."""
         message_id = next(self._ids)
         self._ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
         while True:
             reply = json.loads(self._ws.recv(timeout=60))
+            if "method" in reply:
+                self._record(reply["method"], reply.get("params", {}))
             if reply.get("id") == message_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply.get("result", {})
+
+    def watch_page(self) -> None:
+        """Record console errors, uncaught exceptions and failed loads in
+        :attr:`console_errors`, and every URL the page requests in :attr:`requested_urls`."""
+        self.call("Runtime.enable")
+        self.call("Log.enable")
+        self.call("Network.enable")
+
+    def _record(self, method: str, params: dict) -> None:
+        if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            args = params.get("args", [])
+            self.console_errors.append(" ".join(str(a.get("value", a)) for a in args))
+        elif method == "Runtime.exceptionThrown":
+            self.console_errors.append(str(params.get("exceptionDetails", params)))
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            self.console_errors.append(params["entry"].get("text", ""))
+        elif method == "Network.requestWillBeSent":
+            self.requested_urls.append(params.get("request", {}).get("url", ""))
+        elif method == "Network.loadingFailed":
+            self.console_errors.append(f"load failed: {params.get('errorText')}")
 
     def evaluate(self, expression: str):
         result = self.call(

@@ -119,8 +119,9 @@ def ui(one_participant, tmp_path):
             time.sleep(1)
         yield url, port, tmp_path
     finally:
-        # like Ctrl-C in the terminal, then make sure nothing is left
-        for sig, wait in ((signal.SIGINT, 30), (signal.SIGKILL, 30)):
+        # like Ctrl-C in the terminal, then make sure nothing is left (dagster dev can take
+        # over 30 s to stop its daemon's run workers on Ctrl-C: the test does not wait for it)
+        for sig, wait in ((signal.SIGINT, 5), (signal.SIGKILL, 30)):
             try:
                 os.killpg(server.pid, sig)
                 server.wait(timeout=wait)
