@@ -9,7 +9,6 @@ their raw value and get ``signal`` NaN and ``scrubbed`` true.
 """
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import dagster as dg
@@ -20,11 +19,10 @@ from kp_assets.partitions import participants
 from kp_resources.asset_metadata import markdown_table
 from kp_resources.cleaning import ConfoundCleaning
 from kp_resources.quality import QualityThresholds, check_result
-from kp_resources.roi_set import RoiSet
+from kp_resources.roi_set import RoiSet, roi_positions_figure
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.figures import markdown_image
-from kp_science.roi_plots import roi_positions_png
 from kp_science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label
@@ -47,12 +45,7 @@ def slice_time_ref(sidecar_path: str, tr: float, sha256: str | None = None) -> f
 
 def roi_positions_markdown(roi_set: RoiSet) -> str:
     """The ROI set drawn on the MNI template, as markdown (drawn once per definition)."""
-    return _positions_markdown(roi_set.fingerprint(), roi_set)
-
-
-@lru_cache(maxsize=4)
-def _positions_markdown(fingerprint: str, roi_set: RoiSet) -> str:
-    return markdown_image(roi_positions_png(roi_set), f"ROI set {fingerprint}")
+    return markdown_image(roi_positions_figure(roi_set), f"ROI set {roi_set.fingerprint()}")
 
 
 def _run_tables(

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from kp_science.roi_plots import roi_positions_png
 from kp_science.roi_signals import RoiVoxels, atlas_voxels, sphere_voxels
 from kp_science.rois import ROI_CENTRES_MM, ROI_NAMES
 from kp_science.study.protocol import StudyProtocol
@@ -261,3 +262,15 @@ def atlas_on_grid(
         copy_header=True,
     )
     return np.rint(np.asarray(resampled.dataobj)).astype(np.int32)
+
+
+def roi_positions_figure(roi_set: RoiSet) -> bytes:
+    """The ROI set drawn on nilearn's MNI152 template (PNG,
+    :func:`kp_science.roi_plots.roi_positions_png`), drawn once per ROI-set definition in a
+    process: the ``roi_timeseries`` metadata and the study report show the same figure."""
+    return _positions_png(roi_set.fingerprint(), roi_set)
+
+
+@lru_cache(maxsize=4)
+def _positions_png(fingerprint: str, roi_set: RoiSet) -> bytes:
+    return roi_positions_png(roi_set)

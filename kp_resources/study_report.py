@@ -24,10 +24,9 @@ from kp_resources.locations import REPORT_FILE
 from kp_resources.parquet_files import PARTITION_COLUMN
 from kp_resources.provenance import kp_version
 from kp_resources.quality import QualityThresholds
-from kp_resources.roi_set import RoiSet
+from kp_resources.roi_set import RoiSet, roi_positions_figure
 from kp_resources.warehouse import PROVENANCE_VIEW, connect, list_tables
 from kp_science.atomic_files import write_bytes_atomic
-from kp_science.roi_plots import roi_positions_png
 from kp_science.study.protocol import StudyProtocol
 from kp_science.study_report import (
     QualityLimits,
@@ -228,7 +227,7 @@ def build_study_report(
         root,
         protocol,
         quality_limits(quality, rois),
-        roi_positions_png(rois),
+        roi_positions_figure(rois),
         min_pp=evidence.rules().min_pp,
         study_name=study_title(study),
     )

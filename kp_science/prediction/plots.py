@@ -1,10 +1,18 @@
 """Figures of the elastic-net results as PNG bytes (matplotlib Agg, no pyplot state).
 
 Each function takes the result tables of :mod:`.fit` and one model name, so an asset can
-attach the returned bytes as a markdown image.
+attach the returned bytes as a markdown image. The elastic-net asset (metadata) and the study
+report draw the same figures from the same rows, often in one process: a figure drawn from
+rows equal to ones drawn before is returned from a small in-process memo instead of drawn
+again (drawing is most of the report's time).
 """
 
 from __future__ import annotations
+
+import functools
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,6 +31,36 @@ def _rows(table: pd.DataFrame, model: str) -> pd.DataFrame:
     return rows
 
 
+_MEMO: OrderedDict[tuple, bytes] = OrderedDict()
+_MEMO_SIZE = 64  # figures of up to 16 models × 3 plots plus room: a few MB at most
+
+
+def _rows_digest(rows: pd.DataFrame) -> str:
+    """Digest of a model's rows: column names and values, in order (dtype-independent for
+    strings, so rows read back from Parquet match the frame that was written)."""
+    ordered = rows[sorted(rows.columns)]
+    hashed = pd.util.hash_pandas_object(ordered, index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes() + repr(list(ordered.columns)).encode()).hexdigest()
+
+
+def _memoized(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    @functools.wraps(draw)
+    def drawn(table: pd.DataFrame, model: str, *args, **kwargs) -> bytes:
+        rows = _rows(table, model)
+        key = (draw.__name__, model, args, tuple(sorted(kwargs.items())), _rows_digest(rows))
+        if key in _MEMO:
+            _MEMO.move_to_end(key)
+            return _MEMO[key]
+        png = draw(rows, model, *args, **kwargs)
+        _MEMO[key] = png
+        if len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+        return png
+
+    return drawn
+
+
+@_memoized
 def plot_observed_vs_predicted(predictions: pd.DataFrame, model: str) -> bytes:
     """Observed outcome vs LOO prediction at the selected grid point (and nested LOO)."""
     d = _rows(predictions, model)
@@ -41,6 +79,7 @@ def plot_observed_vs_predicted(predictions: pd.DataFrame, model: str) -> bytes:
     return figure_png(fig, dpi=DPI, tight=True)
 
 
+@_memoized
 def plot_coefficients(coefficients: pd.DataFrame, model: str, top: int = 25) -> bytes:
     """Standardized β of the selected terms (largest |β| first, at most ``top``), with
     each term's bootstrap selection frequency beside it."""
@@ -61,6 +100,7 @@ def plot_coefficients(coefficients: pd.DataFrame, model: str, top: int = 25) -> 
     return figure_png(fig, dpi=DPI, tight=True)
 
 
+@_memoized
 def plot_cv_curve(cv_curve: pd.DataFrame, model: str) -> bytes:
     """LOO mean squared error against alpha, one line per l1_ratio; the selected point
     marked."""

@@ -109,6 +109,12 @@ def interaction_term(feature: str) -> str:
     return f"{feature}{INTERACTION_SUFFIX}"
 
 
+def feature_of_term(term: str) -> str:
+    """The feature a model term is about: an interaction term (:func:`interaction_term`)
+    without its suffix, any other term as it is."""
+    return term.removesuffix(INTERACTION_SUFFIX)
+
+
 def feature_family(feature: str) -> str:
     """``task.measure`` part of a feature name (``rest.fc.vmpfc~insula_ant`` → ``rest.fc``)."""
     return ".".join(feature.split(".")[:2])

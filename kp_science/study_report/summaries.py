@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kp_science.prediction.headline import FINDINGS
-from kp_science.prediction.variants import INTERACTION_SUFFIX
+from kp_science.prediction.variants import feature_of_term
 from kp_science.study.protocol import (
     StudyProtocol,
     default_vocabulary,
@@ -275,12 +275,6 @@ def grouped_exclusions(table: pd.DataFrame) -> pd.DataFrame:
     ``n`` and the ``participants`` (comma-separated), in the order first seen."""
     groups = table.groupby(["left_out_of", "reason"], sort=False)["participant_id"]
     return groups.agg(n="size", participants=lambda p: ", ".join(p)).reset_index()
-
-
-def feature_of_term(term: str) -> str:
-    """The change-score feature a model term is about: an interaction term
-    (``<feature>:arm``) without its suffix, any other term as it is."""
-    return term.removesuffix(INTERACTION_SUFFIX)
 
 
 def headline_features(

@@ -208,3 +208,17 @@ def test_plots_are_png(tables):
         plot_cv_curve(tables["enet_cv_curve"], "main"),
     ):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_a_figure_of_rows_drawn_before_is_not_drawn_again(tables):
+    """The enet asset and the study report draw the same figures: equal rows (also read
+    back with other string dtypes, among other models' rows) give the drawn PNG again;
+    changed rows are drawn anew."""
+    curve = tables["enet_cv_curve"]
+    first = plot_cv_curve(curve, "main")
+    read_back = curve.astype({"model": "string"}).iloc[::-1].sort_index()
+    assert plot_cv_curve(read_back, "main") is first
+    changed = curve.copy()
+    changed.loc[changed["model"] == "main", "loo_mse"] *= 1.5
+    redrawn = plot_cv_curve(changed, "main")
+    assert redrawn is not first and redrawn != first

@@ -6,7 +6,7 @@ import pytest
 
 from kp_science.prediction import DEFAULT_VARIANTS, ModelVariant, design_matrix
 from kp_science.prediction.synthetic import PLANTED, synthetic_study
-from kp_science.prediction.variants import measures_of
+from kp_science.prediction.variants import feature_of_term, interaction_term, measures_of
 
 VARIANTS = {v.name: v for v in DEFAULT_VARIANTS}
 
@@ -75,3 +75,9 @@ def test_the_protocol_families_restrict_the_measures():
     kept = measures_of(changes, ("gppi", "fc"))
     assert list(kept["feature"]) == ["faces.gppi.a->b.emotional", "rest.fc.a~b"]
     assert measures_of(changes, ()).empty
+
+
+def test_an_interaction_term_names_its_feature():
+    feature = "faces.gppi.vmpfc->amygdala.emotional"
+    assert feature_of_term(interaction_term(feature)) == feature
+    assert feature_of_term(feature) == feature and feature_of_term("arm") == "arm"
