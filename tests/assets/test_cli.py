@@ -341,3 +341,23 @@ def test_kp_report_writes_the_report_and_replaces_only_its_own(demo_warehouse, t
     assert "never writes into a study" in capsys.readouterr().err and not inside.exists()
     assert main(["report", "--warehouse", str(tmp_path / "empty"), "--study", str(study)]) == 1
     assert "no tables in warehouse" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # demo_warehouse: the whole pipeline on the small study, ~20 s
+def test_kp_export_bids_writes_once_and_refuses_the_study(demo_warehouse, tmp_path, capsys):
+    study, warehouse = demo_warehouse.study, demo_warehouse.warehouse
+    where = ["--study", str(study), "--warehouse", str(warehouse), "--quiet"]
+    out = tmp_path / "bids"
+    assert main(["export", "bids", str(out), *where]) == 0
+    first = capsys.readouterr().out
+    assert "2 participants" in first and "0 unchanged" in first  # sub-02 failed: not current
+    description = json.loads((out / "dataset_description.json").read_text())
+    assert description["DatasetType"] == "derivative"
+    assert description["GeneratedBy"][0]["Name"] == "kp"
+    series = sorted(out.glob("sub-01/ses-*/func/*_seg-kp_stat-mean_timeseries.tsv"))
+    assert series and all(s.with_suffix(".json").is_file() for s in series)
+    assert main(["export", "bids", str(out), *where]) == 0  # again: nothing to write
+    assert "0 files written" in capsys.readouterr().out
+    inside = study / "derivatives" / "kp"
+    assert main(["export", "bids", str(inside), *where]) == 1
+    assert "never writes into a study" in capsys.readouterr().err and not inside.exists()
