@@ -22,6 +22,7 @@ from kp_resources.locations import (
     REPORT_FILE,
     STUDY_ENV,
     WAREHOUSE_ENV,
+    is_inside,
     study_dir,
     warehouse_dir,
 )
@@ -148,18 +149,13 @@ def _open_instance(command: str):
         return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` is ``folder`` or lies inside it (both resolved, links followed)."""
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
-
-
 def write_target_problem(study_folders: list[Path], targets: dict[str, Path]) -> str | None:
     """Why kp must not write to one of ``targets`` (what → folder), or None: kp never writes
     into a study, so no target may lie inside one of ``study_folders`` (the study folder and
     its protocol's derivatives and raw roots)."""
     for what, target in targets.items():
         for folder in study_folders:
-            if _inside(target, folder):
+            if is_inside(target, folder):
                 return (
                     f"the {what} {target} is inside the study folder {folder}, and kp never "
                     "writes into a study: choose a folder outside it"
@@ -315,6 +311,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return materialize_and_report("demo", study, warehouse, protocol, instance)
 
 
+def _warehouse_arg(args: argparse.Namespace, study: Path | None = None) -> Path:
+    """``--warehouse`` (absolute), else ``$KP_WAREHOUSE_DIR`` or warehouse/ beside ``study``
+    (default: the default study)."""
+    if args.warehouse:
+        return Path(args.warehouse).expanduser().resolve()
+    return warehouse_dir(study)
+
+
+def _study_folders(study: Path, protocol) -> list[Path]:
+    """The folders kp never writes into: the study and its protocol's derivatives and raw
+    roots (:func:`write_target_problem`)."""
+    return list(dict.fromkeys([study, protocol.derivatives, protocol.raw]))
+
+
 def _study_and_protocol(args: argparse.Namespace) -> tuple[Path, str | None]:
     """``--study`` (default: ``$KP_STUDY_DIR`` or data/study) and ``--protocol`` (default:
     ``$KP_PROTOCOL``, else None: the study's kp-protocol.yaml or the default protocol)."""
@@ -463,11 +473,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    warehouse = (
-        Path(args.warehouse).expanduser().resolve() if args.warehouse else warehouse_dir(study)
-    )
+    warehouse = _warehouse_arg(args, study)
     _use_repo_instance()
-    folders = list(dict.fromkeys([study, protocol.derivatives, protocol.raw]))
+    folders = _study_folders(study, protocol)
     targets = {"warehouse": warehouse, "Dagster storage": Path(os.environ[STORAGE_ENV])}
     problem = write_target_problem(folders, targets)
     if problem:
@@ -490,9 +498,7 @@ def _report_setup(command: str, args: argparse.Namespace):
     from kp_science.study.protocol import ProtocolError, study_protocol
 
     study, protocol_file = _study_and_protocol(args)
-    warehouse = (
-        Path(args.warehouse).expanduser().resolve() if args.warehouse else warehouse_dir(study)
-    )
+    warehouse = _warehouse_arg(args, study)
     try:
         settings = resource_settings(Path(args.settings)) if getattr(args, "settings", None) else {}
         protocol = study_protocol(study, protocol_file)
@@ -508,12 +514,7 @@ def _report_setup(command: str, args: argparse.Namespace):
             file=sys.stderr,
         )
         return None
-    return (
-        list(dict.fromkeys([study, protocol.derivatives, protocol.raw])),
-        warehouse,
-        protocol,
-        settings,
-    )
+    return _study_folders(study, protocol), warehouse, protocol, settings
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -616,7 +617,7 @@ def cmd_power(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    warehouse = Path(args.warehouse).expanduser().resolve() if args.warehouse else warehouse_dir()
+    warehouse = _warehouse_arg(args)
     instance = _open_instance("power")
     if instance is None:
         return 1

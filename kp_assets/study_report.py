@@ -48,7 +48,7 @@ def study_report(
     return dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(path)),
-            "open": dg.MetadataValue.url(Path(path).resolve().as_uri()),
+            "open": dg.MetadataValue.url(path.resolve().as_uri()),
             "size_bytes": dg.MetadataValue.int(size),
         }
     )

@@ -20,6 +20,7 @@ from typing import Any, cast
 import duckdb
 import pandas as pd
 
+from kp_resources.locations import is_inside
 from kp_resources.provenance import kp_version
 from kp_resources.warehouse import connect, list_tables
 from kp_science.bids_derivatives import (
@@ -95,7 +96,7 @@ def _source_root(con: duckdb.DuckDBPyConnection, protocol: StudyProtocol | None)
 
 
 def _refuse_inside(out: Path, folder: Path | None, what: str) -> None:
-    if folder is not None and out.resolve().is_relative_to(Path(folder).resolve()):
+    if folder is not None and is_inside(out, folder):
         raise ForeignFolderError(out, f"inside the {what} {folder}, which kp never writes into")
 
 

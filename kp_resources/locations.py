@@ -38,6 +38,12 @@ SETTLE_ENV = "KP_SETTLE_SECONDS"
 REPORT_FILE = "study_report.html"
 
 
+def is_inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (both resolved, links followed): the
+    test every writer of kp applies before writing near a user's study."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
 def study_dir() -> Path:
     """The study folder (BIDS / fMRIPrep-style), from ``KP_STUDY_DIR`` or ``data/study``."""
     return Path(os.environ.get(STUDY_ENV) or REPO_ROOT / "data" / "study").resolve()

@@ -4,8 +4,9 @@
 the warehouse tables a reader looks at (never ``roi_timeseries``: one row per volume is too
 large, and no section needs it), the protocol's vocabulary, the quality limits and the
 provenance every file's footer carries (:mod:`kp_resources.provenance`). The
-``study_report`` asset and ``kp report`` both call :func:`write_study_report`, which writes
-``<warehouse>/study_report.html`` (or a file a user names) atomically.
+``study_report`` asset and ``kp report`` both call :func:`build_study_report`, which writes
+``<warehouse>/study_report.html`` (or a file a user names) atomically
+(:func:`write_study_report`).
 """
 
 from __future__ import annotations
@@ -132,8 +133,11 @@ def report_inputs(
             if table in present:
                 frame = con.execute(f'SELECT * FROM "{table}"').df()
                 tables[table] = frame.drop(columns=[PARTITION_COLUMN], errors="ignore")
+        # rows of every table: the ones read are counted already
         rows = {
-            t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
+            t: len(tables[t])
+            if t in tables
+            else int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])  # type: ignore[index]
             for t in present
         }
         footers = _footer_rows(con, present)
@@ -182,8 +186,7 @@ def write_study_report(inputs: ReportInputs, path: str | os.PathLike[str]) -> Pa
     html = study_report_html(inputs)
     if GENERATOR not in html:
         raise ValueError("the report lacks kp's generator tag; refusing to write it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(target, html.encode("utf-8"))
+    write_bytes_atomic(target, html.encode("utf-8"))  # creates the folder if need be
     return target
 
 
