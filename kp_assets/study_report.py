@@ -7,7 +7,6 @@ reruns with the catalog after every group refresh (:data:`GROUP_REFRESH_OR_RETRY
 report`` writes the same page from the command line.
 """
 
-from pathlib import Path
 
 import dagster as dg
 
