@@ -7,7 +7,6 @@ reruns with the catalog after every group refresh (:data:`GROUP_REFRESH_OR_RETRY
 report`` writes the same page from the command line.
 """
 
-
 import dagster as dg
 
 from kp_assets.automation import GROUP_REFRESH_OR_RETRY
