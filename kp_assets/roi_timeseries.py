@@ -1,11 +1,12 @@
 """``roi_timeseries`` and ``roi_coverage``: every run read once, all ROIs extracted, cleaned.
 
-Per participant: for each run of the ``scans`` inventory the BOLD file is read once (its
-sha256 must still match the inventory), every ROI's voxels are averaged (voxels outside the
-brain mask, non-finite or flat are excluded and counted in ``roi_coverage``), then the ROI
-means are cleaned with the run's fMRIPrep confounds (nilearn ``load_confounds`` strategy of
-the ``cleaning`` resource) and converted to percent signal change. Scrubbed volumes keep
-their raw value and get ``signal`` NaN and ``scrubbed`` true.
+Per participant: for each run of the ``scans`` inventory the BOLD file is read once, a block
+of volumes at a time as it decompresses, never whole (its sha256 must still match the
+inventory), every ROI's voxels are averaged (voxels outside the brain mask, non-finite or
+flat are excluded and counted in ``roi_coverage``), then the ROI means are cleaned with the
+run's fMRIPrep confounds (nilearn ``load_confounds`` strategy of the ``cleaning`` resource)
+and converted to percent signal change. Scrubbed volumes keep their raw value and get
+``signal`` NaN and ``scrubbed`` true.
 """
 
 import json
@@ -23,10 +24,10 @@ from kp_resources.roi_set import RoiSet, roi_positions_figure
 from kp_resources.study import StudyFolder
 from kp_resources.warehouse import Warehouse
 from kp_science.figures import markdown_image
-from kp_science.roi_signals import clean_roi_signals, extract_roi_means, load_run_confounds
+from kp_science.roi_signals import clean_roi_signals, load_run_confounds, stream_roi_means
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import validate_participant_label
-from kp_science.study.nifti import read_nifti
+from kp_science.study.nifti import open_nifti, read_nifti
 from kp_science.study.reading import CHANGED_SINCE_SCANS, check_unchanged
 from kp_science.study.validate import read_sidecar
 
@@ -51,21 +52,26 @@ def roi_positions_markdown(roi_set: RoiSet) -> str:
 def _run_tables(
     run: pd.Series, roi_set: RoiSet, cleaning: ConfoundCleaning
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    image = read_nifti(run["bold_path"])
-    if image.sha256 != run["sha256"]:
-        raise StudyDataError(run["bold_path"], CHANGED_SINCE_SCANS)
     mask = read_nifti(run["mask_path"])
     # the checks of scans hold only for the files it read: a mask or confounds file replaced
     # since (another grid, fewer rows) would fail inside numpy without naming the file
     if mask.sha256 != run["mask_sha256"]:
         raise StudyDataError(run["mask_path"], CHANGED_SINCE_SCANS)
     check_unchanged(run["confounds_path"], run["confounds_sha256"], "confounds file")
-    try:
-        rois = roi_set.voxels(image.affine, image.shape[:3])
-    except ValueError as e:
-        raise StudyDataError(run["bold_path"], str(e)) from e
-    extraction = extract_roi_means(image.data, mask.data, rois, image.slope, image.inter)
-    del image
+    # the run is read once, block by block as it decompresses (never whole), its sha256
+    # computed on the way and compared with the inventory's at the end
+    with open_nifti(run["bold_path"]) as bold:
+        header = bold.header
+        grid = (*(int(run[f"shape_{a}"]) for a in "xyz"), int(run["n_volumes"]))
+        if header.shape != grid:  # scans read it with another grid
+            raise StudyDataError(run["bold_path"], CHANGED_SINCE_SCANS)
+        try:
+            rois = roi_set.voxels(header.affine, (grid[0], grid[1], grid[2]))
+        except ValueError as e:
+            raise StudyDataError(run["bold_path"], str(e)) from e
+        extraction = stream_roi_means(bold, mask.data, rois)
+        if bold.sha256 != run["sha256"]:
+            raise StudyDataError(run["bold_path"], CHANGED_SINCE_SCANS)
     coverage = extraction.coverage
     low = coverage[coverage["coverage"] < roi_set.min_coverage]
     if len(low) and not roi_set.allow_partial_coverage:

@@ -235,7 +235,7 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
     settling: list[str] = []
     for pid in pids:
         try:
-            fingerprint = study.fingerprint(pid)
+            fingerprint = study.fingerprint(pid, protocol)
         except (OSError, ValueError) as e:
             _keep_unreadable(context, pid, e, seen, pending, next_seen, next_pending)
             continue
@@ -250,7 +250,7 @@ def new_participant_sensor(context: dg.SensorEvaluationContext, study: StudyFold
             missing = missing_files(protocol, pid)
             settled = not missing and (
                 pending.get(pid) == fingerprint
-                or settled_by_time(study.last_change(pid), now, study.settle_seconds)
+                or settled_by_time(study.last_change(pid, protocol), now, study.settle_seconds)
             )
         except (OSError, ValueError) as e:
             _keep_unreadable(context, pid, e, seen, pending, next_seen, next_pending)

@@ -18,6 +18,7 @@ these alone this module tells, without Dagster:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -27,12 +28,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from kp_resources.parquet_files import (
-    PARQUET_SUFFIX,
-    PART_STEM,
-    PARTITION_COLUMN,
-    read_parquet_kv,
-)
+from kp_resources.compaction import current_footers, table_sources
+from kp_resources.parquet_files import PARQUET_SUFFIX, PART_STEM, read_parquet_kv
 from kp_resources.provenance import INPUTS_KEY, file_write_id, inputs_digest
 from kp_science.study.layout import BIDS_LABEL, StudyLike, as_protocol, participant_fingerprint
 from kp_science.study.protocol import StudyProtocol
@@ -75,7 +72,7 @@ class WarehouseFile:
 
     table: str
     partition: str
-    path: Path
+    path: str | Path
     kv: Mapping[str, str]
 
     @property
@@ -88,27 +85,20 @@ Footers = dict[str, dict[str, WarehouseFile]]
 
 def read_footers(root: str | os.PathLike[str], tables: Sequence[str]) -> Footers:
     """``{table: {partition: WarehouseFile}}`` of the ``part-0.parquet`` files of ``tables``
-    under ``root`` (a missing table is an empty mapping). Only footers are read."""
+    under ``root`` (a missing table is an empty mapping). Only footers are read, and for the
+    participant files unchanged since they were compacted not even those: their footers are
+    in the compacted copy's lineage file (:mod:`kp_resources.compaction`)."""
     name = PART_STEM + PARQUET_SUFFIX
-    prefix = f"{PARTITION_COLUMN}="
     footers: Footers = {}
     for table in tables:
         files: dict[str, WarehouseFile] = {}
-        folder = Path(root) / table
+        path = Path(root) / table / name
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            entries = []
-        candidates = [("", folder / name)] + [
-            (e.name[len(prefix) :], Path(e.path) / name)
-            for e in entries
-            if e.name.startswith(prefix) and e.is_dir()
-        ]
-        for partition, path in candidates:
-            try:
-                files[partition] = WarehouseFile(table, partition, path, read_parquet_kv(path))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
+            files[""] = WarehouseFile(table, "", path, read_parquet_kv(path))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        for partition, (found, kv) in sorted(current_footers(table_sources(root, table)).items()):
+            files[partition] = WarehouseFile(table, partition, found, kv)
         footers[table] = files
     return footers
 
@@ -120,6 +110,12 @@ def recorded_inputs(file: WarehouseFile) -> dict[str, dict]:
     except json.JSONDecodeError:
         return {}
     return inputs if isinstance(inputs, dict) else {}
+
+
+@functools.lru_cache(maxsize=65536)
+def _digest(write_ids: tuple[str, ...]) -> dict[str, object]:
+    # a thousand participants' files each compared with their upstream's: computed once each
+    return inputs_digest(list(write_ids))
 
 
 def stale_inputs(file: WarehouseFile, footers: Footers) -> list[str]:
@@ -136,10 +132,10 @@ def stale_inputs(file: WarehouseFile, footers: Footers) -> list[str]:
         files = footers[upstream]
         partitioned = "" not in files
         if file.partition and partitioned:
-            now = [files[file.partition].write_id] if file.partition in files else []
+            now = (files[file.partition].write_id,) if file.partition in files else ()
         else:
-            now = [f.write_id for f in files.values()]
-        if inputs_digest(now) != recorded:
+            now = tuple(f.write_id for f in files.values())
+        if _digest(now) != recorded:
             stale.append(upstream)
     return stale
 

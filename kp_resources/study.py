@@ -65,13 +65,16 @@ class StudyFolder(dg.ConfigurableResource):
         """See :func:`discover_study`: the participants and the skipped ``sub-*`` entries."""
         return discover_study(self.protocol())
 
-    def fingerprint(self, pid: str) -> str:
-        """See :func:`participant_fingerprint`."""
-        return participant_fingerprint(self.protocol(), pid)
+    def fingerprint(self, pid: str, protocol: StudyProtocol | None = None) -> str:
+        """See :func:`participant_fingerprint`; ``protocol``: :meth:`protocol` when already
+        loaded (the sensor fingerprints every participant at every tick: the protocol file is
+        read once per tick, not once per participant)."""
+        return participant_fingerprint(protocol or self.protocol(), pid)
 
-    def last_change(self, pid: str) -> float | None:
-        """See :func:`participant_last_change` (seconds since the epoch)."""
-        return participant_last_change(self.protocol(), pid)
+    def last_change(self, pid: str, protocol: StudyProtocol | None = None) -> float | None:
+        """See :func:`participant_last_change` (seconds since the epoch); ``protocol`` as for
+        :meth:`fingerprint`."""
+        return participant_last_change(protocol or self.protocol(), pid)
 
     def has_bold_runs(self, pid: str) -> bool:
         """See :func:`has_bold_runs`."""

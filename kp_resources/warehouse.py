@@ -11,10 +11,15 @@ Plain functions (no Dagster needed) plus a thin ``Warehouse`` resource:
   files now present (:func:`kp_resources.lineage.table_status`).
 - ``query(root, sql)`` / ``format_result(df, fmt)``: what ``kp sql`` runs.
 - ``build_catalog(root)``: the ``<root>/kp.duckdb`` catalog file with the same views, so the
-  DuckDB CLI, notebooks and BI tools can open the warehouse read-only.
+  DuckDB CLI, notebooks and BI tools can open the warehouse read-only; it first brings the
+  compacted copies of the participant tables up to date (:mod:`kp_resources.compaction`:
+  one file per table once a table has :data:`~kp_resources.compaction.MIN_FILES`
+  participant files), which the views read for every participant whose file is unchanged
+  since, so a query over a thousand participants opens one file per table, not a thousand.
 
-The warehouse Parquet files are only ever read here; the only file written is ``kp.duckdb``
-(``Warehouse.retract`` moves a table folder aside through ``parquet_files.retract_table``).
+The warehouse Parquet files are only ever read here; the only files written are ``kp.duckdb``
+and the compacted copies under ``<root>/.compacted/`` (``Warehouse.retract`` moves a table
+folder aside through ``parquet_files.retract_table``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,15 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from kp_resources.compaction import (
+    MIN_FILES,
+    FileState,
+    compact,
+    participant_files,
+    provenance_sql,
+    source_sql,
+    table_sources,
+)
 from kp_resources.lineage import CURRENT, table_status
 from kp_resources.parquet_files import (
     PARTITION_COLUMN,
@@ -115,8 +129,12 @@ def view_statements(root: str | os.PathLike[str]) -> list[str]:
     base = _root(root)
     tables = list_tables(base)
     partitioned = set(participant_tables(base))
+    # participant tables: their compacted copy where it is current, their files elsewhere
+    sources = {t: table_sources(base, t) for t in sorted(partitioned)}
 
     def source(t: str) -> str:
+        if t in sources:
+            return source_sql(sources[t], _table_glob(base, t))
         return (
             f"SELECT * FROM read_parquet({_table_glob(base, t)}, hive_partitioning = true, "
             "union_by_name = true)"
@@ -140,7 +158,9 @@ def view_statements(root: str | os.PathLike[str]) -> list[str]:
         )
     # One branch per table so the "table" column comes from a validated name, not path parsing.
     branches = [
-        f'SELECT file_name, {_sql_string(t)} AS "table", '
+        provenance_sql(sources[t], _table_glob(base, t))
+        if t in sources
+        else f'SELECT file_name, {_sql_string(t)} AS "table", '
         f"decode(key) AS key, decode(value) AS value "
         f"FROM parquet_kv_metadata({_table_glob(base, t)})"
         for t in tables
@@ -156,13 +176,43 @@ def view_statements(root: str | os.PathLike[str]) -> list[str]:
     return statements
 
 
+def _files_state(base: Path, tables: list[str]) -> tuple:
+    """Every data file of ``tables`` with its state (size, times, inode): the footers, and
+    so the table status, cannot have changed while this is the same."""
+    state = []
+    for t in tables:
+        try:
+            st = os.stat(base / t / "part-0.parquet")
+            state.append((t, "", FileState.of(st)))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        state.extend((t, pid, found) for pid, found in sorted(participant_files(base, t).items()))
+    return tuple(state)
+
+
+# (root, state of its files, table status): `kp sql` asks twice (its table_status table and
+# the notes after the result), a thousand participants' footers are worth reading once
+_last_status: list[tuple[Path, tuple, pd.DataFrame]] = []
+
+
 def warehouse_table_status(root: str | os.PathLike[str]) -> pd.DataFrame:
-    """:func:`kp_resources.lineage.table_status` of every table of the warehouse."""
-    return table_status(_root(root), [t for t in list_tables(root) if t not in _NO_LINEAGE])
+    """:func:`kp_resources.lineage.table_status` of every table of the warehouse (computed
+    again only when a file changed since the last call in this process)."""
+    base = _root(root)
+    tables = [t for t in list_tables(base) if t not in _NO_LINEAGE]
+    state = _files_state(base, tables)
+    for cached_root, cached_state, frame in _last_status:
+        if cached_root == base and cached_state == state:
+            return frame.copy()
+    frame = table_status(base, tables)
+    _last_status[:] = [(base, state, frame.copy())]
+    return frame
 
 
 def connect(
-    root: str | os.PathLike[str], database: str = ":memory:", status: bool = False
+    root: str | os.PathLike[str],
+    database: str = ":memory:",
+    status: bool | pd.DataFrame = False,
 ) -> duckdb.DuckDBPyConnection:
     """Open DuckDB on ``database`` with one view per warehouse table and a ``provenance`` view.
 
@@ -170,14 +220,18 @@ def connect(
     tables gain a ``participant`` column next to ``participant_id``; see
     :func:`view_statements` for the current-participant filter). ``provenance`` has
     VARCHAR columns file_name, table, key, value — one row per footer key of every file.
-    ``status``: also a ``table_status`` table (:func:`warehouse_table_status`, as of now).
+    ``status``: also a ``table_status`` table (:func:`warehouse_table_status`, as of now;
+    or the frame given, computed once by a caller that also passes it to
+    :func:`currency_notes`).
     """
     con = duckdb.connect(database)
     try:
         for statement in view_statements(root):
             con.execute(statement)
-        if status:
-            frame = warehouse_table_status(root)  # noqa: F841 (read by name below)
+        if status is not False:
+            frame = (  # noqa: F841 (read by name below)
+                status if isinstance(status, pd.DataFrame) else warehouse_table_status(root)
+            )
             con.execute(f"CREATE OR REPLACE TABLE {TABLE_STATUS} AS SELECT * FROM frame")
     except BaseException:
         con.close()
@@ -185,32 +239,37 @@ def connect(
     return con
 
 
-def query(root: str | os.PathLike[str], sql: str, status: bool = False) -> pd.DataFrame:
+def query(
+    root: str | os.PathLike[str], sql: str, status: bool | pd.DataFrame = False
+) -> pd.DataFrame:
     """Run ``sql`` against the warehouse views (in-memory DuckDB) and return a DataFrame;
     ``status`` as for :func:`connect`."""
     with connect(root, status=status) as con:
         return con.execute(sql).df()
 
 
-def currency_notes(root: str | os.PathLike[str]) -> list[str]:
+def currency_notes(root: str | os.PathLike[str], status: pd.DataFrame | None = None) -> list[str]:
     """What a reader of the views should know: participants hidden because they are not
-    current, and tables computed from inputs that have changed since."""
+    current, and tables computed from inputs that have changed since (``status``:
+    :func:`warehouse_table_status` when the caller has it already)."""
     notes = []
     if PARTICIPANT_STATUS in list_tables(root):
-        status = query(
-            root,
-            f"SELECT participant_id, status FROM {_ident(PARTICIPANT_STATUS)} "
-            f"WHERE status <> {_sql_string(CURRENT)} ORDER BY participant_id",
-        )
-        if len(status):
-            shown = ", ".join(f"{p} ({s})" for p, s in status.head(5).itertuples(index=False))
-            more = f" and {len(status) - 5} more" if len(status) > 5 else ""
+        # the one file of the table, read alone (no views over the whole warehouse needed)
+        with duckdb.connect() as con:
+            hidden = con.execute(
+                f"SELECT participant_id, status FROM read_parquet("
+                f"{_table_glob(_root(root), PARTICIPANT_STATUS)}, union_by_name = true) "
+                f"WHERE status <> {_sql_string(CURRENT)} ORDER BY participant_id"
+            ).df()
+        if len(hidden):
+            shown = ", ".join(f"{p} ({s})" for p, s in hidden.head(5).itertuples(index=False))
+            more = f" and {len(hidden) - 5} more" if len(hidden) > 5 else ""
             notes.append(
-                f"{len(status)} participant(s) not current, hidden from the "
+                f"{len(hidden)} participant(s) not current, hidden from the "
                 f"participant tables: {shown}{more} — SELECT * FROM "
                 f"{PARTICIPANT_STATUS}; every row: {ALL_ROWS}.<table>"
             )
-    stale = warehouse_table_status(root)
+    stale = warehouse_table_status(root) if status is None else status
     for row in stale[~stale["current"] & ~stale["partitioned"]].itertuples(index=False):
         notes.append(f"{row.table} is out of date: {row.reason}")
     return notes
@@ -239,17 +298,22 @@ def sweep_dead_temporaries(root: str | os.PathLike[str]) -> list[Path]:
     return removed
 
 
-def build_catalog(root: str | os.PathLike[str]) -> Path:
+def build_catalog(root: str | os.PathLike[str], min_files: int = MIN_FILES) -> Path:
     """(Re)build ``<root>/kp.duckdb`` holding the warehouse views; return its path.
 
     The database is built under a temporary dot-name in the same folder and moved into place
     with ``os.replace``, so readers see either the old or the new catalog, never a partial one;
-    temporaries left anywhere in the warehouse by killed writers are removed first. The
-    catalog's ``table_status`` is as of its build.
+    temporaries left anywhere in the warehouse by killed writers are removed first, and the
+    participant tables with at least ``min_files`` participant files are compacted
+    (:func:`kp_resources.compaction.compact`: one file per table, kept current). The
+    catalog's views and ``table_status`` are as of its build: a participant rewritten since
+    shows its earlier rows there until the next build (after every group refresh), while
+    :func:`query` / ``kp sql`` read the files as they are at the query.
     """
     base = _root(root)
     base.mkdir(parents=True, exist_ok=True)
     sweep_dead_temporaries(base)
+    compact(base, participant_tables(base), min_files)
     target = base / CATALOG_FILE
     tmp = temporary_path(target)
     wal = tmp.with_name(tmp.name + ".wal")

@@ -92,7 +92,7 @@ class StudyListing(NamedTuple):
     skipped: dict[str, str]
 
 
-def _os_problem(path: Path, error: OSError) -> str:
+def _os_problem(path: str | Path, error: OSError) -> str:
     """Why ``path`` could not be used, from the error the operating system gave."""
     if error.errno == errno.ELOOP:
         return "a symbolic link loop: remove or fix the link"
@@ -175,7 +175,7 @@ def participant_dir(study: StudyLike, pid: str) -> Path:
     return as_protocol(study).derivatives / validate_participant_label(pid)
 
 
-def _listing(folder: Path) -> list[str]:
+def _listing(folder: str | Path) -> list[str]:
     """Sorted names in ``folder``; none when it does not exist or is not a folder. A loop or an
     unreadable folder raises :class:`StudyDataError` naming it (``Path.glob`` would skip it
     silently, and a session could go missing unnoticed)."""
@@ -199,7 +199,7 @@ class _FileStat(NamedTuple):
     ctime_ns: int
 
 
-def _stat_or_broken(path: Path) -> os.stat_result | None:
+def _stat_or_broken(path: str | Path) -> os.stat_result | None:
     """``os.stat`` of ``path`` following links (DataLad / git-annex); None when it fails
     otherwise than by a link loop (e.g. a broken annex link: content not fetched yet); a loop
     raises :class:`StudyDataError` naming the path."""
@@ -225,17 +225,22 @@ def _file_stats(base: Path) -> list[_FileStat]:
     A link that leads back to a folder containing it (or to itself) raises
     :class:`StudyDataError` naming the link, where ``os.walk(followlinks=True)`` would loop, and
     so does a folder that cannot be listed.
-    """
-    found = []
 
-    def visit(folder: Path, ancestors: frozenset[tuple[int, int]]) -> None:
+    Every file is ``stat``-ed at every call (an in-place overwrite changes the file's times
+    and size, not its folder's), on plain strings: the sensor fingerprints every participant
+    at every tick, so this loop is what a tick over a thousand folders costs
+    (``bench/scale.py``).
+    """
+    found: list[_FileStat] = []
+
+    def visit(folder: str, prefix: str, ancestors: frozenset[tuple[int, int]]) -> None:
         for name in _listing(folder):
             if name.startswith("."):
                 continue
-            path = folder / name
+            path = f"{folder}{os.sep}{name}"
             st = _stat_or_broken(path)
             if st is None or not stat.S_ISDIR(st.st_mode):
-                found.append(_file_stat(path.relative_to(base).as_posix(), st))
+                found.append(_file_stat(prefix + name, st))
                 continue
             if (st.st_dev, st.st_ino) in ancestors:
                 raise StudyDataError(
@@ -243,10 +248,10 @@ def _file_stats(base: Path) -> list[_FileStat]:
                     "a symbolic link loop: it leads back to "
                     f"{os.path.realpath(path)}, which contains it",
                 )
-            visit(path, ancestors | {(st.st_dev, st.st_ino)})
+            visit(path, f"{prefix}{name}/", ancestors | {(st.st_dev, st.st_ino)})
 
     top = os.stat(base)
-    visit(base, frozenset({(top.st_dev, top.st_ino)}))
+    visit(os.fspath(base), "", frozenset({(top.st_dev, top.st_ino)}))
     return found
 
 

@@ -16,9 +16,9 @@ import pandas as pd
 from kp_science.cleaning import HIGH_PASS_PATTERN, NON_STEADY_STATE_PATTERN, CleaningStrategy
 from kp_science.study.errors import StudyDataError
 from kp_science.study.layout import Run, participant_dir
-from kp_science.study.nifti import read_nifti
+from kp_science.study.nifti import open_nifti, read_nifti
 from kp_science.study.protocol import StudyProtocol, TaskSpec, default_vocabulary
-from kp_science.study.qc import fd_summary, framewise_displacement, voxel_tsnr
+from kp_science.study.qc import BrainVoxelStats, fd_summary, framewise_displacement
 from kp_science.study.reading import (
     numeric_column,
     read_bytes,
@@ -422,45 +422,29 @@ def read_events(
 # --- images -----------------------------------------------------------------------------------
 
 
-def _check_bold_values(voxels: np.ndarray, slope: float, inter: float, path: Path) -> np.ndarray:
-    """Check brain-mask voxels ``(n_brain, t)`` (raw values) for a usable signal in every
-    volume; return those that are not NaN/inf throughout.
+def _check_bold_values(stats: BrainVoxelStats, path: Path) -> None:
+    """Check a run's brain voxels (:class:`BrainVoxelStats`, every volume added) for a usable
+    signal in every volume.
 
     A voxel non-finite in every volume is a hole (the ROI extraction leaves it out and
     counts it in ``roi_coverage``); non-finite values in a voxel finite elsewhere mean damaged
     volumes, and are refused like an image without any finite voxel or a volume (or the
     whole run) all zero.
     """
-    if not (math.isfinite(slope) and math.isfinite(inter)):
+    holes = stats.holes
+    if len(holes) and holes.all():
+        raise StudyDataError(path, "every voxel inside the brain mask is NaN/inf in every volume")
+    count = int(stats.voxel_nonfinite[~holes].sum())
+    if count:
+        # a volume is damaged when it has more non-finite brain values than there are holes
+        volumes = np.flatnonzero(stats.volume_nonfinite > holes.sum())
         raise StudyDataError(
             path,
-            f"scaling scl_slope {slope:g}, scl_inter {inter:g} is not finite, so no voxel value is",
+            f"{count} non-finite voxel values (NaN/inf) inside the "
+            f"brain mask in volume(s) {_spans(volumes)} (volumes "
+            "numbered from 0)",
         )
-    if voxels.dtype.kind == "f":
-        nonfinite = ~np.isfinite(voxels)
-        holes = nonfinite.all(axis=1)
-        if holes.all():
-            raise StudyDataError(
-                path, "every voxel inside the brain mask is NaN/inf in every volume"
-            )
-        damaged = nonfinite[~holes]
-        count = int(np.count_nonzero(damaged))
-        if count:
-            volumes = np.flatnonzero(damaged.any(axis=0))
-            raise StudyDataError(
-                path,
-                f"{count} non-finite voxel values (NaN/inf) inside the "
-                f"brain mask in volume(s) {_spans(volumes)} (volumes "
-                "numbered from 0)",
-            )
-        if holes.any():
-            voxels = voxels[~holes]
-    # physical value 0 = raw value −inter/slope (slope is never 0: NIfTI reads 0 as 1); an
-    # integer image stores the nearest raw value
-    zero = -inter / slope if inter else 0.0
-    if voxels.dtype.kind in "iu":
-        zero = round(zero)
-    empty = ~np.any(voxels != zero, axis=0)
+    empty = ~stats.volume_nonzero
     if empty.all():
         raise StudyDataError(
             path, "the BOLD image is all zero inside the brain mask (every volume)"
@@ -474,7 +458,6 @@ def _check_bold_values(voxels: np.ndarray, slope: float, inter: float, path: Pat
             f"{'is' if len(volumes) == 1 else 'are'} all zero inside "
             "the brain mask",
         )
-    return voxels
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -530,67 +513,80 @@ def validate_run(
         )
         raise StudyDataError(expected, f"events file is missing for task run '{run.task}'")
 
-    bold = read_nifti(run.bold_path)
-    hashes[str(run.bold_path)] = bold.sha256
-    if bold.data.ndim != 4:
-        raise StudyDataError(
-            run.bold_path, f"BOLD image must be 4-D, got {bold.data.ndim}-D shape {bold.shape}"
-        )
-    nx, ny, nz, n_volumes = bold.shape
-    vx, vy, vz = bold.zooms_mm
-    bold_tr = bold.tr_s
-    assert bold_tr is not None  # read_nifti gives every 4-D image its header TR
-    if n_volumes < 2:  # no time series: no FD, no tSNR, nothing to model
-        raise StudyDataError(
-            run.bold_path, f"BOLD run has {n_volumes} volume(s); at least 2 are needed"
-        )
-    if abs(bold_tr - sidecar_tr) > TR_TOLERANCE_S:
-        raise StudyDataError(
-            run.bold_path,
-            f"TR in NIfTI header ({bold_tr:g} s) disagrees with RepetitionTime "
-            f"({sidecar_tr:g} s) in {run.sidecar_path.name}",
-        )
-    if len(confounds) != n_volumes:
-        raise StudyDataError(
-            run.confounds_path,
-            f"confounds have {len(confounds)} rows but the BOLD run has {n_volumes} volumes",
-        )
-    validate_confounds(confounds, run.confounds_path, strategy, n_volumes, sidecar_tr)
-    n_events = None
-    if run.events_path is not None:
-        n_events = len(
-            validate_events(
-                events_table, run.events_path, requirements.get(run.task), n_volumes, sidecar_tr
+    with open_nifti(run.bold_path) as bold:
+        # the header now; the voxels once the other files are checked, read block by block as
+        # they decompress (never the whole run), the file's sha256 computed on the way
+        header = bold.header
+        if len(header.shape) != 4:
+            raise StudyDataError(
+                run.bold_path,
+                f"BOLD image must be 4-D, got {len(header.shape)}-D shape {header.shape}",
             )
-        )
-    try:
-        fd = framewise_displacement(confounds)
-    except KeyError as e:
-        raise StudyDataError(run.confounds_path, str(e.args[0])) from e
+        nx, ny, nz, n_volumes = header.shape
+        vx, vy, vz = header.zooms_mm
+        bold_tr = header.tr_s
+        assert bold_tr is not None  # open_nifti gives every 4-D image its header TR
+        if n_volumes < 2:  # no time series: no FD, no tSNR, nothing to model
+            raise StudyDataError(
+                run.bold_path, f"BOLD run has {n_volumes} volume(s); at least 2 are needed"
+            )
+        if abs(bold_tr - sidecar_tr) > TR_TOLERANCE_S:
+            raise StudyDataError(
+                run.bold_path,
+                f"TR in NIfTI header ({bold_tr:g} s) disagrees with RepetitionTime "
+                f"({sidecar_tr:g} s) in {run.sidecar_path.name}",
+            )
+        if len(confounds) != n_volumes:
+            raise StudyDataError(
+                run.confounds_path,
+                f"confounds have {len(confounds)} rows but the BOLD run has {n_volumes} volumes",
+            )
+        validate_confounds(confounds, run.confounds_path, strategy, n_volumes, sidecar_tr)
+        n_events = None
+        if run.events_path is not None:
+            n_events = len(
+                validate_events(
+                    events_table, run.events_path, requirements.get(run.task), n_volumes, sidecar_tr
+                )
+            )
+        try:
+            fd = framewise_displacement(confounds)
+        except KeyError as e:
+            raise StudyDataError(run.confounds_path, str(e.args[0])) from e
 
-    mask = read_nifti(run.mask_path)
-    hashes[str(run.mask_path)] = mask.sha256
-    mask_data = mask.data
-    if mask_data.ndim == 4 and mask_data.shape[3] == 1:  # some writers keep a singleton t axis
-        mask_data = mask_data[..., 0]
-    if mask_data.shape != bold.shape[:3]:
-        raise StudyDataError(
-            run.mask_path, f"mask shape {mask.shape} does not match BOLD grid {bold.shape[:3]}"
-        )
-    if not np.allclose(mask.affine, bold.affine, atol=1e-3):
-        raise StudyDataError(run.mask_path, "mask affine differs from the BOLD affine")
-    if mask_data.dtype.kind == "f" and not np.isfinite(mask_data).all():
-        count = int(np.count_nonzero(~np.isfinite(mask_data)))
-        raise StudyDataError(
-            run.mask_path, f"brain mask holds {count} non-finite value(s) (NaN/inf)"
-        )
-    n_brain = int(np.count_nonzero(mask_data))
-    if n_brain == 0:
-        raise StudyDataError(run.mask_path, "brain mask is empty")
+        mask = read_nifti(run.mask_path)
+        hashes[str(run.mask_path)] = mask.sha256
+        mask_data = mask.data
+        if mask_data.ndim == 4 and mask_data.shape[3] == 1:  # a singleton t axis, as some write
+            mask_data = mask_data[..., 0]
+        if mask_data.shape != header.shape[:3]:
+            raise StudyDataError(
+                run.mask_path,
+                f"mask shape {mask.shape} does not match BOLD grid {header.shape[:3]}",
+            )
+        if not np.allclose(mask.affine, header.affine, atol=1e-3):
+            raise StudyDataError(run.mask_path, "mask affine differs from the BOLD affine")
+        if mask_data.dtype.kind == "f" and not np.isfinite(mask_data).all():
+            count = int(np.count_nonzero(~np.isfinite(mask_data)))
+            raise StudyDataError(
+                run.mask_path, f"brain mask holds {count} non-finite value(s) (NaN/inf)"
+            )
+        n_brain = int(np.count_nonzero(mask_data))
+        if n_brain == 0:
+            raise StudyDataError(run.mask_path, "brain mask is empty")
+        if not (math.isfinite(header.slope) and math.isfinite(header.inter)):
+            raise StudyDataError(
+                run.bold_path,
+                f"scaling scl_slope {header.slope:g}, scl_inter {header.inter:g} is not finite, "
+                "so no voxel value is",
+            )
 
-    voxels = bold.data[mask_data != 0]  # (n_brain, t) raw: read once for checks and tSNR
-    voxels = _check_bold_values(voxels, bold.slope, bold.inter, run.bold_path)
-    tsnr = voxel_tsnr(voxels, bold.slope, bold.inter)
+        stats = BrainVoxelStats(mask_data, n_volumes, header.slope, header.inter)
+        for first, block in bold.volume_blocks():
+            stats.add(first, block)
+        hashes[str(run.bold_path)] = bold.sha256
+    _check_bold_values(stats, run.bold_path)
+    tsnr = stats.tsnr()
     if not math.isfinite(tsnr):
         raise StudyDataError(
             run.bold_path,

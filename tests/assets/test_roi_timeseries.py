@@ -13,6 +13,7 @@ from kp_assets.materialize import first_error, materialize_study
 from kp_resources.roi_set import RoiSet
 from kp_resources.warehouse import query
 from kp_science.study.layout import find_runs
+from tests.science.test_roi_signals import reference_means
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -177,3 +178,15 @@ def test_nan_voxels_are_excluded_and_counted(small_study, tmp_path):
     assert row.n_nonfinite == 1 and row.n_used == row.n_in_brain - 1
     ts = pd.read_parquet(tmp_path / "warehouse/roi_timeseries/participant=sub-01")
     assert ts.loc[~ts.scrubbed, "signal"].notna().all() and ts["raw"].notna().all()
+
+    # every run (this float32 one and the simulator's scaled int16 ones), read block by block
+    # as it decompresses, has the raw means of nibabel's whole array, to the last bit
+    for other in find_runs(study, "sub-01"):
+        mask = np.asanyarray(nib.load(other.mask_path).dataobj)
+        rois = RoiSet().voxels(nib.load(other.bold_path).affine, mask.shape)
+        expected = reference_means(other.bold_path, mask, rois)
+        run_rows = ts[(ts.session == other.session) & (ts.task == other.task)]
+        raw = run_rows.pivot(index="volume", columns="roi", values="raw")
+        pd.testing.assert_frame_equal(
+            raw[expected.columns], expected, check_exact=True, check_names=False
+        )

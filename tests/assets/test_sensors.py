@@ -403,10 +403,10 @@ class _FlakyStudy(StudyFolder):
 
     broken: str
 
-    def fingerprint(self, pid: str) -> str:
+    def fingerprint(self, pid: str, protocol=None) -> str:
         if pid == self.broken:
             raise PermissionError(13, "Permission denied", str(self.path / pid))
-        return super().fingerprint(pid)
+        return super().fingerprint(pid, protocol)
 
 
 def test_unreadable_participant_keeps_its_state_and_the_others_go_on(instance, study_copy, capfd):

@@ -180,3 +180,27 @@ def test_warehouse_catalog_asset_materializes(root):
     assert mat.metadata["row_counts"].value == {"clinical": 2, "scans": 5}
     assert Path(mat.metadata["path"].value) == root.resolve() / CATALOG_FILE
     assert (root / CATALOG_FILE).exists()
+
+
+def test_currency_notes_name_hidden_participants_and_stale_tables(root):
+    from kp_resources.warehouse import currency_notes, warehouse_table_status
+    from tests.assets.seeded_warehouse import write_status
+
+    write_status(root, ["sub-01", "sub-02"], {"sub-02": "changed"})
+    notes = currency_notes(root)
+    assert len(notes) == 1 and notes[0].startswith("1 participant(s) not current")
+    assert "sub-02 (changed)" in notes[0]
+    assert query(root, "SELECT participant_id FROM scans")["participant_id"].unique().tolist() == [
+        "sub-01"
+    ]
+    # a table status the caller computed already is used as it is
+    status = warehouse_table_status(root)
+    stale = status.assign(current=False, partitioned=False, reason="seeded")
+    assert currency_notes(root, stale)[1:] == [
+        f"{t} is out of date: seeded" for t in stale["table"]
+    ]
+    assert currency_notes(root, status) == notes
+    with connect(root, status=stale) as con:
+        assert con.execute("SELECT count(*) FROM table_status WHERE NOT current").fetchone() == (
+            len(stale),
+        )

@@ -11,13 +11,16 @@ import pytest
 from kp_resources.roi_set import RoiSet
 from kp_science.cleaning import CleaningStrategy
 from kp_science.roi_signals import (
+    Extraction,
+    RoiValues,
+    RoiVoxels,
     clean_roi_signals,
-    extract_roi_means,
     load_run_confounds,
     sphere_voxels,
+    stream_roi_means,
 )
 from kp_science.study.layout import find_runs
-from kp_science.study.nifti import read_nifti
+from kp_science.study.nifti import open_nifti, read_nifti
 
 EYE = np.eye(4)  # 1 mm voxels, voxel (i, j, k) at (i, j, k) mm
 
@@ -27,6 +30,39 @@ SHAPE = (20, 20, 20)
 
 def flat_index(*ijk: tuple[int, int, int], shape=SHAPE) -> np.ndarray:
     return np.sort(np.ravel_multi_index(tuple(np.array(ijk).T), shape, order="F"))
+
+
+def extract_roi_means(
+    data: np.ndarray,
+    brain: np.ndarray,
+    rois: list[RoiVoxels],
+    slope: float = 1.0,
+    inter: float = 0.0,
+    per_block: int = 5,
+) -> Extraction:
+    """:class:`RoiValues` fed an in-memory run (x, y, z, t) in blocks of ``per_block`` volumes,
+    as the run's decompression feeds it."""
+    n_volumes = data.shape[3]
+    by_volume = data.reshape(-1, n_volumes, order="F").T  # (t, voxels), NIfTI voxel order
+    values = RoiValues(rois, brain, n_volumes, data.dtype)
+    for first in range(0, n_volumes, per_block):
+        values.add(first, by_volume[first : first + per_block])
+    return values.extraction(slope, inter)
+
+
+def reference_means(path: Path, brain: np.ndarray, rois: list[RoiVoxels]) -> pd.DataFrame:
+    """The ROI means of a run computed in memory from nibabel's scaled array, usable voxels
+    (in the brain, finite, not flat) only."""
+    data = np.asanyarray(nib.load(path).dataobj)
+    by_voxel = data.reshape(-1, data.shape[3], order="F")
+    in_brain = brain.reshape(-1, order="F") != 0
+    means = {}
+    for roi in rois:
+        values = by_voxel[roi.flat[in_brain[roi.flat]]].astype(np.float64)
+        finite = np.isfinite(values).all(axis=1)
+        usable = values[finite][np.ptp(values[finite], axis=1) > 0]
+        means[roi.name] = usable.mean(axis=0)
+    return pd.DataFrame(means)
 
 
 # --- cleaning, against nilearn ----------------------------------------------------------------
@@ -125,15 +161,74 @@ def test_extraction_applies_scaling_to_stored_integers():
     np.testing.assert_allclose(scaled.signals, physical.signals, rtol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("stored", "slope", "inter"), [(np.float32, None, None), (np.int16, 0.25, 100.0)]
+)
+def test_streamed_means_equal_the_in_memory_reference(tmp_path, stored, slope, inter):
+    """A .nii.gz run read 3 volumes a block (the blocks do not divide its 8 volumes): the
+    means equal nibabel's whole array averaged the same way, to the last bit — the same
+    values (nibabel scales int16 to float64 as raw·slope + inter too) summed in the same
+    order; unusable voxels are counted as the in-memory path counts them."""
+    rng = np.random.default_rng(7)
+    data = rng.normal(800, 20, (*SHAPE, 8))
+    centres = {"vmpfc": ((10.0, 10.0, 10.0),), "amygdala": ((4.0, 4.0, 4.0), (15.0, 4.0, 4.0))}
+    rois = sphere_voxels(EYE, SHAPE, centres, 2.0)
+    brain = np.ones(SHAPE, np.uint8)
+    brain[10, 10, 12] = 0  # an ROI voxel outside the brain
+    data[11, 10, 10, :] = 790.0  # a flat voxel
+    if stored == np.float32:
+        data[9, 10, 10, 5] = np.nan  # a voxel non-finite in one volume
+    header = nib.Nifti1Header()
+    header.set_data_dtype(stored)
+    raw = data if slope is None else np.round((data - inter) / slope)
+    image = nib.Nifti1Image(raw.astype(stored), EYE, header)
+    if slope is not None:
+        image.header.set_slope_inter(slope, inter)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(image, path)
+
+    with open_nifti(path) as bold:
+        result = stream_roi_means(bold, brain, rois, block_bytes=3 * 8000 * raw.itemsize)
+    pd.testing.assert_frame_equal(
+        result.signals, reference_means(path, brain, rois), check_exact=True
+    )
+    vmpfc = result.coverage.set_index("roi").loc["vmpfc"]
+    n_nonfinite = 1 if stored == np.float32 else 0
+    assert (vmpfc.n_defined, vmpfc.n_in_brain, vmpfc.n_nonfinite, vmpfc.n_flat) == (
+        33,
+        32,
+        n_nonfinite,
+        1,
+    )
+    assert vmpfc.n_used == 31 - n_nonfinite
+
+
+def test_blocks_must_match_the_mask_grid_and_come_in_order():
+    (roi,) = sphere_voxels(EYE, SHAPE, {"racc": ((5.0, 5.0, 5.0),)}, 1.0)
+    values = RoiValues([roi], np.ones(SHAPE), 4, np.dtype(np.float32))
+    with pytest.raises(ValueError, match="grids differ"):
+        values.add(0, np.zeros((2, 7999), np.float32))
+    with pytest.raises(ValueError, match="got 2, expected 0"):
+        values.add(2, np.zeros((2, 8000), np.float32))
+    values.add(0, np.zeros((2, 8000), np.float32))
+    with pytest.raises(ValueError, match="2 of 4 volumes"):
+        values.extraction()
+
+
 def test_cleaned_means_equal_nilearn_labels_masker(study_root):
     from nilearn.maskers import NiftiLabelsMasker
 
     run = rest_run(study_root)
-    image = read_nifti(run.bold_path)
     brain = read_nifti(run.mask_path).data
-    rois = RoiSet().voxels(image.affine, image.shape[:3])
-    extraction = extract_roi_means(image.data, brain, rois, image.slope, image.inter)
+    with open_nifti(run.bold_path) as bold:
+        image = bold.header
+        rois = RoiSet().voxels(image.affine, image.shape[:3])
+        extraction = stream_roi_means(bold, brain, rois, block_bytes=1000)  # a volume a block
     assert (extraction.coverage["n_used"] > 0).all()
+    # the simulator's scaled int16 run: the same means as nibabel's whole array
+    pd.testing.assert_frame_equal(
+        extraction.signals, reference_means(run.bold_path, brain, rois), check_exact=True
+    )
     confounds, kept = load_run_confounds(run.bold_path, CleaningStrategy())
     ours = clean_roi_signals(extraction.signals, confounds, kept, image.tr_s)
     assert list(ours.columns) == RoiSet().names and list(ours.index) == list(kept)

@@ -133,6 +133,64 @@ def test_fingerprint_is_stable_and_notices_changes(study_copy):
     assert participant_fingerprint(study_copy, other) == other_before
 
 
+def _stat_digest(base: Path) -> str:
+    """The fingerprint's definition, computed independently: sha256 over the sorted lines
+    ``<path relative to base>\t<size>\t<mtime ns>`` of every file (links followed, names
+    starting with a dot skipped), first 16 hex digits."""
+    lines = []
+    for folder, dirnames, filenames in os.walk(base, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                path = Path(folder, name)
+                st = path.stat()
+                lines.append(
+                    f"{path.relative_to(base).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n"
+                )
+    return hashlib.sha256("".join(sorted(lines)).encode()).hexdigest()[:16]
+
+
+def test_fingerprint_notices_every_kind_of_change(tmp_path):
+    """Each change the sensor must notice changes the fingerprint, which stays the sha256 of
+    the files' names, sizes and modification times — an in-place overwrite included, which
+    leaves its folder's modification time as it was."""
+    func = tmp_path / "sub-01" / "ses-pre" / "func"
+    func.mkdir(parents=True)
+    bold = func / "sub-01_ses-pre_task-rest_bold.nii.gz"
+    bold.write_bytes(b"abc")
+    (func / "events.tsv").write_bytes(b"onset")
+    seen = [participant_fingerprint(tmp_path, "sub-01")]
+    assert seen[0] == _stat_digest(tmp_path / "sub-01")
+
+    def changed() -> None:
+        now = participant_fingerprint(tmp_path, "sub-01")
+        assert now == _stat_digest(tmp_path / "sub-01")
+        assert now not in seen
+        seen.append(now)
+
+    folder_mtime = func.stat().st_mtime_ns
+    with open(bold, "r+b") as fh:  # overwritten in place: same size, same folder
+        fh.write(b"xyz")
+    st = bold.stat()
+    os.utime(bold, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert func.stat().st_mtime_ns == folder_mtime
+    changed()
+    (func / "events.tsv").write_bytes(b"onset\n")  # grown
+    changed()
+    (tmp_path / "sub-01" / "ses-post" / "func").mkdir(parents=True)  # an empty folder: no file
+    assert participant_fingerprint(tmp_path, "sub-01") == seen[-1]
+    (tmp_path / "sub-01" / "ses-post" / "func" / "new.json").write_text("{}")  # new, nested
+    changed()
+    (func / "events.tsv").rename(func / "renamed.tsv")
+    changed()
+    (func / "renamed.tsv").unlink()
+    changed()
+    (func / "link.nii.gz").symlink_to(bold)  # a link counts as the file it leads to
+    changed()
+    (func / ".rsync-tmp").write_bytes(b"partial")  # hidden: ignored
+    assert participant_fingerprint(tmp_path, "sub-01") == seen[-1]
+
+
 # --- finding and validating runs --------------------------------------------------------------
 
 

@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from kp_science.study.layout import discover_participants, find_runs
-from kp_science.study.qc import fd_summary, framewise_displacement, temporal_snr
+from kp_science.study.qc import (
+    BrainVoxelStats,
+    fd_summary,
+    framewise_displacement,
+    temporal_snr,
+)
 
 # --- QC ---------------------------------------------------------------------------------------
 
@@ -64,3 +69,40 @@ def test_temporal_snr():
         temporal_snr(raw * 0.5 + 10, mask), rel=1e-9
     )
     assert math.isnan(temporal_snr(np.ones((2, 2, 2, 5)), np.ones((2, 2, 2))))
+
+
+def _streamed_stats(bold: np.ndarray, mask: np.ndarray, per_block: int, slope=1.0, inter=0.0):
+    """BrainVoxelStats fed ``bold`` (x, y, z, t) in blocks of ``per_block`` volumes."""
+    n_volumes = bold.shape[3]
+    by_volume = bold.reshape(-1, n_volumes, order="F").T
+    stats = BrainVoxelStats(mask, n_volumes, slope, inter)
+    for first in range(0, n_volumes, per_block):
+        stats.add(first, by_volume[first : first + per_block])
+    return stats
+
+
+@pytest.mark.parametrize("per_block", [1, 7, 400])
+def test_streamed_tsnr_equals_the_whole_array_tsnr(per_block):
+    """Blocks merged (Chan et al.) give the tSNR of the whole array to rounding (1e-12: the
+    sums are formed in another order); a constant voxel stays exactly flat (excluded)."""
+    rng = np.random.default_rng(4)
+    raw = np.round(rng.normal(400, 20, (4, 3, 2, 60))).astype(np.int16)
+    raw[1, 1, 1] = 77  # constant: std exactly 0
+    mask = np.ones((4, 3, 2), np.uint8)
+    mask[0, 0, 0] = 0
+    stats = _streamed_stats(raw, mask, per_block, slope=0.5, inter=10.0)
+    expected = temporal_snr(raw, mask, slope=0.5, inter=10.0)
+    assert stats.tsnr() == pytest.approx(expected, rel=1e-12)
+    assert stats.volume_nonzero.all() and not stats.holes.any()
+
+
+def test_streamed_stats_count_holes_and_damaged_volumes():
+    bold = np.random.default_rng(5).normal(100, 5, (3, 2, 2, 10)).astype(np.float32)
+    bold[0, 0, 0, :] = np.nan  # a hole
+    bold[1, 0, 0, 4] = np.inf  # a damaged value
+    bold[..., 6] = 0.0  # an empty volume (the hole is NaN in it too)
+    bold[0, 0, 0, 6] = np.nan
+    stats = _streamed_stats(bold, np.ones((3, 2, 2)), 3)
+    assert stats.holes.sum() == 1 and stats.voxel_nonfinite.sum() == 11
+    assert list(np.flatnonzero(stats.volume_nonfinite > stats.holes.sum())) == [4]
+    assert list(np.flatnonzero(~stats.volume_nonzero)) == [6]
