@@ -35,13 +35,16 @@ from kp_science.prediction import (
 from kp_science.prediction.variants import measures_of
 
 DESCRIPTIONS = {
-    "enet_summary": "One row per model variant: status, participants, selected grid point, "
-    "LOO and nested-LOO error and r, permutation p-value, seconds.",
+    "enet_summary": "One row per model variant: status, participants, the cross-validation "
+    "scheme (cv: exact leave-one-out up to prediction.loo_max_participants, K-fold above), "
+    "selected grid point, CV and nested-CV error and r (loo_* columns), permutation p-value, "
+    "seconds.",
     "enet_coefficients": "Model × term: standardized β (CAPS-5 points per SD of the term), "
     "fully standardized β, selected, bootstrap selection frequency.",
-    "enet_predictions": "Model × participant: observed improvement, LOO prediction at the "
-    "selected grid point, nested-LOO prediction.",
-    "enet_cv_curve": "Model × grid point (mixing ratio × penalty): LOO mean squared error.",
+    "enet_predictions": "Model × participant: observed improvement, CV prediction at the "
+    "selected grid point, nested-CV prediction (cv: the scheme).",
+    "enet_cv_curve": "Model × grid point (mixing ratio × penalty): CV mean squared error "
+    "(cv: the scheme).",
     "enet_exclusions": "Model × participant left out of a model, with the reason (not "
     "current — see participant_status —, missing outcome, covariate, arm "
     "or feature — never imputed).",
@@ -107,8 +110,9 @@ def enet_models(
     warehouse: Warehouse,
     study: StudyFolder,
 ):
-    """Fit every configured variant on the current participants: LOO grid selection, refit,
-    nested LOO, permutation test and bootstrap selection frequencies."""
+    """Fit every configured variant on the current participants: grid selection by exact LOO
+    (K-fold above ``prediction.loo_max_participants``), refit, nested CV, permutation test and
+    bootstrap selection frequencies."""
     left_out = not_current(participant_status)
     if len(change_scores):
         change_scores = change_scores[
@@ -171,6 +175,7 @@ def enet_models(
         "model",
         "status",
         "n_participants",
+        "cv",
         "n_selected",
         "l1_ratio",
         "alpha",

@@ -19,7 +19,9 @@ Every field and default is the science side's (:class:`ModelVariant`,
 (``main``, ``interaction``, ``covariate``, ``ketamine_only``), a grid of 10 mixing ratios
 (0.1 … 1.0) × 50 penalties spanning three orders of magnitude, nested LOO, 1000 outcome
 permutations, 500 bootstrap resamples, seed 0, and at least 10 participants with both
-sessions. An arm role other than active/control fails when the configuration loads.
+sessions; above 60 participants in a model, 10-fold cross-validation replaces
+leave-one-out (``loo_max_participants``, ``cv_folds``). An arm role other than
+active/control fails when the configuration loads.
 """
 
 import dagster as dg
@@ -66,8 +68,12 @@ class PredictionModels(dg.ConfigurableResource):
     ratios × a glmnet-style penalty path from the smallest penalty that zeroes every
     coefficient down to ``eps`` times it. nested: honest out-of-sample r and RMSE by nested
     LOO. n_permutations: outcome permutations of the minimum-LOO-error test (0 = skip).
-    n_bootstraps: resamples for selection frequencies (0 = skip). seed: seeds permutations
-    and resamples. workers: processes for the permutation test and nested LOO.
+    n_bootstraps: resamples for selection frequencies (0 = skip). seed: seeds permutations,
+    resamples and K-fold folds. workers: threads for the permutation test, nested CV and
+    bootstrap. loo_max_participants: exact leave-one-out for models with at most this many
+    participants; above it, selection, nested evaluation and the permutation test use
+    K-fold cross-validation with cv_folds folds (the ``cv`` column of the enet tables says
+    which).
     """
 
     variants: list[PredictionVariant] = DEFAULT_VARIANT_CONFIG  # type: ignore[assignment]
@@ -80,6 +86,8 @@ class PredictionModels(dg.ConfigurableResource):
     n_bootstraps: int = _settings_default("n_bootstraps")
     seed: int = _settings_default("seed")
     workers: int = _settings_default("n_jobs")
+    loo_max_participants: int = _settings_default("loo_max_participants")
+    cv_folds: int = _settings_default("cv_folds")
 
     def model_variants(self) -> tuple[ModelVariant, ...]:
         """The configured variants as science-code :class:`ModelVariant` objects.
@@ -110,4 +118,6 @@ class PredictionModels(dg.ConfigurableResource):
             "n_permutations": self.n_permutations,
             "n_bootstraps": self.n_bootstraps,
             "seed": self.seed,
+            "loo_max_participants": self.loo_max_participants,
+            "cv_folds": self.cv_folds,
         }

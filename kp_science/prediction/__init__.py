@@ -13,6 +13,10 @@ No Dagster here. The pieces, in the order an analysis uses them:
   reference). Its docstring explains which β convention the paper used.
 * :mod:`.evaluation` — :func:`nested_loo`, :func:`permutation_test`,
   :func:`bootstrap_selection`.
+* :mod:`.kfold` — the same steps by K-fold cross-validation, for studies above
+  ``EnetSettings.loo_max_participants``: :func:`kfold_assignment`, :func:`cv_select`,
+  :func:`nested_cv`, :func:`cv_permutation_test`, :func:`bootstrap_selection_gram`,
+  solved from Gram matrices by the kernels of :mod:`.gram_kernels`.
 * :mod:`.fit` — :func:`fit_variant` / :func:`fit_all`: everything above for one or all
   variants, as the ``enet_*`` tables of the asset contract.
 * :mod:`.headline` — :func:`paper_table`: the paper's headline findings beside ours.
@@ -48,6 +52,12 @@ _EXPORTS = {
     "bootstrap_selection": "evaluation",
     "nested_loo": "evaluation",
     "permutation_test": "evaluation",
+    "bootstrap_selection_gram": "kfold",
+    "cv_permutation_test": "kfold",
+    "cv_select": "kfold",
+    "kfold_assignment": "kfold",
+    "nested_cv": "kfold",
+    "refit_gram": "kfold",
     "TABLES": "fit",
     "fit_all": "fit",
     "fit_variant": "fit",

@@ -1,5 +1,8 @@
 """Leave-one-out elastic net: fold-internal z-scoring, glmnet-style grid, selection, refit.
 
+(Above ``EnetSettings.loo_max_participants`` participants the same model is selected by
+K-fold cross-validation instead, with the same scaling, grid and tie rules: :mod:`.kfold`.)
+
 The model (docs/architecture.md §5): predictors are z-scored, the outcome (CAPS-5
 improvement, in CAPS-5 points) is left in its units, and scikit-learn's ``ElasticNet``
 objective is minimised,
@@ -61,9 +64,18 @@ class EnetSettings:
     ``n_permutations``: outcome permutations for the p-value (0 = skip).
     ``n_bootstraps``: resamples for selection frequencies (0 = skip).
     ``nested``: run nested LOO for honest out-of-sample r and RMSE.
-    ``seed``: seeds permutations and bootstrap resamples.
+    ``seed``: seeds permutations, bootstrap resamples and the K-fold folds.
     ``min_participants``: fewest complete participants per variant.
     ``n_jobs``: worker threads for the permutation test and nested LOO.
+    ``loo_max_participants``: exact leave-one-out up to this many participants (in a
+    variant, after exclusions); above it K-fold cross-validation (:mod:`.kfold`). Default
+    60, measured (``bench/enet.py --schemes``; all four variants, default settings, one
+    core's CPU time, 2 cores ≈ half): on a null study exact LOO costs 143 s at N = 40 and
+    616 s at N = 60 against 181–184 s for 10-fold, and grows about as N³, reaching the
+    10-minute budget (2 cores) that N = 1000 is held to near N = 75; 60 keeps a margin
+    (the estimates vary 2–3× with the data) and the exact, fold-free LOO for single-trial
+    sizes.
+    ``cv_folds``: K of the K-fold scheme (default 10).
     """
 
     l1_ratios: tuple[float, ...] = DEFAULT_L1_RATIOS
@@ -75,12 +87,16 @@ class EnetSettings:
     seed: int = 0
     min_participants: int = 10
     n_jobs: int = 2
+    loo_max_participants: int = 60
+    cv_folds: int = 10
 
     def __post_init__(self) -> None:
         if not self.l1_ratios or any(not 0 < r <= 1 for r in self.l1_ratios):
             raise ValueError("l1_ratios must be in (0, 1]")
         if self.n_alphas < 1 or not 0 < self.eps < 1:
             raise ValueError("need n_alphas ≥ 1 and 0 < eps < 1")
+        if self.cv_folds < 2:
+            raise ValueError(f"cv_folds must be at least 2, got {self.cv_folds}")
 
 
 def standardize(
@@ -135,7 +151,9 @@ class LooSelection:
 
     ``alphas`` (R, T); ``loo_pred`` (R, T, n) LOO predictions in outcome units;
     ``loo_mse`` (R, T); ``best`` = (index of l1_ratio, index of alpha); ``coefs``
-    (n, R, T, p): every fold's coefficients, when requested.
+    (folds, R, T, p): every fold's coefficients, when requested; ``cv``: the scheme,
+    "loo" here, e.g. "10-fold" for the K-fold selection of :mod:`.kfold` (whose held-out
+    predictions and errors the same fields then hold).
     """
 
     l1_ratios: np.ndarray
@@ -144,6 +162,7 @@ class LooSelection:
     loo_mse: np.ndarray
     best: tuple[int, int]
     coefs: np.ndarray | None = None
+    cv: str = "loo"
 
     @property
     def l1_ratio(self) -> float:

@@ -1,5 +1,8 @@
 """Honest evaluation of the LOO elastic net: nested LOO, permutation test, bootstrap.
 
+(Their K-fold counterparts, used above ``EnetSettings.loo_max_participants``
+participants, are in :mod:`.kfold`.)
+
 * :func:`nested_loo` — each participant is predicted by a model whose whole selection (grid
   search by inner LOO, refit) saw only the other participants; r and RMSE of those
   predictions are the out-of-sample performance. (The LOO error of the selected grid point

@@ -60,15 +60,24 @@ def _memoized(draw: Callable[..., bytes]) -> Callable[..., bytes]:
     return drawn
 
 
+def _scheme(rows: pd.DataFrame) -> str:
+    """The rows' cross-validation scheme for labels: "LOO" ("loo" or no ``cv`` column, as
+    in older tables) or e.g. "10-fold"."""
+    values = set(rows["cv"].dropna().astype(str)) if "cv" in rows else set()
+    return "LOO" if values <= {"loo"} else "/".join(sorted(values))
+
+
 @_memoized
 def plot_observed_vs_predicted(predictions: pd.DataFrame, model: str) -> bytes:
-    """Observed outcome vs LOO prediction at the selected grid point (and nested LOO)."""
+    """Observed outcome vs cross-validated (LOO or K-fold) prediction at the selected grid
+    point (and nested)."""
     d = _rows(predictions, model)
+    scheme = _scheme(d)
     fig = Figure(figsize=(4.2, 4.0))
     ax = fig.add_subplot()
-    ax.scatter(d["observed"], d["predicted"], s=22, label="LOO (selected grid point)")
+    ax.scatter(d["observed"], d["predicted"], s=22, label=f"{scheme} (selected grid point)")
     if d["nested_predicted"].notna().any():
-        ax.scatter(d["observed"], d["nested_predicted"], s=22, marker="x", label="nested LOO")
+        ax.scatter(d["observed"], d["nested_predicted"], s=22, marker="x", label=f"nested {scheme}")
     values = np.concatenate([d["observed"], d["predicted"], d["nested_predicted"].dropna()])
     lo, hi = float(np.min(values)), float(np.max(values))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
@@ -102,9 +111,10 @@ def plot_coefficients(coefficients: pd.DataFrame, model: str, top: int = 25) -> 
 
 @_memoized
 def plot_cv_curve(cv_curve: pd.DataFrame, model: str) -> bytes:
-    """LOO mean squared error against alpha, one line per l1_ratio; the selected point
-    marked."""
+    """Cross-validated (LOO or K-fold) mean squared error against alpha, one line per
+    l1_ratio; the selected point marked."""
     d = _rows(cv_curve, model)
+    scheme = _scheme(d)
     fig = Figure(figsize=(5.5, 4.0))
     ax = fig.add_subplot()
     ratios = sorted(d["l1_ratio"].unique())
@@ -133,7 +143,7 @@ def plot_cv_curve(cv_curve: pd.DataFrame, model: str) -> bytes:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("alpha")
-    ax.set_ylabel("LOO mean squared error")
-    ax.set_title(f"{model}: leave-one-out error")
+    ax.set_ylabel(f"{scheme} mean squared error")
+    ax.set_title(f"{model}: {'leave-one-out' if scheme == 'LOO' else scheme + ' CV'} error")
     ax.legend(fontsize=6, ncol=2)
     return figure_png(fig, dpi=DPI, tight=True)

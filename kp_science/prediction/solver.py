@@ -81,10 +81,11 @@ class PathStats:
     dual_solves: int = 0
     monotone_steps: int = 0  # solves spent in the monotone method
     fallbacks: int = 0  # (problem, grid point) pairs finished by coordinate descent
+    eigen_solves: int = 0  # solves by the eigendecomposition (K-fold Gram kernels only)
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> PathStats:
-        """From the kernels' int64 counter array (5,)."""
+        """From the kernels' int64 counter array (5,) or (6,)."""
         return cls(*(int(v) for v in counts))
 
     def add(self, other: PathStats) -> None:

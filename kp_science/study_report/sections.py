@@ -342,13 +342,13 @@ def _model_figures(inputs: ReportInputs, model: str) -> str:
             "enet_predictions",
             ["model", "observed", "predicted", "nested_predicted"],
             plot_observed_vs_predicted,
-            "observed vs leave-one-out predicted",
+            "observed vs cross-validated predicted",
         ),
         (
             "enet_cv_curve",
             ["model", "l1_ratio", "alpha", "loo_mse", "selected"],
             plot_cv_curve,
-            "leave-one-out error curve",
+            "cross-validation error curve",
         ),
         (
             "enet_coefficients",
@@ -367,6 +367,15 @@ def _model_figures(inputs: ReportInputs, model: str) -> str:
     return page.figures_row(figures)
 
 
+def cv_name(cv: object) -> str:
+    """The enet tables' ``cv`` value as the report names it: "loo" → "LOO", "10-fold" →
+    "10-fold CV" (anything else as it is; missing → "LOO", the only scheme of older
+    tables)."""
+    if not isinstance(cv, str) or cv == "loo":
+        return "LOO"
+    return f"{cv} CV" if cv.endswith("-fold") else cv
+
+
 def prediction_section(inputs: ReportInputs) -> str:
     """Per elastic-net model: status, n, nested r, permutation p, LOO r and its figures."""
     summary, why = usable_table(inputs.tables, "enet_summary", ["model", "status"])
@@ -378,8 +387,9 @@ def prediction_section(inputs: ReportInputs) -> str:
     parts = [
         page.paragraph(
             f"Elastic net on z-scored change scores predicting {inputs.protocol.primary.name} "
-            "improvement (unless a model names another outcome); nested leave-one-out r is "
-            "the honest out-of-sample performance, the permutation p its significance."
+            "improvement (unless a model names another outcome); nested cross-validated r "
+            "(leave-one-out, or K-fold for models with many participants: column cv) is the "
+            "honest out-of-sample performance, the permutation p its significance."
         )
     ]
     shown = [
@@ -392,6 +402,7 @@ def prediction_section(inputs: ReportInputs) -> str:
             "n_excluded",
             "n_features",
             "n_selected",
+            "cv",
             "nested_r",
             "permutation_p",
             "loo_r",
@@ -416,9 +427,11 @@ def prediction_section(inputs: ReportInputs) -> str:
             continue
         facts = {
             "n participants": getattr(row, "n_participants", np.nan),
-            "nested LOO r": getattr(row, "nested_r", np.nan),
+            f"nested {cv_name(getattr(row, 'cv', 'loo'))} r": getattr(row, "nested_r", np.nan),
             "permutation p": getattr(row, "permutation_p", np.nan),
-            "LOO r (selected grid point)": getattr(row, "loo_r", np.nan),
+            f"{cv_name(getattr(row, 'cv', 'loo'))} r (selected grid point)": getattr(
+                row, "loo_r", np.nan
+            ),
         }
         parts.append(
             page.paragraph("; ".join(f"{k} = {page.format_value(v)}" for k, v in facts.items()))

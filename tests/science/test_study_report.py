@@ -430,6 +430,12 @@ def test_prediction_says_why_a_model_was_not_fitted(report):
     assert prediction.count("<img ") == 3
 
 
+def test_the_cross_validation_scheme_is_named_as_the_tables_record_it():
+    from kp_science.study_report.sections import cv_name
+
+    assert [cv_name(v) for v in ("loo", "10-fold", np.nan)] == ["LOO", "10-fold CV", "LOO"]
+
+
 def test_dcm_section_counts_fits_and_marks_effects_by_pp(report):
     dcm = _section(report, "dcm")
     fits = next(r for r in _rows(dcm) if f"<td>{POST}</td>" in r)

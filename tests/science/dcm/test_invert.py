@@ -166,3 +166,24 @@ def test_recovers_simulated_connectivity():
     assert spearmanr(b_fwd, est[:, 0])[0] >= 0.8
     assert spearmanr(a_back, est[:, 1])[0] >= 0.8
     assert np.mean(np.abs(est[:, 0] - b_fwd)) < 0.15
+
+
+def test_ascent_step_is_the_augmented_exponential():
+    # SPM's step (expm(t·H) − I)·H⁻¹·g, t = exp(v − ln|H|/n), read off the exponential of
+    # [[0, 0], [t·g, t·H]]; the estimator takes it from H's eigendecomposition instead
+    from scipy.linalg import expm
+
+    from kp_science.dcm.invert import _ascent_step
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((40, 6))
+    H = -(X.T @ X) - np.diag(np.geomspace(1e-6, 64.0, 6))  # a curvature: negative definite
+    g = rng.standard_normal(6)
+    for v in (-4.0, 0.0, 4.0, 12.0):
+        t = np.exp(v - np.sum(np.log(np.linalg.svd(H, compute_uv=False))) / 6)
+        aug = np.zeros((7, 7))
+        aug[1:, 0], aug[1:, 1:] = t * g, t * H
+        expected = expm(aug)[1:, 0]
+        np.testing.assert_allclose(_ascent_step(H, g, v), expected, rtol=1e-9, atol=1e-12)
+    # long steps tend to the Newton step
+    np.testing.assert_allclose(_ascent_step(H, g, 12.0), -np.linalg.solve(H, g), rtol=1e-6)
