@@ -10,7 +10,9 @@ text, each command's with examples (tests/assets/test_cli.py asserts both).
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -136,6 +138,69 @@ def demo_study_problem(study: Path) -> str | None:
     )
 
 
+# the demo's voxel sizes, mm: 2 is fMRIPrep's MNI152NLin2009cAsym res-2 grid; 8 is the coarsest
+# the pipeline is tested on (a planted sphere of 7 mm radius still holds voxels)
+DEMO_VOXEL_SIZES_MM = (2.0, 8.0)
+DEFAULT_VOXEL_SIZE_MM = 4.0  # the simulator's default, the demo study in data/study
+
+
+def _positive_mm(text: str) -> float:
+    """``kp simulate --voxel-size``: a positive number of mm."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of mm")
+    return value
+
+
+def demo_voxel_size(text: str) -> float:
+    """``kp demo --voxel-size``: a number of mm within :data:`DEMO_VOXEL_SIZES_MM`."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    low, high = DEMO_VOXEL_SIZES_MM
+    if not low <= value <= high:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a voxel size in mm from {low:g} to {high:g} (2 is fMRIPrep's "
+            f"MNI grid, {DEFAULT_VOXEL_SIZE_MM:g} the default)"
+        )
+    return value
+
+
+def default_demo_study(voxel_size: float | None) -> Path:
+    """The demo's study folder when ``$KP_STUDY_DIR`` is not set: data/study for the default
+    voxel size, data/<size>mm/study for another (its warehouse beside it, data/<size>mm/
+    warehouse), so that a study or warehouse of one voxel size is never taken for another's."""
+    if voxel_size in (None, DEFAULT_VOXEL_SIZE_MM):
+        return (REPO_ROOT / "data" / "study").resolve()
+    return (REPO_ROOT / "data" / f"{voxel_size:g}mm" / "study").resolve()
+
+
+def demo_voxel_problem(study: Path, voxel_size: float | None) -> str | None:
+    """Why the study in ``study`` is not the demo that ``--voxel-size`` asked for, or None: a
+    study kp simulated at another voxel size (its simulation.json) is neither used nor replaced.
+    Without ``--voxel-size``, and for a study kp did not simulate, any study is used as it is."""
+    if voxel_size is None or not (study / "dataset_description.json").exists():
+        return None
+    from kp_science.simulator import is_simulated_study, simulated_voxel_size
+
+    if not is_simulated_study(study):
+        return None
+    found = simulated_voxel_size(study)
+    if found == voxel_size:
+        return None
+    what = "at an unknown voxel size" if found is None else f"at {found:g} mm"
+    return (
+        f"{study}: holds a study kp simulated {what}, not the {voxel_size:g} mm asked for. "
+        f"Nothing was changed. Leave {STUDY_ENV} unset (the {voxel_size:g} mm demo's own folder "
+        f"is {default_demo_study(voxel_size)}), point it at a new or empty folder, or replace "
+        f"this study with `kp simulate {study} --voxel-size {voxel_size:g} --overwrite`"
+    )
+
+
 def _open_instance(command: str):
     """The Dagster instance of ``DAGSTER_HOME`` (the repository's by default), or None after
     saying on stderr what is wrong with its configuration (file and key)."""
@@ -241,6 +306,17 @@ def print_summary(warehouse: Path, primary: str) -> None:
                 print(f"  (cannot summarize: {e})")
 
 
+def _folders_prefix(study: Path, warehouse: Path) -> str:
+    """The variables to put before ``kp sql`` or ``make ui`` for them to find ``study`` and
+    ``warehouse`` ("" when those are the folders they find anyway)."""
+    settings = []
+    if study != study_dir():
+        settings.append(f"{STUDY_ENV}={shlex.quote(str(study))}")
+    if warehouse != warehouse_dir(study):
+        settings.append(f"{WAREHOUSE_ENV}={shlex.quote(str(warehouse))}")
+    return "".join(f"{s} " for s in settings)
+
+
 def materialize_and_report(
     command: str,
     study: Path,
@@ -274,8 +350,9 @@ def materialize_and_report(
     print(f"\nwarehouse: {warehouse}  (catalog: {warehouse / 'kp.duckdb'})")
     if (warehouse / REPORT_FILE).exists():
         print(f"report:    {warehouse / REPORT_FILE}  (open it in a browser)")
-    print(f'try:  .venv/bin/kp sql "{EXAMPLE_SQL}"')
-    print("UI:   make ui   (then open http://127.0.0.1:3000)")
+    where = _folders_prefix(study, warehouse)
+    print(f'try:  {where}.venv/bin/kp sql "{EXAMPLE_SQL}"')
+    print(f"UI:   {where}make ui   (then open http://127.0.0.1:3000)")
     if failed:
         print(f"\n{len(failed)} failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
         print(f"kp {command}: {len(failed)} failed (see above)", file=sys.stderr)
@@ -284,9 +361,12 @@ def materialize_and_report(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    study, warehouse = study_dir(), warehouse_dir()
-    # before anything else: a folder that is not kp's to fill stops the demo untouched
-    problem = demo_study_problem(study)
+    voxel_size = args.voxel_size  # None: not asked for (4 mm when simulating)
+    study = study_dir() if os.environ.get(STUDY_ENV) else default_demo_study(voxel_size)
+    warehouse = warehouse_dir(study)
+    # before anything else: a folder that is not kp's to fill, or a simulation at another
+    # voxel size, stops the demo untouched
+    problem = demo_study_problem(study) or demo_voxel_problem(study, voxel_size)
     if problem:
         print(f"kp demo: {problem}", file=sys.stderr)
         return 2
@@ -297,11 +377,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     protocol = None  # a simulated study carries its own kp-protocol.yaml
     if not (study / "dataset_description.json").exists():
-        print(f"simulating the default study ({args.participants} participants) into {study}")
+        size = DEFAULT_VOXEL_SIZE_MM if voxel_size is None else voxel_size
+        print(
+            f"simulating the default study ({args.participants} participants, {size:g} mm "
+            f"voxels) into {study}"
+        )
         from kp_science.simulator import simulate_study
 
+        # the simulator's own default voxel size unless one was asked for
+        chosen = {} if voxel_size is None else {"voxel_size": voxel_size}
         try:  # replaces only a study kp simulated (see demo_study_problem)
-            simulate_study(study, participants=args.participants, progress=True, overwrite=True)
+            simulate_study(
+                study, participants=args.participants, progress=True, overwrite=True, **chosen
+            )
         except FileExistsError as e:  # the folder changed since the check above
             print(f"kp demo: {e}", file=sys.stderr)
             return 2
@@ -798,7 +886,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("out", help="study folder to create (new, empty, or a kp simulation)")
     sim.add_argument("--participants", type=int, default=21, help="number (default 21)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sim.add_argument("--voxel-size", type=float, default=4.0, help="mm, isotropic (default 4)")
+    sim.add_argument(
+        "--voxel-size", type=_positive_mm, default=4.0, help="mm, isotropic (default 4)"
+    )
     sim.add_argument(
         "--volumes",
         type=int,
@@ -836,13 +926,16 @@ def build_parser() -> argparse.ArgumentParser:
         "materialize every asset with a\nprogress bar, print a summary of the results.",
         [
             "make demo",
+            "kp demo --voxel-size 2         (fMRIPrep's 2 mm grid: data/2mm/study, data/2mm/"
+            "warehouse)",
             "KP_STUDY_DIR=/tmp/kp-demo KP_WAREHOUSE_DIR=/tmp/kp-wh kp demo --participants 12",
         ],
         extra=f"""{ENVIRONMENT}
 
 writes:
   <study>                        the simulated study, only into a new or empty folder or one kp
-                                 simulated before (never into any other folder)
+                                 simulated before (never into any other folder); data/study,
+                                 or data/<size>mm/study for --voxel-size other than 4
   <warehouse>/<table>/           one folder of Parquet files per table (participant tables:
                                  participant=<id>/part-0.parquet)
   <warehouse>/kp.duckdb          the DuckDB catalog: one view per table
@@ -854,6 +947,15 @@ writes:
         type=int,
         default=21,
         help="participants to simulate when there is no study yet (default 21)",
+    )
+    demo.add_argument(
+        "--voxel-size",
+        type=demo_voxel_size,
+        default=None,
+        metavar="MM",
+        help="voxel size of the simulated study in mm, 2–8 (default 4, in data/study): 2 is "
+        "fMRIPrep's MNI grid, 7.4 GB, in data/2mm/study (unless KP_STUDY_DIR is set); a "
+        "study kp simulated at another size is refused, never replaced",
     )
     demo.set_defaults(func=cmd_demo)
 

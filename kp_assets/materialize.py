@@ -6,30 +6,80 @@ participant is reported and the others go on; ``jobs`` participants at a time, e
 own process), then the group job and the catalog job.
 """
 
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.execution.execution_result import ExecutionResult
 from tqdm import tqdm
 
 from kp_assets.definitions import build_definitions
 from kp_assets.participant_status import innermost_message
 from kp_assets.partitions import participants
+from kp_resources.run_workers import BLAS_THREAD_VARIABLES
 from kp_science.study.layout import discover_study
 from kp_science.study.protocol import study_protocol
 
+# Columns that differ between two materializations of the same study by design: which run
+# wrote or checked a row, when, and how long a fit took on that machine at that moment.
+# Everything else in the warehouse is a function of the study and the settings alone.
+RUN_SPECIFIC_COLUMNS: dict[str, tuple[str, ...]] = {
+    "checks": ("run_id", "evaluated_at"),
+    "participant_status": ("scans_run_id", "processed_at", "checked_at"),
+    "dcm_fits": ("seconds",),
+    "enet_summary": ("seconds",),
+}
 
-def first_error(result: dg.ExecuteInProcessResult) -> str:
+
+def warehouse_differences(
+    first: Path,
+    second: Path,
+    run_specific: dict[str, tuple[str, ...]] = RUN_SPECIFIC_COLUMNS,
+) -> list[str]:
+    """What differs between two warehouses of the same study, table by table and file by file
+    (the tables' Parquet files under each table folder, compared by path); [] when nothing does.
+
+    Every column must be exactly equal (values, types, row order; NaN equals NaN) except a
+    table's ``run_specific`` columns, which must exist in both. Files outside table folders
+    (the DuckDB catalog, the report page) are not compared.
+    """
+    import pandas as pd
+
+    def files(root: Path) -> set[str]:
+        return {str(p.relative_to(root)) for p in root.glob("*/**/*.parquet")}
+
+    problems = []
+    ours, theirs = files(first), files(second)
+    for name in sorted(ours ^ theirs):
+        problems.append(f"{name}: only in {first if name in ours else second}")
+    for name in sorted(ours & theirs):
+        table = Path(name).parts[0]
+        a, b = pd.read_parquet(first / name), pd.read_parquet(second / name)
+        skip = list(run_specific.get(table, ()))
+        missing = [c for c in skip if c not in a.columns or c not in b.columns]
+        if missing:
+            problems.append(f"{name}: no run-specific column {missing}")
+            continue
+        a, b = a.drop(columns=skip), b.drop(columns=skip)
+        try:
+            pd.testing.assert_frame_equal(a, b, check_exact=True)
+        except AssertionError as e:
+            problems.append(f"{name}: {' '.join(str(e).split())[:400]}")
+    return problems
+
+
+def first_error(result: ExecutionResult) -> str:
     """The message of the first failed step's underlying exception (not Dagster's wrapper)."""
     errors = step_errors(result)
     return errors[0] if errors else "failed"
 
 
-def step_errors(result: dg.ExecuteInProcessResult) -> list[str]:
+def step_errors(result: ExecutionResult) -> list[str]:
     """The underlying exception message of every failed step, in event order."""
     messages = []
     for event in result.all_events:
@@ -79,10 +129,39 @@ def _run_participant_in_worker(
     return _run_participant(instance, study, warehouse, protocol, pid, run_config, rebuilt)
 
 
-def _limit_threads() -> None:
-    # one BLAS thread per worker process: the workers already use the cores
+# The variables that set a BLAS/OpenMP library's threads when it loads.
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Every step in one BLAS thread: the libraries loaded so far limited to one thread, and
+    the thread variables at 1 for those loaded meanwhile (they keep it).
+
+    The participants' worker processes use the cores already, and a table must not depend on
+    where its step ran: OpenBLAS's SVD (gPPI's deconvolution) returns other last digits with
+    two threads than with one, so every kp process computes with one — these workers, the
+    group jobs in the calling process, and the Dask workers (:mod:`kp_assets.on_dask`).
+    """
     from threadpoolctl import threadpool_limits
 
+    before = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(BLAS_THREAD_VARIABLES, "1"))
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _limit_threads() -> None:
+    # a worker process's initializer: one BLAS thread for its whole life
+    from threadpoolctl import threadpool_limits
+
+    os.environ.update(dict.fromkeys(BLAS_THREAD_VARIABLES, "1"))
     threadpool_limits(1)
 
 
@@ -148,7 +227,7 @@ def materialize_study(
             failed[pid] = error
             log(f"  [{done}/{len(ids)}] {pid} FAILED: {error}")
 
-    with bar:
+    with bar, one_blas_thread():
         if workers == 1:
             for i, pid in enumerate(ids, 1):
                 error = _run_participant(

@@ -26,6 +26,15 @@ take their folders from ``dg.EnvVar`` on the worker when the variables were set 
 code location loaded, see :mod:`kp_resources.locations`) and reach the study folder, the
 warehouse and the instance storage at the same paths: a shared filesystem and, across
 machines, the PostgreSQL instance (``dagster.postgres.yaml``).
+
+A run on Dask writes the same tables as a run in process, value for value
+(``bench/dask_scale.py``, ``tests/system/test_dask.py``), because both compute every step
+with one BLAS thread (:func:`kp_assets.materialize.one_blas_thread`): OpenBLAS's SVD, for one,
+returns other last digits with two threads than with one. Dask's nanny starts its workers
+with ``OMP_NUM_THREADS=1`` and its kin, and each step also limits the BLAS libraries loaded
+by then; workers a lab starts with ``--no-nanny`` should have those variables set. (Workers
+on a different CPU model may still differ in the last digits: BLAS kernels differ between
+processors.)
 """
 
 import importlib
@@ -59,7 +68,12 @@ class _Packed:
 
 
 def _step_on_worker(dependencies: list, packed: _Packed):
-    return query_on_dask_worker(dependencies, *packed.values)
+    from threadpoolctl import threadpool_limits
+
+    # one BLAS thread, as in every kp process (see kp_assets.materialize.one_blas_thread):
+    # Dask's nanny starts workers so, this covers workers started without it
+    with threadpool_limits(1):
+        return query_on_dask_worker(dependencies, *packed.values)
 
 
 def dask_task_key(run_id: str, job_name: str, step_key: str) -> str:

@@ -71,6 +71,8 @@ from dagster._serdes import (
 
 #: Run tag naming the process that executes the run.
 WORKER_PID_TAG = "kp/run_worker_pid"
+# the variables BLAS libraries size their thread pools from when they load
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: How often a worker looks whether its run was asked to stop (seconds).
 CANCEL_POLL_SECONDS = 1.0
 
@@ -239,8 +241,15 @@ class _Pool:
         if self.preload:
             command += ["--preload", *self.preload]
         working_directory = getattr(self.code_pointer, "working_directory", None)
+        # one BLAS thread, as in every kp process: a table must not depend on where its step
+        # ran (OpenBLAS's SVD gives other last digits with two threads than with one)
+        environment = os.environ | dict.fromkeys(BLAS_THREAD_VARIABLES, "1")
         process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, text=True, cwd=working_directory or None
+            command,
+            stdin=subprocess.PIPE,
+            text=True,
+            cwd=working_directory or None,
+            env=environment,
         )
         worker = _Worker(process, manifest)
         self.workers.append(worker)

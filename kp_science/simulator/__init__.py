@@ -5,6 +5,7 @@ from kp_science.simulator.study import (
     SimulationOptions,
     is_simulated_study,
     simulate_study,
+    simulated_voxel_size,
     simulation_target_problem,
 )
 
@@ -13,5 +14,6 @@ __all__ = [
     "SimulationOptions",
     "is_simulated_study",
     "simulate_study",
+    "simulated_voxel_size",
     "simulation_target_problem",
 ]

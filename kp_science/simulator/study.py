@@ -416,6 +416,20 @@ def is_simulated_study(path: str | os.PathLike) -> bool:
         return False
 
 
+def simulated_voxel_size(path: str | os.PathLike) -> float | None:
+    """The voxel size (mm) a study this simulator wrote was simulated at, from its
+    ``derivatives/simulation-truth/simulation.json``; None when ``path`` is not such a study
+    (:func:`is_simulated_study`) or the file is missing or does not say."""
+    if not is_simulated_study(path):
+        return None
+    description = Path(path) / "derivatives" / "simulation-truth" / "simulation.json"
+    try:
+        value = json.loads(description.read_text(encoding="utf-8"))["options"]["voxel_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def simulation_target_problem(out_dir: str | os.PathLike, overwrite: bool = False) -> str | None:
     """Why :func:`simulate_study` would refuse to write ``out_dir``, or None if it may.
 

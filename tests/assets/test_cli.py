@@ -269,6 +269,76 @@ def _parsers(parser=None, path=("kp",)):
                 yield from _parsers(child, (*path, name))
 
 
+# --- kp demo --voxel-size ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def demo_steps(monkeypatch, run_env) -> list[tuple]:
+    """``kp demo`` with its two expensive steps recorded instead of run: each simulate_study
+    call as ("simulate", folder, options), each materialization as ("materialize", study,
+    warehouse)."""
+    from kp_assets import cli
+    from kp_science import simulator
+
+    steps: list[tuple] = []
+    monkeypatch.setattr(
+        simulator, "simulate_study", lambda out, **kw: steps.append(("simulate", out, kw))
+    )
+    monkeypatch.setattr(
+        cli,
+        "materialize_and_report",
+        lambda command, study, warehouse, *_: steps.append(("materialize", study, warehouse)) or 0,
+    )
+    return steps
+
+
+def test_kp_demo_voxel_size_has_its_own_default_folders_and_reaches_the_simulator(
+    tmp_path, demo_steps, monkeypatch
+):
+    from kp_assets.cli import default_demo_study
+    from kp_resources.locations import REPO_ROOT, warehouse_dir
+
+    data = REPO_ROOT / "data"
+    assert default_demo_study(None) == default_demo_study(4.0) == data / "study"
+    assert default_demo_study(2.0) == data / "2mm" / "study"
+    assert warehouse_dir(default_demo_study(2.0)) == data / "2mm" / "warehouse"
+
+    study = tmp_path / "new"  # KP_STUDY_DIR wins over the default folder
+    monkeypatch.setenv("KP_STUDY_DIR", str(study))
+    assert main(["demo", "--voxel-size", "2", "--participants", "3"]) == 0
+    options = {"participants": 3, "progress": True, "overwrite": True, "voxel_size": 2.0}
+    assert demo_steps == [
+        ("simulate", study, options),
+        ("materialize", study, tmp_path / "warehouse"),
+    ]
+
+
+def test_kp_demo_refuses_a_study_simulated_at_another_voxel_size(
+    study_copy, demo_steps, monkeypatch, capsys
+):
+    monkeypatch.setenv("KP_STUDY_DIR", str(study_copy))  # kp simulated it at 8 mm
+    before = snapshot(study_copy)
+    assert main(["demo", "--voxel-size", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"kp demo: {study_copy}: holds a study kp simulated at 8 mm, not the 2 mm" in err
+    assert "data/2mm/study" in err and "--voxel-size 2 --overwrite" in err
+    assert demo_steps == [] and snapshot(study_copy) == before
+    # at its own voxel size, or without the option, it is the demo's study as it is
+    for argv in (["demo", "--voxel-size", "8"], ["demo"]):
+        assert main(argv) == 0
+    assert [step[0] for step in demo_steps] == ["materialize", "materialize"]
+    assert snapshot(study_copy) == before
+
+
+@pytest.mark.parametrize("value", ["1", "9", "0", "-2", "nan", "two"])
+def test_kp_demo_rejects_a_bad_voxel_size(value, demo_steps, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--voxel-size", value])
+    assert stop.value.code == 2 and demo_steps == []
+    err = capsys.readouterr().err
+    assert f"argument --voxel-size: {value!r} is not a voxel size in mm from 2 to 8" in err
+
+
 def test_kp_version_names_kp_and_its_packages(capsys):
     import importlib.metadata
 

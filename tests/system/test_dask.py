@@ -1,5 +1,6 @@
 """The same definitions on a Dask cluster: one participant's assets, each step a Dask task in a
-local cluster of 2 worker processes (1 thread each), as ``make ui-dask`` runs them."""
+local cluster of 2 worker processes (1 thread each), as ``make ui-dask`` runs them, and the
+same tables as in process (bench/dask_scale.py compares a 100-participant study the same way)."""
 
 import json
 import os
@@ -30,6 +31,21 @@ def dask_run_environment(folder: Path, study: Path) -> dict[str, str]:
         "KP_STUDY_DIR": str(study),
         "KP_WAREHOUSE_DIR": str(folder / "warehouse"),
     }
+
+
+def participant_in_process(study: Path, warehouse: Path) -> bool:
+    """Run ``participant_assets`` for ``PID`` in process with one BLAS thread, as kp run's
+    workers do (call it in a new process: this one may hold results its caches computed with
+    more threads); whether it succeeded."""
+    from kp_assets.definitions import build_definitions, participant_job
+    from kp_assets.materialize import one_blas_thread
+    from kp_assets.partitions import participants
+
+    assert participants.name is not None
+    with dg.DagsterInstance.ephemeral() as instance, one_blas_thread():
+        instance.add_dynamic_partitions(participants.name, [PID])
+        job = build_definitions(study, warehouse).resolve_job_def(participant_job.name)
+        return job.execute_in_process(partition_key=PID, instance=instance).success
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +115,20 @@ def test_participant_assets_run_as_dask_tasks(one_participant, tmp_path, monkeyp
         "dcm_fits",
     } <= materialized
     assert (warehouse / "scans" / f"participant={PID}" / "part-0.parquet").is_file()
+
+    # the same participant in process (as kp demo and kp run run it) writes the same tables
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from kp_assets.materialize import warehouse_differences
+
+    in_process = tmp_path / "in-process"
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+        assert fresh.submit(participant_in_process, one_participant, in_process).result()
+    written = {p.name for p in warehouse.iterdir() if p.is_dir()}
+    assert written >= {"scans", "roi_timeseries", "dcm_fits", "change_scores", "checks"}
+    assert written == {p.name for p in in_process.iterdir() if p.is_dir()}
+    assert warehouse_differences(warehouse, in_process) == []
 
 
 def test_dask_executor_takes_the_documented_run_config(monkeypatch):
