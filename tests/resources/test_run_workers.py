@@ -16,7 +16,9 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from kp_resources.run_workers import WORKER_PID_TAG, WarmRunLauncher, project_files
 from tests.resources import run_worker_jobs
 
-pytestmark = pytest.mark.slow  # worker processes
+# worker processes; one xdist worker runs them all: a test touches a loaded module's mtime,
+# which would retire the worker another test is reusing
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("run_workers")]
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTER = ModuleCodePointer("tests.resources.run_worker_jobs", "defs", str(ROOT))
