@@ -29,6 +29,7 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -60,6 +61,10 @@ def _dask_job(name: str):
 def _drive(ref, job_name: str, run_config: dict, partition: str | None) -> str | None:
     """Run one job on the Dask cluster from this (driver) process; the error or None."""
     from kp_assets.materialize import step_errors
+
+    # a process spawned here inherits SIGTERM ignored (the cluster's process set it), and
+    # Dagster stops its compute-log `tail` processes with SIGTERM, waiting 30 s for each
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     instance = dg.DagsterInstance.from_ref(ref)
     tags = {"dagster/partition": partition} if partition else None
