@@ -62,8 +62,9 @@ def _drive(ref, job_name: str, run_config: dict, partition: str | None) -> str |
     """Run one job on the Dask cluster from this (driver) process; the error or None."""
     from kp_assets.materialize import step_errors
 
-    # a process spawned here inherits SIGTERM ignored (the cluster's process set it), and
-    # Dagster stops its compute-log `tail` processes with SIGTERM, waiting 30 s for each
+    # seen here: drivers running with SIGTERM ignored (source not found), which their
+    # compute-log `tail` processes inherit; Dagster stops those with SIGTERM and waits 30 s
+    # for each, i.e. a minute per step
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     instance = dg.DagsterInstance.from_ref(ref)
