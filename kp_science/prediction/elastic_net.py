@@ -299,6 +299,30 @@ class Refit:
     sd: np.ndarray
     sd_outcome: float
 
+    @classmethod
+    def of_fit(
+        cls,
+        beta: np.ndarray,
+        y: np.ndarray,
+        l1_ratio: float,
+        alpha: float,
+        mean: np.ndarray,
+        sd: np.ndarray,
+    ) -> Refit:
+        """The refit of coefficients ``beta`` (p,) on z-scored predictors (scaling ``mean``,
+        ``sd``) fitted to outcome ``y`` (n,) at grid point (``l1_ratio``, ``alpha``)."""
+        sd_y = float(y.std())
+        return cls(
+            l1_ratio=float(l1_ratio),
+            alpha=float(alpha),
+            beta_std=beta,
+            beta_fully_std=beta / sd_y if sd_y > 0 else np.full_like(beta, np.nan),
+            intercept=float(y.mean()),
+            mean=mean,
+            sd=sd,
+            sd_outcome=sd_y,
+        )
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Predictions (k,) for raw predictor rows X (k, p)."""
         safe = np.where(self.sd > 0, self.sd, 1.0)
@@ -322,18 +346,7 @@ def refit(
     mu, lam = penalties(path, np.array([l1_ratio]), n)
     _, coefs, _ = enet_paths(z, y[None, :], mu, lam, return_coefs=True)
     assert coefs is not None  # asked for with return_coefs
-    beta = coefs[0, -1]
-    sd_y = float(y.std())
-    return Refit(
-        l1_ratio=float(l1_ratio),
-        alpha=float(path[0, -1]),
-        beta_std=beta,
-        beta_fully_std=beta / sd_y if sd_y > 0 else np.full_like(beta, np.nan),
-        intercept=float(y.mean()),
-        mean=mean,
-        sd=sd,
-        sd_outcome=sd_y,
-    )
+    return Refit.of_fit(coefs[0, -1], y, l1_ratio, float(path[0, -1]), mean, sd)
 
 
 def refit_selected(X: np.ndarray, y: np.ndarray, sel: LooSelection) -> Refit:

@@ -282,18 +282,7 @@ def _refit_gram(X: np.ndarray, y: np.ndarray, l1_ratio: float, alphas_path: np.n
     path = np.asarray(alphas_path, dtype=float)[None, :]
     mu, lam = penalties(path, np.array([l1_ratio]), n)
     coefs = _gram_fit(z, y - y.mean(), mu, lam, np.array([l1_ratio]))
-    beta = coefs[0, -1]
-    sd_y = float(y.std())
-    return Refit(
-        l1_ratio=float(l1_ratio),
-        alpha=float(path[0, -1]),
-        beta_std=beta,
-        beta_fully_std=beta / sd_y if sd_y > 0 else np.full_like(beta, np.nan),
-        intercept=float(y.mean()),
-        mean=mean,
-        sd=sd,
-        sd_outcome=sd_y,
-    )
+    return Refit.of_fit(coefs[0, -1], y, l1_ratio, float(path[0, -1]), mean, sd)
 
 
 def _gram_fit(
