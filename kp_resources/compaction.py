@@ -215,9 +215,7 @@ def source_sql(sources: TableSources, glob: str | None = None) -> str:
         return direct.format(glob if glob is not None else _sql_list(sources.files))
     compacted = f"SELECT * FROM read_parquet({_sql_string(str(sources.compaction.data))})"
     if sources.outdated:
-        compacted += (
-            f" WHERE {PARTITION_COLUMN} NOT IN ({', '.join(map(_sql_string, sources.outdated))})"
-        )
+        compacted += _excluding(sources.outdated)
     if not sources.files:
         return compacted
     return f"{compacted} UNION ALL BY NAME {direct.format(_sql_list(sources.files))}"
@@ -238,9 +236,7 @@ def provenance_sql(sources: TableSources, glob: str) -> str:
         f"FROM read_parquet({_sql_string(str(sources.compaction.lineage))})"
     )
     if sources.outdated:
-        kept += (
-            f" WHERE {PARTITION_COLUMN} NOT IN ({', '.join(map(_sql_string, sources.outdated))})"
-        )
+        kept += _excluding(sources.outdated)
     if not sources.files:
         return kept
     return f"{kept} UNION ALL {footers.format(_sql_list(sources.files))}"
