@@ -194,11 +194,14 @@ def compare(args: argparse.Namespace, scratch: Path) -> int:
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"ratio Dask / in process = {on_dask / in_process:.2f}")
 
-    tables = sorted(p.name for p in (local / "warehouse").iterdir() if p.is_dir())
-    n_files = len(list((local / "warehouse").glob("*/**/*.parquet")))
+    warehouse = local / "warehouse"
+    tables = sorted(p.name for p in warehouse.iterdir() if p.is_dir() and p.name[0] != ".")
+    n_files = sum(1 for t in tables for _ in (warehouse / t).glob("**/*.parquet"))
+    compacted = sorted(p.name for p in (warehouse / ".compacted").glob("*") if p.is_dir())
     problems = warehouse_differences(local / "warehouse", remote / "warehouse")
     skipped = ", ".join(f"{t}.{c}" for t, cs in RUN_SPECIFIC_COLUMNS.items() for c in cs)
     print(f"compared {len(tables)} tables ({n_files} Parquet files): {', '.join(tables)}")
+    print(f"and the compacted copies' rows of {len(compacted)}: {', '.join(compacted)}")
     print(f"run-specific columns left out: {skipped}")
     if problems or failed or dask_failed:
         print(f"{len(problems)} differences:")

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 from dagster._core.execution.execution_result import ExecutionResult
 from tqdm import tqdm
 
 from kp_assets.definitions import build_definitions
 from kp_assets.participant_status import innermost_message
 from kp_assets.partitions import participants
+from kp_resources.compaction import COMPACTED_DIR, DATA_FILE, current_compaction
 from kp_resources.run_workers import BLAS_THREAD_VARIABLES
 from kp_science.study.layout import discover_study
 from kp_science.study.protocol import study_protocol
@@ -45,32 +47,62 @@ def warehouse_differences(
     (the tables' Parquet files under each table folder, compared by path); [] when nothing does.
 
     Every column must be exactly equal (values, types, row order; NaN equals NaN) except a
-    table's ``run_specific`` columns, which must exist in both. Files outside table folders
-    (the DuckDB catalog, the report page) are not compared.
+    table's ``run_specific`` columns, which must exist in both. A table's compacted copy
+    (``.compacted``, kp_resources.compaction) is compared by its rows, in any order: its
+    generation names, file states (times, inodes) and lineage (run ids) are those of its own
+    warehouse by design. Files outside table folders (the DuckDB catalog, the report page) are
+    not compared.
     """
-    import pandas as pd
 
     def files(root: Path) -> set[str]:
-        return {str(p.relative_to(root)) for p in root.glob("*/**/*.parquet")}
+        return {
+            str(path)
+            for p in root.glob("*/**/*.parquet")
+            if not (path := p.relative_to(root)).parts[0].startswith(".")
+        }
+
+    def compacted(root: Path) -> set[str]:
+        folder = root / COMPACTED_DIR
+        return {p.name for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
 
     problems = []
     ours, theirs = files(first), files(second)
     for name in sorted(ours ^ theirs):
         problems.append(f"{name}: only in {first if name in ours else second}")
     for name in sorted(ours & theirs):
-        table = Path(name).parts[0]
         a, b = pd.read_parquet(first / name), pd.read_parquet(second / name)
-        skip = list(run_specific.get(table, ()))
-        missing = [c for c in skip if c not in a.columns or c not in b.columns]
-        if missing:
-            problems.append(f"{name}: no run-specific column {missing}")
+        problems += _frame_differences(name, a, b, run_specific.get(Path(name).parts[0], ()))
+    for table in sorted(compacted(first) | compacted(second)):
+        name = f"{COMPACTED_DIR}/{table}"
+        a, b = current_compaction(first, table), current_compaction(second, table)
+        if a is None or b is None:
+            if a is not None or b is not None:
+                problems.append(f"{name}: only in {first if a is not None else second}")
             continue
-        a, b = a.drop(columns=skip), b.drop(columns=skip)
-        try:
-            pd.testing.assert_frame_equal(a, b, check_exact=True)
-        except AssertionError as e:
-            problems.append(f"{name}: {' '.join(str(e).split())[:400]}")
+        frames = [pd.read_parquet(c.folder / DATA_FILE) for c in (a, b)]
+        skip = run_specific.get(table, ())
+        problems += _frame_differences(name, *map(_in_row_order, frames), skip)
     return problems
+
+
+def _in_row_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows sorted by every column (a compacted copy's row order is DuckDB's)."""
+    return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
+
+
+def _frame_differences(
+    name: str, a: pd.DataFrame, b: pd.DataFrame, run_specific: Sequence[str]
+) -> list[str]:
+    """[] when ``a`` and ``b`` are exactly equal but for their ``run_specific`` columns."""
+    skip = list(run_specific)
+    missing = [c for c in skip if c not in a.columns or c not in b.columns]
+    if missing:
+        return [f"{name}: no run-specific column {missing}"]
+    try:
+        pd.testing.assert_frame_equal(a.drop(columns=skip), b.drop(columns=skip), check_exact=True)
+    except AssertionError as e:
+        return [f"{name}: {' '.join(str(e).split())[:400]}"]
+    return []
 
 
 def first_error(result: ExecutionResult) -> str:

@@ -161,3 +161,29 @@ def test_a_failed_compaction_leaves_the_previous_one(root, monkeypatch):
         ("sub-03", 1),
         ("sub-03", 2),
     ]
+
+
+def test_warehouse_differences_compares_compacted_copies_by_their_rows(root, tmp_path):
+    """Two warehouses of the same rows compacted at other times (generation names, inodes,
+    run ids all differ) are identical; a changed value is found in the participant's file and
+    in the compacted copy; a copy in one warehouse only is named."""
+    from kp_assets.materialize import warehouse_differences
+
+    other = tmp_path / "other"
+    for pid, values in [("sub-03", [0, 1, 2]), ("sub-01", [0]), ("sub-02", [0, 1])]:
+        _write(other, pid, values)  # the same rows written in another order, other footers
+    assert warehouse_differences(root, other) == []
+    assert compact(root, [TABLE], min_files=0) == [TABLE]
+    assert warehouse_differences(root, other) == [f"{COMPACTED_DIR}/{TABLE}: only in {root}"]
+    assert compact(other, [TABLE], min_files=0) == [TABLE]
+    a, b = current_compaction(root, TABLE), current_compaction(other, TABLE)
+    assert a is not None and b is not None and a.folder.name != b.folder.name
+    assert warehouse_differences(root, other) == []
+
+    _write(other, "sub-02", [0, 7])
+    assert compact(other, [TABLE], min_files=0) == [TABLE]
+    problems = warehouse_differences(root, other)
+    assert [p.split(":")[0] for p in problems] == [
+        f"{TABLE}/participant=sub-02/part-0.parquet",
+        f"{COMPACTED_DIR}/{TABLE}",
+    ], problems

@@ -11,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
@@ -162,15 +163,20 @@ class Browser:
         path.write_bytes(base64.b64decode(data))
         return path
 
-    def screenshot_when_still(self, path: Path, timeout: float = 30) -> Path:
+    def screenshot_when_still(
+        self, path: Path, timeout: float = 30, ready: Callable[[bytes], bool] | None = None
+    ) -> Path:
         """A screenshot once two taken 0.5 s apart are identical (animations, zoom-to-fit
-        and late data have settled), or the last one after ``timeout``."""
+        and late data have settled) and ``ready`` (given the PNG bytes) holds, or the last one
+        after ``timeout``. A page can sit still while it waits for data: ``ready`` says what
+        the finished page shows."""
         deadline = time.monotonic() + timeout
         previous = None
         while True:
-            data = self.call("Page.captureScreenshot", format="png")["data"]
-            if data == previous or time.monotonic() > deadline:
-                path.write_bytes(base64.b64decode(data))
+            png = base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"])
+            settled = png == previous and (ready is None or ready(png))
+            if settled or time.monotonic() > deadline:
+                path.write_bytes(png)
                 return path
-            previous = data
+            previous = png
             time.sleep(0.5)

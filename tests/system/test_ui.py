@@ -5,6 +5,7 @@ through the GraphQL API, then the asset graph in headless Chromium, screenshotte
 ``KP_UI_SCREENSHOT=docs/asset-graph.png make test`` (or pytest tests/test_ui.py) also writes
 the screenshot there: that is how the README's picture is made."""
 
+import io
 import os
 import signal
 import socket
@@ -257,8 +258,27 @@ def test_participant_materialized_through_graphql_and_seen_in_the_browser(ui):
         # the graph only renders the nodes inside the view: their names on the page mean
         # they are laid out and visible
         browser.wait_for_text(PARTICIPANT_GRAPH, timeout=120)
-        shot = browser.screenshot_when_still(tmp_path / "asset-graph.png")
+        # the nodes are drawn before their materialization status arrives (seen in CI: a
+        # still page with two of seven nodes green): wait for the status too, up to a minute
+        shot = browser.screenshot_when_still(
+            tmp_path / "asset-graph.png",
+            timeout=60,
+            ready=lambda png: _materialized_pixels(png) > ALL_MATERIALIZED,
+        )
     _check_and_publish(shot)
+
+
+# seven materialized nodes of about 150 x 70 pixels each
+ALL_MATERIALIZED = 7 * 5000
+
+
+def _materialized_pixels(png: bytes) -> int:
+    """Pixels of a screenshot in the fill of a materialized asset node."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        rgb = image.convert("RGB")
+    return sum(n for n, color in rgb.getcolors(1 << 20) if color == MATERIALIZED_FILL)
 
 
 def _check_and_publish(shot: Path) -> None:
@@ -267,9 +287,10 @@ def _check_and_publish(shot: Path) -> None:
     with Image.open(shot) as image:
         rgb = image.convert("RGB")
         assert rgb.size == (1400, 860)
-        green = sum(n for n, color in rgb.getcolors(1 << 20) if color == MATERIALIZED_FILL)
-        # seven materialized nodes of about 150 x 70 pixels each
-        assert green > 7 * 5000, f"few materialized asset nodes in the screenshot ({green} px)"
+        green = _materialized_pixels(shot.read_bytes())
+        assert green > ALL_MATERIALIZED, (
+            f"few materialized asset nodes in the screenshot ({green} px)"
+        )
         target = os.environ.get("KP_UI_SCREENSHOT")
         if target:
             rgb.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(
