@@ -62,9 +62,11 @@ def _drive(ref, job_name: str, run_config: dict, partition: str | None) -> str |
     """Run one job on the Dask cluster from this (driver) process; the error or None."""
     from kp_assets.materialize import step_errors
 
-    # seen here: drivers running with SIGTERM ignored (source not found), which their
-    # compute-log `tail` processes inherit; Dagster stops those with SIGTERM and waits 30 s
-    # for each, i.e. a minute per step
+    # A run leaves SIGTERM with SIGINT's disposition (Dagster's interrupt handling copies
+    # it), and a bench started in the background by a shell script ignores SIGINT: the next
+    # run's compute-log `tail`s would then ignore SIGTERM, which Dagster stops them with,
+    # waiting 30 s for each (a minute per step). Each driver runs many jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     instance = dg.DagsterInstance.from_ref(ref)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from dagster._core.execution.execution_result import ExecutionResult
 from tqdm import tqdm
@@ -86,8 +87,14 @@ def warehouse_differences(
 
 
 def _in_row_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows sorted by every column (a compacted copy's row order is DuckDB's)."""
-    return frame.sort_values(list(frame.columns), kind="stable").reset_index(drop=True)
+    """The rows sorted by every column of scalars (a compacted copy's row order is DuckDB's;
+    array columns, e.g. ``roi_coverage``'s, cannot be sorted on)."""
+    scalar = [
+        c
+        for c in frame.columns
+        if not frame[c].map(lambda v: isinstance(v, list | dict | np.ndarray)).any()
+    ]
+    return frame.sort_values(scalar, kind="stable").reset_index(drop=True)
 
 
 def _frame_differences(

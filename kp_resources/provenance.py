@@ -8,6 +8,7 @@ hand provenance to the IO manager through ``df.attrs`` (:data:`SOURCE_SHA256_ATT
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -59,6 +60,11 @@ def inherit_provenance(target: pd.DataFrame, *sources: pd.DataFrame) -> pd.DataF
 
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages that shape the data ("not-installed" if absent)."""
+    return dict(_installed_versions())
+
+
+@functools.cache  # per process: the versions of the code it has loaded (15 ms per lookup)
+def _installed_versions() -> dict[str, str]:
     versions: dict[str, str] = {}
     for name in STAMPED_PACKAGES:
         try:

@@ -157,6 +157,8 @@ def connectivity_matrix_png(
                     va="center",
                     fontsize=7,
                     color="white" if abs(v) > 0.6 * vmax else "black",
+                    # inside the axes: measuring each for tight_layout only costs time
+                    in_layout=False,
                 )
     figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.04)
     axes.set_title(title, fontsize=9)

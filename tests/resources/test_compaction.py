@@ -172,10 +172,18 @@ def test_warehouse_differences_compares_compacted_copies_by_their_rows(root, tmp
     other = tmp_path / "other"
     for pid, values in [("sub-03", [0, 1, 2]), ("sub-01", [0]), ("sub-02", [0, 1])]:
         _write(other, pid, values)  # the same rows written in another order, other footers
+    for base in (root, other):  # and a column of arrays, which rows cannot be sorted on
+        for pid in ("sub-01", "sub-02", "sub-03"):
+            path = base / "coverage" / f"participant={pid}" / "part-0.parquet"
+            frame = pd.DataFrame({"participant_id": [pid], "voxels": [[1.0, 2.0, float(pid[-1])]]})
+            write_parquet_atomic(frame, path, {"kp.asset_key": "coverage", "kp.partition": pid})
     assert warehouse_differences(root, other) == []
-    assert compact(root, [TABLE], min_files=0) == [TABLE]
-    assert warehouse_differences(root, other) == [f"{COMPACTED_DIR}/{TABLE}: only in {root}"]
-    assert compact(other, [TABLE], min_files=0) == [TABLE]
+    assert compact(root, [TABLE, "coverage"], min_files=0) == [TABLE, "coverage"]
+    assert warehouse_differences(root, other) == [
+        f"{COMPACTED_DIR}/coverage: only in {root}",
+        f"{COMPACTED_DIR}/{TABLE}: only in {root}",
+    ]
+    assert compact(other, [TABLE, "coverage"], min_files=0) == [TABLE, "coverage"]
     a, b = current_compaction(root, TABLE), current_compaction(other, TABLE)
     assert a is not None and b is not None and a.folder.name != b.folder.name
     assert warehouse_differences(root, other) == []
