@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# numba compiles kp's kernels on first use; once here, not in every first process
+	$(BIN)/python -m kp_science.compiled_kernels
 	touch $@
 
 demo: $(STAMP)
