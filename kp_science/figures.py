@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -44,8 +45,7 @@ def _drawn_png(figure: Figure, canvas: FigureCanvasAgg, dpi: int) -> bytes:
 
     figure.set_dpi(dpi)
     canvas.draw()
-    width, height = canvas.get_width_height(physical=True)
-    image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+    image = Image.fromarray(np.asarray(canvas.buffer_rgba()))  # (height, width, 4) uint8
     buffer = io.BytesIO()
     image.save(buffer, format="png", dpi=(dpi, dpi))
     return buffer.getvalue()
