@@ -263,7 +263,7 @@ def test_participant_materialized_through_graphql_and_seen_in_the_browser(ui):
         shot = browser.screenshot_when_still(
             tmp_path / "asset-graph.png",
             timeout=60,
-            ready=lambda png: _materialized_pixels(png) > ALL_MATERIALIZED,
+            ready=lambda png: _materialized_pixels(_rgb(png)) > ALL_MATERIALIZED,
         )
     _check_and_publish(shot)
 
@@ -272,12 +272,15 @@ def test_participant_materialized_through_graphql_and_seen_in_the_browser(ui):
 ALL_MATERIALIZED = 7 * 5000
 
 
-def _materialized_pixels(png: bytes) -> int:
-    """Pixels of a screenshot in the fill of a materialized asset node."""
+def _rgb(png: bytes):
     from PIL import Image
 
     with Image.open(io.BytesIO(png)) as image:
-        rgb = image.convert("RGB")
+        return image.convert("RGB")
+
+
+def _materialized_pixels(rgb) -> int:
+    """Pixels of an RGB screenshot in the fill of a materialized asset node."""
     return sum(n for n, color in rgb.getcolors(1 << 20) if color == MATERIALIZED_FILL)
 
 
@@ -287,7 +290,7 @@ def _check_and_publish(shot: Path) -> None:
     with Image.open(shot) as image:
         rgb = image.convert("RGB")
         assert rgb.size == (1400, 860)
-        green = _materialized_pixels(shot.read_bytes())
+        green = _materialized_pixels(rgb)
         assert green > ALL_MATERIALIZED, (
             f"few materialized asset nodes in the screenshot ({green} px)"
         )
